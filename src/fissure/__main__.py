@@ -1,0 +1,5 @@
+"""``python -m fissure`` runs the CLI."""
+
+from .cli import main
+
+main()

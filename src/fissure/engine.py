@@ -1,0 +1,396 @@
+"""The training loop: epochs of optimisation and validation, checkpoints, early stopping.
+
+Batches are dicts from :func:`fissure.data.collate`: ``image`` (N, 3, H, W) normalised
+float and ``mask`` (N, 1, H, W) in {0, 1}. IoU is dataset-level: TP, FP and FN are summed
+over the whole epoch, then divided once, never averaged over batches.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import signal
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from .checkpoint import load_checkpoint, make_checkpoint, model_from_checkpoint, save_atomic
+from .config import Config
+from .data import CrackDataset, PairSource, collate, iter_groups
+from .data.transforms import eval_transform, train_transform
+from .errors import CheckpointError, FissureError
+from .inference import InputPolicy, autocast_for, forward_logits, select_device
+from .losses import build_loss
+from .metrics import ThresholdSweep, confusion_counts, iou
+from .model import build_model
+from .optim import build_optimizer, build_scheduler
+
+HISTORY_FIELDS = ("epoch", "train_loss", "train_iou", "val_loss", "val_iou", "val_f1",
+                  "val_f1_tuned", "threshold", "lr", "seconds", "skipped")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class TrainState:
+    """What survives a restart; stored in ``last.pt`` as plain values."""
+
+    epoch: int = 0
+    best: float | None = None
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+class Interrupt:
+    """SIGINT/SIGTERM set a flag; the loop saves ``last.pt`` at the next step and stops."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        self.signum = signum
+
+    @contextmanager
+    def installed(self):
+        previous = {}
+        try:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                previous[sig] = signal.signal(sig, self)
+        except ValueError:  # not the main thread (e.g. a notebook worker): no handlers
+            pass
+        try:
+            yield self
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+class TrainingInterrupted(FissureError):
+    """Raised after ``last.pt`` was saved because a signal asked the run to stop."""
+
+
+def _loader(dataset, batch_size, workers, device, indices=None, drop_last=False):
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=indices,
+        shuffle=False,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        collate_fn=collate,
+        drop_last=drop_last,
+    )
+
+
+def _epoch_indices(n: int, cfg: Config, epoch: int) -> list[int]:
+    """The epoch's sample order, a pure function of (seed, epoch) so resume can replay it."""
+    gen = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + epoch)
+    per_step = cfg.train.batch_size * cfg.train.accumulate
+    if cfg.train.steps_per_epoch:
+        return torch.randint(0, n, (cfg.train.steps_per_epoch * per_step,), generator=gen).tolist()
+    return torch.randperm(n, generator=gen).tolist()
+
+
+def _crack_fraction(dataset: CrackDataset, limit: int = 64) -> float:
+    """Crack-pixel fraction of (up to ``limit``) training masks, for ``pos_weight: auto``."""
+    from .data import load_pair
+
+    step = max(1, len(dataset.samples) // limit)
+    pos = total = 0
+    for sample in dataset.samples[::step]:
+        _, mask = load_pair(dataset.source, sample)
+        pos += int(mask.sum())
+        total += mask.size
+    return max(pos / max(total, 1), 1e-6)
+
+
+class Trainer:
+    """Owns model, optimiser and state for one run folder."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        source: PairSource,
+        run_dir: str | Path,
+        progress: bool = True,
+        log: Callable[[str], None] = print,
+        on_epoch_end: Callable[[list[dict[str, Any]]], None] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.progress = progress
+        self.log = log
+        self.on_epoch_end = on_epoch_end
+        self.device = select_device(cfg.train.device)
+        seed_everything(cfg.train.seed)
+        self.train_set = CrackDataset(source, source.samples("train"),
+                                      train_transform(cfg.data, cfg.augment), cfg.data.on_error)
+        self.val_set = CrackDataset(source, source.samples("val"), eval_transform(),
+                                    cfg.data.on_error)
+        self.policy = InputPolicy(cfg.data.mode, cfg.data.size)
+        self.model = build_model(cfg.model.encoder, cfg.model.pretrained, cfg.model.n_classes)
+        self.model.to(self.device)
+        if cfg.train.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.forward = torch.compile(self.model) if cfg.train.compile else self.model
+        loss_params = dict(cfg.train.loss.params)
+        fraction = (_crack_fraction(self.train_set)
+                    if loss_params.get("pos_weight") == "auto" else None)
+        self.loss_fn = build_loss(cfg.train.loss.name, loss_params, crack_fraction=fraction)
+        self.steps_per_epoch = self._steps_per_epoch()
+        self.optimizer = build_optimizer(self.model, cfg.train)
+        self.scheduler = build_scheduler(self.optimizer, cfg.train, self.steps_per_epoch)
+        use_fp16 = (cfg.train.amp and self.device.type == "cuda"
+                    and not torch.cuda.is_bf16_supported())
+        self.scaler = torch.amp.GradScaler("cuda", enabled=use_fp16)
+        self.ema = None
+        if cfg.train.ema:
+            self.ema = torch.optim.swa_utils.AveragedModel(
+                self.model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.train.ema))
+        self.state = TrainState()
+        self.interrupt = Interrupt()
+
+    def _steps_per_epoch(self) -> int:
+        if self.cfg.train.steps_per_epoch:
+            return self.cfg.train.steps_per_epoch
+        per_step = self.cfg.train.batch_size * self.cfg.train.accumulate
+        return max(1, math.ceil(len(self.train_set) / per_step))
+
+    # -- persistence ---------------------------------------------------------------------
+
+    def _train_state(self, step: int = 0) -> dict[str, Any]:
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "epoch": self.state.epoch,
+            "step": step,
+            "best": self.state.best,
+            "best_epoch": self.state.best_epoch,
+            "bad_epochs": self.state.bad_epochs,
+            "history": self.state.history,
+            "skipped": self.state.skipped,
+        }
+
+    def save_last(self, step: int = 0) -> None:
+        metrics = self.state.history[-1] if self.state.history else {}
+        ckpt = make_checkpoint(self.model, self.cfg, epoch=self.state.epoch, metrics=metrics,
+                               threshold=metrics.get("threshold", self.cfg.train.threshold),
+                               train_state=self._train_state(step))
+        save_atomic(ckpt, self.run_dir / "last.pt")
+
+    def resume(self) -> int:
+        """Restore from ``run_dir/last.pt``; returns the step to continue from in the epoch."""
+        path = self.run_dir / "last.pt"
+        if not path.is_file():
+            raise CheckpointError(f"{self.run_dir}: no last.pt to resume from")
+        ckpt = load_checkpoint(path, map_location=self.device)
+        state = ckpt.get("train_state")
+        if not state:
+            raise CheckpointError(f"{path}: holds no training state to resume")
+        weights = model_from_checkpoint(ckpt, str(path), encoder=self.cfg.model.encoder)
+        self.model.load_state_dict(weights.state_dict())
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.state = TrainState(
+            epoch=state["epoch"], best=state["best"], best_epoch=state["best_epoch"],
+            bad_epochs=state["bad_epochs"], history=list(state["history"]),
+            skipped=dict(state.get("skipped", {})),
+        )
+        return int(state.get("step", 0))
+
+    # -- one epoch -----------------------------------------------------------------------
+
+    def _record_skipped(self, batch: dict[str, Any]) -> None:
+        for name, reason in batch["skipped"]:
+            if name not in self.state.skipped:
+                self.state.skipped[name] = reason
+                self.log(f"skipped {name}: {reason}")
+        total = len(self.train_set) + len(self.val_set)
+        if len(self.state.skipped) > self.cfg.data.max_skip_fraction * total:
+            raise FissureError(
+                f"{len(self.state.skipped)} of {total} samples skipped, more than "
+                f"data.max_skip_fraction={self.cfg.data.max_skip_fraction}; see skipped.csv")
+
+    def _check_finite(self, loss: torch.Tensor, step: int) -> bool:
+        if torch.isfinite(loss):
+            return True
+        where = f"epoch {self.state.epoch + 1} step {step + 1}"
+        if self.cfg.train.nonfinite == "skip":
+            self.log(f"non-finite loss at {where}: step skipped")
+            self.optimizer.zero_grad(set_to_none=True)
+            return False
+        raise FissureError(f"non-finite loss at {where}; lower train.lr, set train.grad_clip, "
+                           "or set train.nonfinite=skip")
+
+    def train_epoch(self, start_step: int = 0) -> dict[str, float]:
+        cfg, model = self.cfg, self.model
+        model.train()
+        torch.manual_seed(cfg.train.seed + 7919 * self.state.epoch + start_step)
+        indices = _epoch_indices(len(self.train_set), cfg, self.state.epoch)
+        per_step = cfg.train.batch_size * cfg.train.accumulate
+        loader = _loader(self.train_set, cfg.train.batch_size, cfg.train.num_workers,
+                         self.device, indices[start_step * per_step:])
+        total_loss, seen, tp, fp, fn = 0.0, 0, 0, 0, 0
+        step, micro = start_step, 0
+        bar = tqdm(loader, desc=f"epoch {self.state.epoch + 1}/{cfg.train.epochs} train",
+                   leave=False, disable=not self.progress, dynamic_ncols=True)
+        self.optimizer.zero_grad(set_to_none=True)
+        for batch in bar:
+            self._record_skipped(batch)
+            if not batch["name"]:
+                continue
+            images = batch["image"].to(self.device, non_blocking=True)
+            masks = batch["mask"].to(self.device, non_blocking=True)
+            if cfg.train.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with autocast_for(self.device, cfg.train.amp):
+                logits = self.forward(images)
+            loss = self.loss_fn(logits.float(), masks)
+            ok = self._check_finite(loss, step)
+            if ok:
+                self.scaler.scale(loss / cfg.train.accumulate).backward()
+            micro += 1
+            if micro % cfg.train.accumulate == 0:
+                if ok:
+                    self._optimizer_step()
+                step += 1
+            with torch.no_grad():
+                counts = confusion_counts(logits.detach().float(), masks, 0.5, from_logits=True)
+            tp, fp, fn = tp + int(counts[0].sum()), fp + int(counts[1].sum()), fn + int(
+                counts[2].sum())
+            if ok:
+                total_loss += loss.item() * len(images)
+                seen += len(images)
+            running = iou(torch.tensor(float(tp)), torch.tensor(float(fp)), torch.tensor(float(fn)))
+            bar.set_postfix(loss=f"{loss.item():.4f}", iou=f"{float(running):.4f}")
+            if self.interrupt.signum is not None:
+                self.save_last(step)
+                raise TrainingInterrupted(
+                    f"stopped by signal {self.interrupt.signum}; saved {self.run_dir / 'last.pt'} "
+                    f"(epoch {self.state.epoch + 1}, step {step}); continue with "
+                    f"fissure train --resume {self.run_dir}")
+        bar.close()
+        if seen == 0:
+            raise FissureError("no training batch could be used this epoch")
+        return {"train_loss": total_loss / seen,
+                "train_iou": float(iou(torch.tensor(float(tp)), torch.tensor(float(fp)),
+                                       torch.tensor(float(fn))))}
+
+    def _optimizer_step(self) -> None:
+        if self.cfg.train.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+
+    @torch.inference_mode()
+    def validate(self) -> dict[str, float]:
+        cfg = self.cfg
+        model = self.ema.module if self.ema is not None else self.model
+        model.eval()
+        loader = _loader(self.val_set, cfg.eval.batch_size, cfg.train.num_workers, self.device)
+        sweep = ThresholdSweep(cfg.eval.thresholds, tolerance=0)
+        total_loss, seen, tp, fp, fn = 0.0, 0, 0, 0, 0
+        bar = tqdm(loader, desc=f"epoch {self.state.epoch + 1}/{cfg.train.epochs} val",
+                   leave=False, disable=not self.progress, dynamic_ncols=True)
+        for batch in bar:
+            self._record_skipped(batch)
+            for images, masks in iter_groups(batch):
+                images, masks = images.to(self.device), masks.to(self.device)
+                logits = forward_logits(model, images, self.policy, cfg.train.amp)
+                total_loss += self.loss_fn(logits, masks).item() * len(images)
+                seen += len(images)
+                counts = confusion_counts(logits, masks, cfg.train.threshold, from_logits=True)
+                tp, fp, fn = (tp + int(counts[0].sum()), fp + int(counts[1].sum()),
+                              fn + int(counts[2].sum()))
+                sweep.update(torch.sigmoid(logits).cpu(), masks.cpu())
+        if seen == 0:
+            raise FissureError("no validation image could be used")
+        tuned = sweep.compute()["exact"]
+        tpf, fpf, fnf = (torch.tensor(float(v)) for v in (tp, fp, fn))
+        f1 = 2 * tp / (2 * tp + fp + fn) if (2 * tp + fp + fn) else 1.0
+        return {"val_loss": total_loss / seen, "val_iou": float(iou(tpf, fpf, fnf)),
+                "val_f1": float(f1), "val_f1_tuned": float(tuned["ods_f1"]),
+                "threshold": float(tuned["ods_threshold"])}
+
+    # -- the run -------------------------------------------------------------------------
+
+    def _score(self, row: dict[str, float]) -> float:
+        monitor = self.cfg.train.monitor
+        if monitor == "loss":
+            return -row["val_loss"]
+        return row["val_f1_tuned"] if monitor == "f1" else row["val_iou"]
+
+    def fit(self, start_step: int = 0) -> TrainState:
+        cfg = self.cfg
+        started = time.monotonic()
+        with self.interrupt.installed():
+            while self.state.epoch < cfg.train.epochs:
+                tick = time.monotonic()
+                row: dict[str, Any] = {"epoch": self.state.epoch + 1}
+                row.update(self.train_epoch(start_step))
+                start_step = 0
+                row.update(self.validate())
+                row["lr"] = self.optimizer.param_groups[0]["lr"]
+                row["seconds"] = round(time.monotonic() - tick, 2)
+                row["skipped"] = len(self.state.skipped)
+                self.state.epoch += 1
+                self.state.history.append(row)
+                improved = self._update_best(row)
+                self.save_last()
+                self.log(
+                    f"epoch {row['epoch']:3d}/{cfg.train.epochs}  "
+                    f"train loss {row['train_loss']:.4f} "
+                    f"iou {row['train_iou']:.4f} | val loss {row['val_loss']:.4f} "
+                    f"iou {row['val_iou']:.4f} f1@{row['threshold']:.2f} {row['val_f1_tuned']:.4f}"
+                    f"  {row['seconds']:.1f}s" + ("  * best" if improved else ""))
+                if self.on_epoch_end is not None:
+                    self.on_epoch_end(self.state.history)
+                if cfg.train.patience and self.state.bad_epochs >= cfg.train.patience:
+                    self.log(f"early stopping: no improvement for {cfg.train.patience} epochs")
+                    break
+                elapsed = (time.monotonic() - started) / 60
+                if cfg.train.max_minutes and elapsed >= cfg.train.max_minutes:
+                    self.log(f"time budget of {cfg.train.max_minutes} min reached")
+                    break
+        return self.state
+
+    def _update_best(self, row: dict[str, Any]) -> bool:
+        score = self._score(row)
+        if not math.isfinite(score):
+            self.state.bad_epochs += 1
+            return False
+        best = self.state.best
+        if best is not None and score <= best + self.cfg.train.min_delta:
+            self.state.bad_epochs += 1
+            return False
+        self.state.best, self.state.best_epoch, self.state.bad_epochs = score, row["epoch"], 0
+        weights = self.ema.module if self.ema is not None else self.model
+        ckpt = make_checkpoint(weights, self.cfg, epoch=row["epoch"], metrics=row,
+                               threshold=row["threshold"] if self.cfg.train.tune_threshold
+                               else self.cfg.train.threshold)
+        save_atomic(ckpt, self.run_dir / "best.pt")
+        return True

@@ -1,0 +1,21 @@
+"""Exceptions that carry a one-line, user-facing reason.
+
+The CLI prints ``str(error)`` of any :class:`FissureError` without a traceback, so every
+message names the file, key or stage path at fault.
+"""
+
+
+class FissureError(Exception):
+    """Base class for errors the user can act on."""
+
+
+class ConfigError(FissureError):
+    """A configuration key is unknown, missing or of the wrong type."""
+
+
+class DataError(FissureError):
+    """A data file or folder is missing, unreadable, corrupt or inconsistent."""
+
+
+class CheckpointError(FissureError):
+    """A file is not a fissure checkpoint, or does not fit the model asked for."""

@@ -1,0 +1,255 @@
+"""The library API behind the CLI: train, resume, evaluate and predict on run folders.
+
+Every function here is what a ``fissure`` command calls, so a notebook gets the same
+behaviour as the command line::
+
+    from fissure import load_config, train, evaluate, predict
+    cfg = load_config("configs/default.yaml", ["train.epochs=2"])
+    run = train(cfg, "runs/demo")
+    metrics = evaluate(run.best, split="test", out="runs/demo/eval")
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from .checkpoint import checkpoint_config, load_checkpoint, model_from_checkpoint
+from .config import Config, DataConfig, load_config, read_yaml, save_config
+from .data import CrackDataset, PairSource, build_source, load_image
+from .data.image import is_image_name
+from .data.transforms import eval_transform, image_to_tensor
+from .engine import Trainer
+from .errors import CheckpointError, ConfigError, DataError, FissureError
+from .evaluation import evaluate_dataset
+from .inference import InputPolicy, predict_probs, select_device
+from .report import plot_curves, write_history, write_json, write_skipped
+
+RUN_FILES = ("config.yaml", "last.pt", "best.pt", "history.csv")
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_dir: Path
+    best: Path
+    last: Path
+    best_epoch: int
+    best_score: float | None
+    history: list[dict[str, Any]]
+
+
+def prepare_run_dir(out: str | Path | None, overwrite: bool = False) -> Path:
+    """A fresh run folder: ``out`` if it holds no run, or ``runs/<timestamp>`` when not given."""
+    if out is None:
+        out = Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    run_dir = Path(out)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise FissureError(f"{run_dir}: exists and is not a folder")
+    existing = [name for name in RUN_FILES if (run_dir / name).exists()]
+    if existing and not overwrite:
+        raise FissureError(f"{run_dir}: already holds a run ({', '.join(existing)}); "
+                           "use --resume to continue it, --overwrite to replace it, "
+                           "or another --out")
+    if existing:
+        for name in (*RUN_FILES, "curves.png", "skipped.csv"):
+            (run_dir / name).unlink(missing_ok=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def _run(trainer: Trainer, start_step: int = 0) -> TrainResult:
+    run_dir = trainer.run_dir
+
+    def after_epoch(history: list[dict[str, Any]]) -> None:
+        write_history(history, run_dir / "history.csv")
+        plot_curves(history, run_dir / "curves.png")
+        if trainer.state.skipped:
+            write_skipped(trainer.state.skipped, run_dir / "skipped.csv")
+
+    trainer.on_epoch_end = after_epoch
+    state = trainer.fit(start_step)
+    return TrainResult(run_dir, run_dir / "best.pt", run_dir / "last.pt", state.best_epoch,
+                       state.best, state.history)
+
+
+def train(
+    cfg: Config,
+    out: str | Path | None = None,
+    *,
+    overwrite: bool = False,
+    source: PairSource | None = None,
+    progress: bool = True,
+    log: Log = print,
+) -> TrainResult:
+    """Train a model as ``cfg`` says, writing ``best.pt``, ``last.pt``, history and curves."""
+    source = source or build_source(cfg.data)
+    run_dir = prepare_run_dir(out, overwrite)
+    save_config(cfg, run_dir / "config.yaml")
+    log(f"run folder: {run_dir}")
+    trainer = Trainer(cfg, source, run_dir, progress=progress, log=log)
+    log(f"device {trainer.device}; {len(trainer.train_set)} train / {len(trainer.val_set)} val "
+        f"images from {source.description}")
+    return _run(trainer)
+
+
+def resume(
+    run_dir: str | Path,
+    overrides: Sequence[str] = (),
+    *,
+    source: PairSource | None = None,
+    progress: bool = True,
+    log: Log = print,
+) -> TrainResult:
+    """Continue the run in ``run_dir`` from its ``last.pt`` (``train.epochs=N`` may extend it)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "last.pt").is_file():
+        raise CheckpointError(f"{run_dir}: no last.pt to resume from")
+    cfg = load_config(None, overrides, base=read_yaml(run_dir / "config.yaml"))
+    source = source or build_source(cfg.data)
+    trainer = Trainer(cfg, source, run_dir, progress=progress, log=log)
+    step = trainer.resume()
+    if overrides:
+        save_config(cfg, run_dir / "config.yaml")
+    log(f"resuming {run_dir} after epoch {trainer.state.epoch}"
+        + (f", step {step}" if step else ""))
+    return _run(trainer, step)
+
+
+def data_config_for(ckpt_cfg: Config, data: str | Path | None) -> DataConfig:
+    """``--data``: a YAML config's data section, a dataset folder, or None (the checkpoint's)."""
+    if data is None:
+        return ckpt_cfg.data
+    path = Path(data)
+    if path.is_file():
+        return load_config(path).data
+    if not path.is_dir():
+        raise DataError(f"{path}: no such data folder or config file")
+    same_root = Path(ckpt_cfg.data.root).expanduser().resolve() == path.resolve()
+    return replace(ckpt_cfg.data, source="folder", root=str(path),
+                   split_files=ckpt_cfg.data.split_files if same_root else None)
+
+
+def load_model(checkpoint: str | Path, device: str = "auto"):
+    """(model in eval mode on ``device``, checkpoint dict) from a checkpoint file."""
+    dev = select_device(device)
+    ckpt = load_checkpoint(checkpoint, map_location="cpu")
+    model = model_from_checkpoint(ckpt, str(checkpoint)).to(dev).eval()
+    return model, ckpt
+
+
+def evaluate(
+    checkpoint: str | Path,
+    data: str | Path | None = None,
+    split: str = "test",
+    out: str | Path | None = None,
+    *,
+    threshold: float | None = None,
+    device: str = "auto",
+    num_workers: int = 0,
+    progress: bool = True,
+    log: Log = print,
+) -> dict[str, Any]:
+    """Score a checkpoint on a split; writes ``metrics.json`` into ``out`` when given."""
+    model, ckpt = load_model(checkpoint, device)
+    ckpt_cfg = checkpoint_config(ckpt, str(checkpoint))
+    data_cfg = data_config_for(ckpt_cfg, data)
+    source = build_source(data_cfg)
+    dataset = CrackDataset(source, source.samples(split), eval_transform(), data_cfg.on_error)
+    thr = float(ckpt.get("threshold", 0.5)) if threshold is None else threshold
+    if not 0.0 < thr < 1.0:
+        raise ConfigError(f"--threshold: must be within (0, 1), got {thr}")
+    dev = next(model.parameters()).device
+    result = evaluate_dataset(model, dataset, InputPolicy.from_checkpoint(ckpt), thr,
+                              ckpt_cfg.eval, dev, num_workers, progress)
+    summary = result.summary(ckpt_cfg.eval.min_area)
+    metrics = {"checkpoint": str(checkpoint), "data": source.description, "split": split,
+               "n_images": len(dataset), **summary}
+    if out is not None:
+        out_dir = Path(out)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_json(metrics, out_dir / "metrics.json")
+    return metrics
+
+
+def _input_files(inputs: Sequence[str | Path], pattern: str = "**/*") -> list[Path]:
+    files: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            files.extend(p for p in sorted(path.glob(pattern))
+                         if p.is_file() and is_image_name(p.name))
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise DataError(f"{path}: no such file or folder")
+    if not files:
+        raise DataError(f"no image files found in {', '.join(map(str, inputs))}")
+    return files
+
+
+def predict(
+    checkpoint: str | Path,
+    inputs: Sequence[str | Path],
+    out: str | Path,
+    *,
+    threshold: float | None = None,
+    save_prob: bool = False,
+    device: str = "auto",
+    progress: bool = True,
+    log: Log = print,
+) -> list[dict[str, Any]]:
+    """Write ``<stem>.png`` binary masks (input size) and optionally ``<stem>_prob.png``."""
+    from .data.image import image_stem
+
+    model, ckpt = load_model(checkpoint, device)
+    policy = InputPolicy.from_checkpoint(ckpt)
+    thr = float(ckpt.get("threshold", 0.5)) if threshold is None else threshold
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dev = next(model.parameters()).device
+    records = []
+    for path in _input_files(inputs):
+        image = load_image(path)
+        tensor = image_to_tensor(image)
+        prob = predict_probs(model, tensor[None].to(dev), policy)[0, 0].cpu().numpy()
+        mask = prob > thr
+        stem = image_stem(path.name)
+        Image.fromarray((mask * 255).astype(np.uint8)).save(out_dir / f"{stem}.png")
+        if save_prob:
+            prob8 = np.round(prob * 255).astype(np.uint8)
+            Image.fromarray(prob8).save(out_dir / f"{stem}_prob.png")
+        records.append({"image": str(path), "mask": str(out_dir / f"{stem}.png"),
+                        "crack_pixels": int(mask.sum()), "threshold": thr})
+    return records
+
+
+def demo(cfg: Config, out: str | Path = "runs/demo", *, count: int = 120, seed: int = 0,
+         progress: bool = True, log: Log = print) -> dict[str, Any]:
+    """Synthesise a dataset under ``out/data``, train, evaluate on its test split, predict.
+
+    The synthetic data is only a smoke test of the whole pipeline, never an accuracy claim.
+    """
+    from .data.synth import generate_dataset
+
+    out = Path(out)
+    data_dir = out / "data"
+    if not (data_dir / "train").is_dir():
+        log(f"writing {count} synthetic pairs of {cfg.data.size} px to {data_dir}")
+        generate_dataset(data_dir, count=count, size=cfg.data.size, seed=seed)
+    cfg = replace(cfg, data=replace(cfg.data, source="folder", root=str(data_dir),
+                                    split_files=None))
+    run = train(cfg, out / "run", overwrite=True, progress=progress, log=log)
+    metrics = evaluate(run.best, split="test", out=out / "eval", progress=progress, log=log)
+    test_images = data_dir / "test" / "images"
+    predict(run.best, [test_images], out / "predictions", progress=progress, log=log)
+    return {"metrics": metrics,
+            "outputs": {"run": run.run_dir, "checkpoint": run.best, "curves": run.run_dir /
+                        "curves.png", "metrics": out / "eval" / "metrics.json",
+                        "predictions": out / "predictions"}}

@@ -1,0 +1,174 @@
+"""Tests for crack measurements (fissure.measurement)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from fissure.errors import DataError, FissureError
+from fissure.measurement import CrackMeasurements, measure_cracks, remove_small_components
+
+
+def _horizontal_crack(length: int, width: int, shape: tuple[int, int] = (60, 300)) -> np.ndarray:
+    mask = np.zeros(shape, dtype=bool)
+    top, left = 20, 50
+    mask[top : top + width, left : left + length] = True
+    return mask
+
+
+def _oblique_crack(
+    shape: tuple[int, int],
+    start: tuple[float, float],
+    angle_deg: float,
+    length: float,
+    width: float,
+) -> np.ndarray:
+    """Pixels whose centres lie within ``width / 2`` of a segment, as ``(H, W)`` bool."""
+    yy, xx = np.mgrid[: shape[0], : shape[1]].astype(float)
+    angle = math.radians(angle_deg)
+    ux, uy = math.cos(angle), math.sin(angle)
+    along = (xx - start[1]) * ux + (yy - start[0]) * uy
+    across = np.abs((yy - start[0]) * ux - (xx - start[1]) * uy)
+    return (along >= 0) & (along <= length) & (across <= width / 2)
+
+
+@pytest.mark.parametrize("width", [1, 3, 5])
+def test_straight_crack_length_and_width(width: int) -> None:
+    result = measure_cracks(_horizontal_crack(200, width))
+    assert result.n_segments == 1
+    assert result.area_px == 200 * width
+    assert result.length_px == pytest.approx(200, rel=0.05)
+    assert result.max_width_px == pytest.approx(width, rel=0.05)
+    assert result.mean_width_px == pytest.approx(width, rel=0.05)
+
+
+@pytest.mark.parametrize("angle", [45.0, 30.0, 10.0])
+@pytest.mark.parametrize("width", [1.0, 3.0])
+def test_oblique_crack_length(angle: float, width: float) -> None:
+    mask = _oblique_crack((300, 300), (20, 20), angle, 250.0, width)
+    result = measure_cracks(mask)
+    assert result.n_segments == 1
+    assert result.length_px == pytest.approx(250.0, rel=0.05)
+
+
+def test_diagonal_one_pixel_line() -> None:
+    mask = np.eye(150, dtype=bool)
+    result = measure_cracks(mask)
+    assert result.length_px == pytest.approx(150 * math.sqrt(2), rel=0.05)
+    assert result.max_width_px == pytest.approx(1.0)
+
+
+def test_empty_mask_gives_zeros() -> None:
+    result = measure_cracks(np.zeros((40, 50), dtype=bool), px_per_mm=3.0)
+    assert result == CrackMeasurements(
+        area_px=0,
+        area_pct=0.0,
+        n_segments=0,
+        length_px=0.0,
+        max_width_px=0.0,
+        mean_width_px=0.0,
+        area_mm2=0.0,
+        length_mm=0.0,
+        max_width_mm=0.0,
+        mean_width_mm=0.0,
+    )
+
+
+def test_two_separate_cracks() -> None:
+    mask = np.zeros((100, 300), dtype=bool)
+    mask[20:23, 10:200] = True
+    mask[60:65, 50:250] = True
+    result = measure_cracks(mask)
+    assert result.n_segments == 2
+    assert result.length_px == pytest.approx(390, rel=0.05)
+    assert result.max_width_px == pytest.approx(5.0)
+    assert result.area_pct == pytest.approx(100 * (3 * 190 + 5 * 200) / mask.size)
+
+
+def test_diagonally_touching_pixels_are_one_segment() -> None:
+    mask = np.zeros((20, 20), dtype=bool)
+    mask[5:10, 5] = True
+    mask[10:15, 6] = True
+    assert measure_cracks(mask, min_area=0).n_segments == 1
+
+
+def test_small_specks_are_removed() -> None:
+    mask = _horizontal_crack(200, 3)
+    specks = [(2, 2), (50, 10), (5, 280)]
+    for y, x in specks:
+        mask[y : y + 2, x : x + 2] = True  # 4 px each, below the default min_area
+    clean = measure_cracks(mask)
+    assert clean.n_segments == 1
+    assert clean.area_px == 600
+    assert clean == measure_cracks(_horizontal_crack(200, 3))
+    assert measure_cracks(mask, min_area=4).n_segments == 1 + len(specks)
+
+
+def test_remove_small_components_returns_mask_and_count() -> None:
+    mask = np.zeros((10, 10), dtype=bool)
+    mask[0, 0] = True
+    mask[5:8, 5:8] = True
+    kept, count = remove_small_components(mask, min_area=2)
+    assert count == 1
+    assert kept.sum() == 9
+    assert not kept[0, 0]
+
+
+def test_millimetre_conversion() -> None:
+    mask = _horizontal_crack(200, 5)
+    px = measure_cracks(mask)
+    mm = measure_cracks(mask, px_per_mm=2.0)
+    assert px.length_mm is None and px.area_mm2 is None
+    assert mm.length_mm == pytest.approx(mm.length_px / 2)
+    assert mm.area_mm2 == pytest.approx(mm.area_px / 4)
+    assert mm.max_width_mm == pytest.approx(mm.max_width_px / 2)
+    assert mm.mean_width_mm == pytest.approx(mm.mean_width_px / 2)
+    assert mm.length_px == px.length_px
+
+
+def test_as_dict_is_plain() -> None:
+    values = measure_cracks(_horizontal_crack(100, 3), px_per_mm=1.5).as_dict()
+    assert set(values) == {
+        "area_px",
+        "area_pct",
+        "n_segments",
+        "length_px",
+        "max_width_px",
+        "mean_width_px",
+        "area_mm2",
+        "length_mm",
+        "max_width_mm",
+        "mean_width_mm",
+    }
+    assert all(isinstance(v, (int, float)) for v in values.values())
+
+
+def test_crack_touching_the_image_border() -> None:
+    mask = np.zeros((30, 100), dtype=bool)
+    mask[10:13, :] = True
+    result = measure_cracks(mask)
+    assert result.length_px == pytest.approx(100, rel=0.05)
+    assert result.max_width_px == pytest.approx(3.0)
+
+
+def test_all_crack_mask_is_measurable() -> None:
+    result = measure_cracks(np.ones((9, 9), dtype=bool))
+    assert result.n_segments == 1
+    assert result.area_pct == pytest.approx(100.0)
+    assert result.max_width_px == pytest.approx(9.0)
+
+
+def test_integer_mask_is_accepted() -> None:
+    mask = _horizontal_crack(200, 3).astype(np.uint8) * 255
+    assert measure_cracks(mask) == measure_cracks(mask.astype(bool))
+
+
+def test_bad_inputs() -> None:
+    with pytest.raises(DataError, match=r"\(H, W\)"):
+        measure_cracks(np.zeros((2, 3, 4), dtype=bool))
+    with pytest.raises(FissureError, match="px_per_mm"):
+        measure_cracks(np.zeros((3, 4), dtype=bool), px_per_mm=0)
+    with pytest.raises(FissureError, match="min_area"):
+        measure_cracks(np.zeros((3, 4), dtype=bool), min_area=-1)

@@ -1,0 +1,143 @@
+"""Tests for the procedural concrete-crack dataset generator."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from skimage.morphology import skeletonize
+
+from fissure.data.synth import (
+    SPLITS,
+    _crack_free_per_split,
+    _split_sizes,
+    generate_dataset,
+    synth_pair,
+)
+from fissure.errors import DataError
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*.png"))}
+
+
+def _masks(root: Path) -> dict[str, list[np.ndarray]]:
+    return {
+        split: [np.asarray(Image.open(p)) for p in sorted((root / split / "masks").glob("*.png"))]
+        for split in SPLITS
+    }
+
+
+def test_same_seed_same_bytes_and_other_seed_differs(tmp_path: Path) -> None:
+    for name, seed in (("a", 3), ("b", 3), ("c", 4)):
+        generate_dataset(tmp_path / name, count=5, size=48, seed=seed)
+    a, b, c = (_files(tmp_path / n) for n in "abc")
+    assert a == b
+    assert a.keys() == c.keys()
+    assert all(a[k] != c[k] for k in a if "images" in k)
+
+
+def test_layout_counts_and_formats(tmp_path: Path) -> None:
+    counts = generate_dataset(tmp_path, count=20, size=40, seed=1)
+    assert counts == {"train": 14, "val": 3, "test": 3}
+    names = []
+    for split in SPLITS:
+        images = sorted(p.name for p in (tmp_path / split / "images").iterdir())
+        masks = sorted(p.name for p in (tmp_path / split / "masks").iterdir())
+        assert images == masks
+        assert len(images) == counts[split]
+        names += images
+        for name in images:
+            with Image.open(tmp_path / split / "images" / name) as im:
+                assert (im.mode, im.size) == ("RGB", (40, 40))
+            with Image.open(tmp_path / split / "masks" / name) as m:
+                assert (m.mode, m.size) == ("L", (40, 40))
+                assert set(np.unique(np.asarray(m))) <= {0, 255}
+    assert sorted(names) == [f"synth_{i:04d}.png" for i in range(1, 21)]
+
+
+def test_rerun_overwrites_but_stale_files_are_refused(tmp_path: Path) -> None:
+    generate_dataset(tmp_path, count=4, size=32)
+    generate_dataset(tmp_path, count=4, size=32)
+    with pytest.raises(DataError, match="already holds"):
+        generate_dataset(tmp_path, count=3, size=32)
+    # Same names but another split layout would put an image into two splits.
+    with pytest.raises(DataError, match="already holds"):
+        generate_dataset(tmp_path, count=4, size=32, fractions=(0.2, 0.4, 0.4))
+
+
+@pytest.mark.parametrize(("count", "expected_free"), [(3, 0), (7, 1), (20, 3)])
+def test_crack_free_count_is_exact_and_spread(
+    tmp_path: Path, count: int, expected_free: int
+) -> None:
+    generate_dataset(tmp_path, count=count, size=32, seed=count)
+    masks = _masks(tmp_path)
+    empty = {s: sum(int(not m.any()) for m in ms) for s, ms in masks.items()}
+    assert sum(empty.values()) == expected_free
+    for split, ms in masks.items():
+        assert ms, split
+        if len(ms) >= 3 and expected_free >= 1:
+            assert 1 <= empty[split] < len(ms), (split, empty)
+
+
+def test_split_planning_over_many_counts() -> None:
+    for count in range(3, 80):
+        sizes = _split_sizes(count, (0.7, 0.15, 0.15))
+        assert sum(sizes) == count and min(sizes) >= 1
+        n_free = int(np.floor(count * 0.15 + 0.5))
+        free = _crack_free_per_split(sizes, n_free)
+        assert sum(free) == n_free
+        big = [k for k, s in enumerate(sizes) if s >= 3]
+        if n_free >= len(big):
+            for k in big:
+                assert 1 <= free[k] < sizes[k], (count, sizes, free)
+
+
+def test_cracks_are_thin_dark_and_plausibly_sized() -> None:
+    for seed in range(6):
+        image, mask = synth_pair(np.random.default_rng(seed), 128)
+        assert image.shape == (128, 128, 3) and image.dtype == np.uint8
+        assert mask.shape == (128, 128) and mask.dtype == np.uint8
+        crack = mask > 0
+        assert 0.005 <= crack.mean() <= 0.08, crack.mean()
+        lum = image.astype(float).mean(axis=2)
+        assert lum[crack].mean() < lum[~crack].mean() - 10
+        # Mean width = area / centreline length; the generator promises 1-6 px.
+        width = crack.sum() / skeletonize(crack).sum()
+        assert 1.0 <= width <= 6.5, width
+
+
+def test_crack_free_pair_has_empty_mask() -> None:
+    image, mask = synth_pair(np.random.default_rng(0), 64, with_crack=False)
+    assert image.shape == (64, 64, 3) and not mask.any()
+
+
+def test_progress_bar(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    generate_dataset(tmp_path, count=3, size=32, progress=True)
+    assert "synth" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"count": 2},
+        {"count": 5, "size": 31},
+        {"count": 5, "seed": -1},
+        {"count": 5, "fractions": (0.8, 0.2, 0.0)},
+        {"count": 5, "fractions": (0.5, 0.2, 0.2)},
+        {"count": 5, "crack_free_fraction": 1.5},
+    ],
+)
+def test_bad_arguments_raise_data_error(tmp_path: Path, kwargs: dict) -> None:
+    with pytest.raises(DataError):
+        generate_dataset(tmp_path / "out", **kwargs)
+    assert not (tmp_path / "out").exists()
+
+
+def test_output_path_that_is_a_file_is_refused(tmp_path: Path) -> None:
+    target = tmp_path / "file"
+    target.write_text("x")
+    with pytest.raises(DataError, match=str(target)):
+        generate_dataset(target, count=3, size=32)
