@@ -11,7 +11,7 @@ import click
 from . import __version__, workflow
 from .config import load_config
 from .errors import FissureError
-from .report import fmt, metrics_table
+from .report import EVAL_FILES, fmt, metrics_table
 
 
 class FissureGroup(click.Group):
@@ -82,13 +82,23 @@ def train(config_path, out, overrides, resume_dir, overwrite, device, quiet) -> 
 @click.option("--data", help="Dataset folder or YAML config (default: the checkpoint's data).")
 @click.option("--split", default="test", show_default=True,
               type=click.Choice(["train", "val", "test", "all"]))
-@click.option("--out", type=click.Path(file_okay=False), help="Folder for metrics.json.")
-@click.option("--threshold", type=float, help="Decision threshold (default: the checkpoint's).")
+@click.option("--out", type=click.Path(file_okay=False),
+              help="Folder for metrics.json, per_image.csv and the three plots.")
+@click.option("--threshold", type=float,
+              help="Tuned decision threshold (default: the checkpoint's); 0.5 is always shown too.")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--workers", default=0, show_default=True, help="DataLoader workers.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def evaluate(checkpoint, data, split, out, threshold, device, workers, quiet) -> None:
     """Score a checkpoint on a split with streaming, empty-mask-aware metrics.
+
+    \b
+    Writes into --out:
+      metrics.json          every figure with its definition, at 0.5 and the tuned threshold
+      per_image.csv         one row per image: pixels, IoU, F1, detection outcome
+      confusion_matrix.png  pixel counts and row-normalised, at the tuned threshold
+      pr_curve.png          exact and tolerant PR curves with the ODS points
+      samples.png           worst, median and best images by per-image IoU
 
     \b
     Example:
@@ -98,28 +108,52 @@ def evaluate(checkpoint, data, split, out, threshold, device, workers, quiet) ->
                                 device=device, num_workers=workers, progress=not quiet)
     click.echo(metrics_table(metrics))
     if out:
-        click.echo(f"wrote {Path(out) / 'metrics.json'}")
+        click.echo(f"wrote {', '.join(EVAL_FILES)} to {Path(out).resolve()}")
 
 
 @cli.command()
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("--out", required=True, type=click.Path(file_okay=False),
-              help="Folder for <stem>.png masks.")
+              help="Folder for masks, overlays and predictions.csv/json.")
+@click.option("--glob", "pattern", default="**/*", show_default=True,
+              help="Files to take from input folders (image suffixes only).")
 @click.option("--threshold", type=float, help="Decision threshold (default: the checkpoint's).")
+@click.option("--tile", type=int,
+              help="Tile side in px, a multiple of 32 (default: the training size).")
+@click.option("--overlap", type=int, help="Tile overlap in px (default: tile // 4).")
+@click.option("--tta", is_flag=True, help="Average with left-right and top-bottom flips (3x).")
+@click.option("--batch-size", default=8, show_default=True, help="Tiles per forward pass.")
 @click.option("--save-prob", is_flag=True, help="Also write <stem>_prob.png (8-bit).")
+@click.option("--overlay/--no-overlay", default=True, show_default=True,
+              help="Write <stem>_overlay.jpg, cracks in magenta over the photo.")
+@click.option("--min-area", type=int,
+              help="Ignore cracks smaller than this many px in the measurements "
+                   "(default: the checkpoint's eval.min_area).")
+@click.option("--px-per-mm", type=float, help="Image scale; adds mm and mm2 measurements.")
 @click.option("--device", default="auto", show_default=True)
-@click.option("--quiet", is_flag=True, help="No progress bar.")
-def predict(checkpoint, inputs, out, threshold, save_prob, device, quiet) -> None:
-    """Predict crack masks for image files or folders of any size.
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def predict(checkpoint, inputs, out, pattern, threshold, tile, overlap, tta, batch_size,
+            save_prob, overlay, min_area, px_per_mm, device, quiet) -> None:
+    """Find cracks in photos of any size: masks, overlays and measurements.
+
+    INPUTS are image files (gzip too) and folders. Writes <stem>.png (0/255 mask of
+    the photo's size), <stem>_overlay.jpg, and predictions.csv and predictions.json with
+    size, tiling and crack area, segments, length and width per image. Images that share
+    a stem are named by their folders (a__x.png, b__x.png). Large photos are predicted
+    in overlapping tiles at native resolution.
 
     \b
     Example:
-      fissure predict runs/demo/best.pt photos/ --out predictions/
+      fissure predict runs/demo/best.pt photos/ --out predictions/ --px-per-mm 4.2
     """
-    records = workflow.predict(checkpoint, inputs, out, threshold=threshold, save_prob=save_prob,
-                               device=device, progress=not quiet)
-    click.echo(f"wrote {len(records)} mask(s) to {out}")
+    records = workflow.predict(checkpoint, inputs, out, threshold=threshold, tile=tile,
+                               overlap=overlap, tta=tta, batch_size=batch_size, glob=pattern,
+                               save_prob=save_prob, overlay=overlay, min_area=min_area,
+                               px_per_mm=px_per_mm, device=device, progress=not quiet)
+    cracked = sum(1 for r in records if r["n_segments"])
+    click.echo(f"{cracked} of {len(records)} image(s) with cracks; "
+               f"wrote masks and {Path(out) / 'predictions.csv'}")
 
 
 @cli.group()
@@ -164,6 +198,34 @@ def demo(config_path, out, overrides, quiet) -> None:
     click.echo(metrics_table(summary["metrics"]))
     for label, path in summary["outputs"].items():
         click.echo(f"{label:>12}: {path}")
+
+
+@cli.command("export")
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.option("--format", "fmt", default="onnx", show_default=True,
+              type=click.Choice(["onnx", "torchscript"]))
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="File to write, e.g. crack.onnx or crack.pt.")
+@click.option("--opset", default=18, show_default=True, help="ONNX opset (17 or later).")
+@click.option("--no-verify", is_flag=True, help="Skip checking the file against PyTorch.")
+def export(checkpoint, fmt, out, opset, no_verify) -> None:
+    """Export a checkpoint to ONNX or TorchScript, with free batch, height and width.
+
+    The graph takes (N, 3, H, W) float32 images normalised with ImageNet mean/std and
+    returns (N, 1, H, W) crack probabilities; threshold them with the checkpoint's
+    threshold, stored in the file's metadata. The file is checked against PyTorch on
+    random inputs of three sizes unless --no-verify.
+
+    \b
+    Example:
+      fissure export runs/demo/best.pt --format onnx --out crack.onnx
+    """
+    from .export import export_model
+
+    result = export_model(checkpoint, out, fmt, opset=opset, verify=not no_verify)
+    checked = ("" if result.max_abs_diff is None
+               else f"; matches PyTorch within {result.max_abs_diff:.1e}")
+    click.echo(f"wrote {result.path} ({result.format}){checked}")
 
 
 def main() -> None:

@@ -8,8 +8,10 @@ closest valid key, and a value of the wrong type is an error naming its key.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -183,8 +185,15 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+        number = value
+        if isinstance(value, str):
+            # YAML 1.1 reads "3e-4" (no dot) as a string; users mean a number.
+            with contextlib.suppress(ValueError):
+                number = float(value)
+        if isinstance(number, (int, float)) and not isinstance(number, bool):
+            if not math.isfinite(number):
+                raise ConfigError(f"{key}: must be a finite number, got {value!r}")
+            return float(number)
     elif tp is str and isinstance(value, str):
         return value
     raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")

@@ -29,12 +29,18 @@ from .data.transforms import eval_transform, train_transform
 from .errors import CheckpointError, FissureError
 from .inference import InputPolicy, autocast_for, forward_logits, select_device
 from .losses import build_loss
-from .metrics import ThresholdSweep, confusion_counts, iou
+from .metrics import ThresholdSweep, confusion_counts
 from .model import build_model
 from .optim import build_optimizer, build_scheduler
 
 HISTORY_FIELDS = ("epoch", "train_loss", "train_iou", "val_loss", "val_iou", "val_f1",
                   "val_f1_tuned", "threshold", "lr", "seconds", "skipped")
+
+
+def _iou(conf: torch.Tensor) -> float:
+    """Dataset-level IoU from summed (tp, fp, fn); NaN when there is nothing to score."""
+    tp, fp, fn = (int(v) for v in conf)
+    return tp / (tp + fp + fn) if tp + fp + fn else float("nan")
 
 
 def seed_everything(seed: int) -> None:
@@ -83,9 +89,15 @@ class TrainingInterrupted(FissureError):
     """Raised after ``last.pt`` was saved because a signal asked the run to stop."""
 
 
+def _ignore_sigint(worker_id: int) -> None:
+    """Ctrl-C reaches the whole process group; only the main process decides what to save."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _loader(dataset, batch_size, workers, device, indices=None, drop_last=False):
     return DataLoader(
         dataset,
+        worker_init_fn=_ignore_sigint if workers else None,
         batch_size=batch_size,
         sampler=indices,
         shuffle=False,
@@ -241,59 +253,70 @@ class Trainer:
         raise FissureError(f"non-finite loss at {where}; lower train.lr, set train.grad_clip, "
                            "or set train.nonfinite=skip")
 
+    def _train_batch(self, batch: dict[str, Any], step: int) -> tuple[float | None, torch.Tensor]:
+        """Forward and backward one micro-batch; returns (loss or None if skipped, tp/fp/fn)."""
+        cfg = self.cfg
+        images = batch["image"].to(self.device, non_blocking=True)
+        masks = batch["mask"].to(self.device, non_blocking=True)
+        if cfg.train.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with autocast_for(self.device, cfg.train.amp):
+            logits = self.forward(images)
+        loss = self.loss_fn(logits.float(), masks)
+        ok = self._check_finite(loss, step)
+        if ok:
+            self.scaler.scale(loss / cfg.train.accumulate).backward()
+        with torch.no_grad():
+            counts = confusion_counts(logits.detach().float(), masks, 0.5, from_logits=True)
+        return (loss.item() if ok else None), torch.stack([c.sum() for c in counts[:3]]).cpu()
+
     def train_epoch(self, start_step: int = 0) -> dict[str, float]:
-        cfg, model = self.cfg, self.model
-        model.train()
+        cfg = self.cfg
+        self.model.train()
         torch.manual_seed(cfg.train.seed + 7919 * self.state.epoch + start_step)
         indices = _epoch_indices(len(self.train_set), cfg, self.state.epoch)
         per_step = cfg.train.batch_size * cfg.train.accumulate
         loader = _loader(self.train_set, cfg.train.batch_size, cfg.train.num_workers,
                          self.device, indices[start_step * per_step:])
-        total_loss, seen, tp, fp, fn = 0.0, 0, 0, 0, 0
-        step, micro = start_step, 0
+        total_loss, seen, conf = 0.0, 0, torch.zeros(3, dtype=torch.int64)  # tp, fp, fn
+        step, micro, step_ok = start_step, 0, True
         bar = tqdm(loader, desc=f"epoch {self.state.epoch + 1}/{cfg.train.epochs} train",
                    leave=False, disable=not self.progress, dynamic_ncols=True)
         self.optimizer.zero_grad(set_to_none=True)
-        for batch in bar:
-            self._record_skipped(batch)
-            if not batch["name"]:
-                continue
-            images = batch["image"].to(self.device, non_blocking=True)
-            masks = batch["mask"].to(self.device, non_blocking=True)
-            if cfg.train.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            with autocast_for(self.device, cfg.train.amp):
-                logits = self.forward(images)
-            loss = self.loss_fn(logits.float(), masks)
-            ok = self._check_finite(loss, step)
-            if ok:
-                self.scaler.scale(loss / cfg.train.accumulate).backward()
-            micro += 1
-            if micro % cfg.train.accumulate == 0:
-                if ok:
-                    self._optimizer_step()
-                step += 1
-            with torch.no_grad():
-                counts = confusion_counts(logits.detach().float(), masks, 0.5, from_logits=True)
-            tp, fp, fn = tp + int(counts[0].sum()), fp + int(counts[1].sum()), fn + int(
-                counts[2].sum())
-            if ok:
-                total_loss += loss.item() * len(images)
-                seen += len(images)
-            running = iou(torch.tensor(float(tp)), torch.tensor(float(fp)), torch.tensor(float(fn)))
-            bar.set_postfix(loss=f"{loss.item():.4f}", iou=f"{float(running):.4f}")
-            if self.interrupt.signum is not None:
-                self.save_last(step)
-                raise TrainingInterrupted(
-                    f"stopped by signal {self.interrupt.signum}; saved {self.run_dir / 'last.pt'} "
-                    f"(epoch {self.state.epoch + 1}, step {step}); continue with "
-                    f"fissure train --resume {self.run_dir}")
-        bar.close()
+        try:
+            for batch in bar:
+                self._record_skipped(batch)
+                if not batch["name"]:
+                    continue
+                loss, counts = self._train_batch(batch, step)
+                conf += counts
+                step_ok = step_ok and loss is not None
+                micro += 1
+                if micro % cfg.train.accumulate == 0:
+                    if step_ok:
+                        self._optimizer_step()
+                    step, step_ok = step + 1, True
+                if loss is not None:
+                    total_loss += loss * len(batch["name"])
+                    seen += len(batch["name"])
+                    bar.set_postfix(loss=f"{loss:.4f}", iou=f"{_iou(conf):.4f}")
+                if self.interrupt.signum is not None:
+                    break
+        except RuntimeError:
+            # A signal sent to the whole process group also kills the loader's workers.
+            if self.interrupt.signum is None:
+                raise
+        finally:
+            bar.close()
+        if self.interrupt.signum is not None:
+            self.save_last(step)
+            raise TrainingInterrupted(
+                f"stopped by signal {self.interrupt.signum}; saved {self.run_dir / 'last.pt'} "
+                f"(epoch {self.state.epoch + 1}, step {step}); continue with "
+                f"fissure train --resume {self.run_dir}")
         if seen == 0:
             raise FissureError("no training batch could be used this epoch")
-        return {"train_loss": total_loss / seen,
-                "train_iou": float(iou(torch.tensor(float(tp)), torch.tensor(float(fp)),
-                                       torch.tensor(float(fn))))}
+        return {"train_loss": total_loss / seen, "train_iou": _iou(conf)}
 
     def _optimizer_step(self) -> None:
         if self.cfg.train.grad_clip:
@@ -312,8 +335,8 @@ class Trainer:
         model = self.ema.module if self.ema is not None else self.model
         model.eval()
         loader = _loader(self.val_set, cfg.eval.batch_size, cfg.train.num_workers, self.device)
-        sweep = ThresholdSweep(cfg.eval.thresholds, tolerance=0)
-        total_loss, seen, tp, fp, fn = 0.0, 0, 0, 0, 0
+        sweep = ThresholdSweep(cfg.eval.thresholds, tolerance=0, per_image=False)
+        total_loss, seen, conf = 0.0, 0, torch.zeros(3, dtype=torch.int64)  # tp, fp, fn
         bar = tqdm(loader, desc=f"epoch {self.state.epoch + 1}/{cfg.train.epochs} val",
                    leave=False, disable=not self.progress, dynamic_ncols=True)
         for batch in bar:
@@ -324,17 +347,17 @@ class Trainer:
                 total_loss += self.loss_fn(logits, masks).item() * len(images)
                 seen += len(images)
                 counts = confusion_counts(logits, masks, cfg.train.threshold, from_logits=True)
-                tp, fp, fn = (tp + int(counts[0].sum()), fp + int(counts[1].sum()),
-                              fn + int(counts[2].sum()))
+                conf += torch.stack([c.sum() for c in counts[:3]]).cpu()
                 sweep.update(torch.sigmoid(logits).cpu(), masks.cpu())
         if seen == 0:
             raise FissureError("no validation image could be used")
         tuned = sweep.compute()["exact"]
-        tpf, fpf, fnf = (torch.tensor(float(v)) for v in (tp, fp, fn))
-        f1 = 2 * tp / (2 * tp + fp + fn) if (2 * tp + fp + fn) else 1.0
-        return {"val_loss": total_loss / seen, "val_iou": float(iou(tpf, fpf, fnf)),
-                "val_f1": float(f1), "val_f1_tuned": float(tuned["ods_f1"]),
-                "threshold": float(tuned["ods_threshold"])}
+        tp, fp, fn = conf.tolist()
+        f1 = 2 * tp / (2 * tp + fp + fn) if (2 * tp + fp + fn) else float("nan")
+        threshold = tuned["ods_threshold"] or cfg.train.threshold
+        return {"val_loss": total_loss / seen, "val_iou": _iou(conf), "val_f1": f1,
+                "val_f1_tuned": tuned["ods_f1"] if tuned["ods_f1"] is not None else float("nan"),
+                "threshold": float(threshold)}
 
     # -- the run -------------------------------------------------------------------------
 

@@ -1,48 +1,140 @@
 """One streaming pass of a model over a split, accumulating every evaluation figure.
 
 Memory is bounded: per batch, probabilities (N, 1, H, W) are reduced to per-image
-confusion counts and per-threshold histograms; only O(images) rows are kept, never pixels.
+confusion and tolerance counts and per-threshold histograms; only O(images) rows are kept,
+never pixels. The few images shown in ``samples.png`` are re-read and predicted again after
+the pass (:func:`reload_samples`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
+import numpy as np
 import torch
+from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from . import __version__
 from .config import EvalConfig
-from .data import CrackDataset, collate, iter_groups
+from .data import CrackDataset, collate, iter_groups, load_pair
+from .data.transforms import image_to_tensor
 from .inference import InputPolicy, predict_probs
-from .metrics import ConfusionMeter, ThresholdSweep, detection_stats
+from .metrics import (
+    ConfusionMeter,
+    ThresholdSweep,
+    accuracy,
+    detection_stats,
+    f1,
+    iou,
+    precision,
+    recall,
+    specificity,
+    tolerance_counts,
+    tolerance_f1,
+)
 from .model import ResNetUNet
+from .report.evaluation import classification_report
 
 DEFAULT_THRESHOLD = 0.5
+OUTCOMES = ("TP", "FP", "FN", "TN")
+
+
+class ToleranceMeter:
+    """Per-image tolerant match counts at one threshold, as rows; O(images) memory.
+
+    A row is ``(matched_pred, matched_true, n_pred, n_true)`` (see
+    :func:`fissure.metrics.tolerance_counts`).
+    """
+
+    def __init__(self, threshold: float, tolerance: int) -> None:
+        self.threshold, self.tolerance = threshold, tolerance
+        self.rows: list[tuple[int, int, int, int]] = []
+
+    def update(self, probs: Tensor, masks: Tensor) -> None:
+        """Add ``(N, 1, H, W)`` probabilities and masks."""
+        counts = tolerance_counts(probs > self.threshold, masks, self.tolerance)
+        self.rows.extend(tuple(r) for r in torch.stack(counts, 1).tolist())
+
+    def sums(self) -> tuple[int, int, int, int]:
+        """Dataset totals ``(matched_pred, matched_true, n_pred, n_true)``."""
+        if not self.rows:
+            return 0, 0, 0, 0
+        return tuple(int(v) for v in np.asarray(self.rows, dtype=np.int64).sum(0))
 
 
 @dataclass
 class EvalResult:
-    """Accumulated state of an evaluation; the report module turns it into files."""
+    """Accumulated state of an evaluation; feed it with :meth:`update`.
+
+    ``threshold`` is the tuned threshold (the checkpoint's or the user's); counts are also kept
+    at 0.5 so the two can be compared side by side. The reports are built from this object by
+    :mod:`fissure.report.evaluation`.
+    """
 
     threshold: float
+    tolerance: int
+    min_area: int
     meters: dict[float, ConfusionMeter]
+    tolerant: dict[float, ToleranceMeter]
     sweep: ThresholdSweep
-    pred_area: list[int] = field(default_factory=list)
-    true_area: list[int] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
-    def summary(self, min_area: int) -> dict[str, Any]:
-        out: dict[str, Any] = {"threshold": self.threshold}
-        for thr, meter in self.meters.items():
-            key = "at_tuned" if thr == self.threshold else "at_0.5"
-            out[key] = {"threshold": thr, **meter.compute()}
-        if self.threshold == DEFAULT_THRESHOLD:
-            out["at_0.5"] = out["at_tuned"]
-        out["detection"] = detection_stats(torch.tensor(self.pred_area),
-                                           torch.tensor(self.true_area), min_area)
-        out["sweep"] = self.sweep.compute()
+    @classmethod
+    def create(cls, threshold: float, cfg: EvalConfig) -> EvalResult:
+        """Empty accumulators for ``threshold`` and 0.5 (one set when they are equal)."""
+        thresholds = sorted({float(threshold), DEFAULT_THRESHOLD})
+        return cls(
+            threshold=float(threshold),
+            tolerance=cfg.tolerance,
+            min_area=cfg.min_area,
+            meters={t: ConfusionMeter(threshold=t, keep_rows=True) for t in thresholds},
+            tolerant={t: ToleranceMeter(t, cfg.tolerance) for t in thresholds},
+            sweep=ThresholdSweep(cfg.thresholds, tolerance=cfg.tolerance),
+        )
+
+    def update(self, probs: Tensor, masks: Tensor, names: Sequence[str]) -> None:
+        """Add a batch: ``probs`` (N, 1, H, W) in [0, 1], ``masks`` (N, 1, H, W) in {0, 1}."""
+        for meter in self.meters.values():
+            meter.update(probs, masks, names=names)
+        for meter in self.tolerant.values():
+            meter.update(probs, masks)
+        self.sweep.update(probs, masks, names=names)
+
+    @property
+    def n_images(self) -> int:
+        return len(self.meters[self.threshold].rows)
+
+    def counts(self, threshold: float | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Per-image int64 ``(N,)`` tensors ``tp, fp, fn, tn`` at a kept threshold."""
+        rows = self.meters[self.threshold if threshold is None else threshold].rows
+        table = torch.tensor([r[1:] for r in rows], dtype=torch.int64).reshape(-1, 4)
+        return tuple(table.unbind(1))  # type: ignore[return-value]
+
+    def per_image(self, threshold: float | None = None) -> list[dict]:
+        """One dict per image, in evaluation order, at ``threshold`` (default: the tuned one).
+
+        Keys: ``name, true_px, pred_px, tp, fp, fn, tn, iou, f1, tolerant_f1`` (per-image, empty
+        rule) and ``detection`` (``TP``/``FP``/``FN``/``TN``: is the image flagged as cracked,
+        i.e. ``pred_px >= min_area``, and does its mask hold any crack).
+        """
+        thr = self.threshold if threshold is None else threshold
+        rows, tol_rows = self.meters[thr].rows, self.tolerant[thr].rows
+        if not rows:
+            return []
+        tp, fp, fn, tn = self.counts(thr)
+        tol = torch.tensor(tol_rows, dtype=torch.int64).unbind(1)
+        scores = zip(iou(tp, fp, fn), f1(tp, fp, fn), tolerance_f1(*tol), strict=True)
+        keys = ("name", "tp", "fp", "fn", "tn", "iou", "f1", "tolerant_f1")
+        out = []
+        for row, score in zip(rows, scores, strict=True):
+            rec = dict(zip(keys, (*row, *(float(v) for v in score)), strict=True))
+            rec["true_px"], rec["pred_px"] = rec["tp"] + rec["fn"], rec["tp"] + rec["fp"]
+            flagged, cracked = rec["pred_px"] >= self.min_area, rec["true_px"] > 0
+            rec["detection"] = OUTCOMES[(0 if cracked else 1) if flagged else (2 if cracked else 3)]
+            out.append(rec)
         return out
 
 
@@ -59,21 +151,272 @@ def evaluate_dataset(
 ) -> EvalResult:
     """Run ``model`` over ``dataset`` once; counts at ``threshold`` and at 0.5, plus a sweep."""
     model.eval()
-    loader = DataLoader(dataset, batch_size=cfg.batch_size, num_workers=num_workers,
-                        collate_fn=collate, pin_memory=device.type == "cuda")
-    thresholds = sorted({threshold, DEFAULT_THRESHOLD})
-    result = EvalResult(threshold, {t: ConfusionMeter(threshold=t, keep_rows=True)
-                                    for t in thresholds},
-                        ThresholdSweep(cfg.thresholds, tolerance=cfg.tolerance))
+    loader = DataLoader(
+        dataset,
+        batch_size=cfg.batch_size,
+        num_workers=num_workers,
+        collate_fn=collate,
+        pin_memory=device.type == "cuda",
+    )
+    result = EvalResult.create(threshold, cfg)
     for batch in tqdm(loader, desc="evaluate", disable=not progress, dynamic_ncols=True):
         result.skipped.extend(batch["skipped"])
         names = iter(batch["name"])
         for images, masks in iter_groups(batch):
             chunk = [next(names) for _ in range(len(images))]
             probs = predict_probs(model, images.to(device), policy).cpu()
-            for meter in result.meters.values():
-                meter.update(probs, masks, names=chunk)
-            result.sweep.update(probs, masks, names=chunk)
-            result.pred_area.extend((probs > threshold).sum(dim=(1, 2, 3)).tolist())
-            result.true_area.extend((masks > 0.5).sum(dim=(1, 2, 3)).tolist())
+            result.update(probs, masks, chunk)
     return result
+
+
+@dataclass
+class SampleView:
+    """One re-predicted image for the samples grid: ``image`` (H, W, 3) uint8, ``mask``
+    (H, W) bool, ``prob`` (H, W) float32, plus its label and streamed per-image row."""
+
+    label: str
+    row: dict
+    image: np.ndarray
+    mask: np.ndarray
+    prob: np.ndarray
+
+
+@torch.inference_mode()
+def reload_samples(
+    model: ResNetUNet,
+    dataset: CrackDataset,
+    picks: list[tuple[str, dict]],
+    policy: InputPolicy,
+    device: torch.device,
+) -> list[SampleView]:
+    """Re-read the picked images by name and predict them again, one at a time.
+
+    Only these few images are ever held whole in memory, whatever the split's size.
+    """
+    model.eval()
+    by_name = {}
+    for sample in dataset.samples:
+        by_name.setdefault(sample.name, sample)
+    views = []
+    for label, row in picks:
+        image, mask = load_pair(dataset.source, by_name[row["name"]])
+        tensor = image_to_tensor(image)[None].to(device)
+        prob = predict_probs(model, tensor, policy)[0, 0].float().cpu().numpy()
+        views.append(SampleView(label, row, image, mask, prob))
+    return views
+
+
+# --------------------------------------------------------------------------- metrics document
+
+EMPTY_RULE = (
+    "empty rule: a ratio whose denominator is 0 in an image scores 1 when that image has no "
+    "false positive and no false negative (no true and no predicted crack), else 0"
+)
+NO_CRACK = "undefined: the split holds no crack pixels (see detection)"
+UNDEFINED = "null where the denominator is 0 (e.g. no predicted crack pixel at that threshold)"
+RATIOS = {
+    "iou": ("TP/(TP+FP+FN)", iou),
+    "precision": ("TP/(TP+FP)", precision),
+    "recall": ("TP/(TP+FN)", recall),
+    "f1": ("2TP/(2TP+FP+FN)", f1),
+    "accuracy": ("(TP+TN)/(TP+FP+FN+TN)", accuracy),
+    "specificity": ("TN/(TN+FP)", specificity),
+}
+# figures that measure overlap with true crack, meaningless when there is none
+CRACK_FIGURES = {"iou", "precision", "recall", "f1"}
+
+
+def _fig(definition: str, values: dict, note: str | None = None) -> dict:
+    out = {"definition": definition, **values}
+    if note is None and any(v is None for v in values.values()):
+        note = UNDEFINED
+    if note:
+        out["note"] = note
+    return out
+
+
+def _columns(result: EvalResult) -> dict[str, float]:
+    return {"at_0.5": DEFAULT_THRESHOLD, "at_tuned": result.threshold}
+
+
+def _pixel(result: EvalResult, no_crack: bool) -> dict:
+    cols = _columns(result)
+    summaries = {key: result.meters[t].compute() for key, t in cols.items()}
+    counts = {key: result.counts(t) for key, t in cols.items()}
+    micro, per_image = {}, {}
+    for name, (formula, fn) in RATIOS.items():
+        values = {key: s[name] for key, s in summaries.items()}
+        blank = no_crack and name in CRACK_FIGURES
+        micro[name] = _fig(
+            f"dataset-level (micro): {formula}, pixel counts summed over all images",
+            dict.fromkeys(values) if blank else values,
+            NO_CRACK if blank else None,
+        )
+        stats = {}
+        for key, c in counts.items():
+            v = fn(*c).numpy()
+            stats[key] = {"mean": float(v.mean()), "std": float(v.std())} if v.size else None
+        per_image[name] = _fig(
+            f"per-image (macro): {formula} on each image, then mean and "
+            f"population std over images; {EMPTY_RULE}",
+            stats,
+        )
+    total = {key: {k: s[k] for k in ("tp", "fp", "fn", "tn")} for key, s in summaries.items()}
+    return {
+        "pixel_micro": micro,
+        "pixel_per_image": per_image,
+        "pixel_counts": _fig("pixels summed over all images; crack where prob > threshold", total),
+    }
+
+
+def _ratio(num: int, den: int) -> float | None:
+    return None if den == 0 else num / den
+
+
+def _detection(result: EvalResult) -> dict:
+    stats = {}
+    for key, t in _columns(result).items():
+        tp, fp, fn, _ = result.counts(t)
+        stats[key] = detection_stats(tp + fp, tp + fn, result.min_area)
+    first = stats["at_tuned"]
+    out = {
+        "definition": f"image-level: an image is flagged as cracked when it has >= "
+        f"{result.min_area} predicted crack pixels (eval.min_area), and is "
+        "truly cracked when its mask has any crack pixel",
+        "min_area": result.min_area,
+        **{k: first[k] for k in ("n_images", "n_cracked", "n_clean")},
+        "counts": {key: {k: s[k] for k in ("tp", "fp", "fn", "tn")} for key, s in stats.items()},
+    }
+    formulas = {
+        "precision": "TP/(TP+FP) over images",
+        "recall": "TP/(TP+FN) over images",
+        "f1": "2TP/(2TP+FP+FN) over images",
+        "accuracy": "(TP+TN)/all images",
+        "false_positive_rate": "FP/(FP+TN): share of crack-free images flagged",
+    }
+    for name, formula in formulas.items():
+        src = "fpr" if name == "false_positive_rate" else name
+        values = {key: s[src] for key, s in stats.items()}
+        # without a cracked image, precision 0 would only say that every flag is false
+        blank = first["n_cracked"] == 0 and name in CRACK_FIGURES
+        note = "undefined: the split has no cracked image (see false_positive_rate)"
+        out[name] = _fig(
+            formula, dict.fromkeys(values) if blank else values, note if blank else None
+        )
+    return out
+
+
+def _tolerance(result: EvalResult, no_crack: bool) -> dict:
+    tol = result.tolerance
+    values: dict[str, dict] = {"precision": {}, "recall": {}, "f1": {}}
+    for key, t in _columns(result).items():
+        mp, mt, npred, ntrue = result.tolerant[t].sums()
+        f = float(
+            tolerance_f1(*(torch.tensor(v) for v in (mp, mt, npred, ntrue)), empty=float("nan"))
+        )
+        values["precision"][key] = _ratio(mp, npred)
+        values["recall"][key] = _ratio(mt, ntrue)
+        values["f1"][key] = None if np.isnan(f) else f
+    base = (
+        f"{tol}-px tolerant, dataset-level: a predicted crack pixel is correct when a true "
+        f"crack pixel lies within {tol} px (Euclidean disk), a true pixel is found when a "
+        f"predicted one lies within {tol} px; counts summed over all images; "
+    )
+    formulas = {
+        "precision": "correct predicted / predicted pixels",
+        "recall": "found true / true pixels",
+        "f1": "harmonic mean of the two",
+    }
+    out: dict = {"tolerance_px": tol}
+    for name, formula in formulas.items():
+        v = dict.fromkeys(values[name]) if no_crack else values[name]
+        out[name] = _fig(base + formula, v, NO_CRACK if no_crack else None)
+    return out
+
+
+def _sweep(result: EvalResult, no_crack: bool) -> dict:
+    s = result.sweep.compute()
+    tol = s["tolerance"]
+    defs = {
+        "ods_f1": "ODS: best F1 over the swept thresholds, counts summed over all images",
+        "ods_threshold": "the threshold giving the ODS F1 (lowest on ties)",
+        "ois_f1": "OIS: each image at its own best-F1 threshold, counts summed, then F1",
+        "ap": "average precision: step-wise area under the dataset PR curve (as sklearn's)",
+    }
+    out: dict = {"n_thresholds": len(s["thresholds"]), "tolerance_px": tol}
+    for name, text in defs.items():
+        values = {"exact": s["exact"][name], f"tolerant_{tol}px": s["tolerant"][name]}
+        blank = no_crack
+        out[name] = _fig(
+            text, dict.fromkeys(values) if blank else values, NO_CRACK if blank else None
+        )
+    out["pr_curve"] = {
+        "definition": "dataset-level precision and recall at each swept threshold "
+        "(crack where prob > threshold); null where undefined",
+        "thresholds": s["thresholds"],
+        **{
+            mode: {"precision": s[key]["precision"], "recall": s[key]["recall"]}
+            for mode, key in (("exact", "exact"), (f"tolerant_{tol}px", "tolerant"))
+        },
+    }
+    return out
+
+
+def metrics_document(result: EvalResult, header: dict | None = None) -> dict:
+    """Every figure of ``result`` as a JSON-ready dict; each figure names its definition.
+
+    Figures at two thresholds carry ``at_0.5`` and ``at_tuned`` values; sweep figures carry
+    ``exact`` and ``tolerant_<k>px``. ``notes`` says in words what is undefined and why.
+    """
+    doc: dict = {"fissure_version": __version__, **(header or {})}
+    doc["n_images"] = result.n_images
+    doc["thresholds"] = {**_columns(result), **doc.get("thresholds", {})}
+    n_true = sum(r[1] + r[3] for r in result.meters[result.threshold].rows)
+    no_crack = n_true == 0
+    doc.update(_pixel(result, no_crack))
+    tp, fp, fn, tn = (doc["pixel_counts"]["at_tuned"][k] for k in ("tp", "fp", "fn", "tn"))
+    doc["classification_report"] = {
+        "definition": f"pixel level at the tuned threshold {result.threshold:g}, from the "
+        "confusion matrix; support = true pixels of the class",
+        **classification_report(tp, fp, fn, tn),
+    }
+    doc["detection"] = _detection(result)
+    doc["tolerance"] = _tolerance(result, no_crack)
+    doc["threshold_sweep"] = _sweep(result, no_crack)
+    doc["skipped"] = [{"name": n, "reason": r} for n, r in result.skipped]
+    doc["notes"] = _notes(result, doc, no_crack)
+    doc["headline"] = _headline(doc, no_crack)
+    return doc
+
+
+def _notes(result: EvalResult, doc: dict, no_crack: bool) -> list[str]:
+    notes = []
+    det = doc["detection"]
+    if result.n_images == 0:
+        notes.append("no image could be evaluated")
+    elif no_crack:
+        fpr = det["false_positive_rate"]["at_tuned"]
+        notes.append(
+            "the split holds no crack pixels, so IoU, F1, precision and recall (pixel, "
+            "tolerant and image-level), ODS, OIS and AP are undefined and reported as null, not "
+            f"0; judge the model by image-level detection: {det['counts']['at_tuned']['fp']} of "
+            f"{det['n_clean']} crack-free images flagged as cracked (false-positive rate "
+            f"{fpr:.4f} at threshold {result.threshold:g}) and by pixel specificity"
+        )
+    if result.skipped:
+        notes.append(f"{len(result.skipped)} image(s) could not be read and were skipped")
+    if result.threshold == DEFAULT_THRESHOLD:
+        notes.append("the tuned threshold is 0.5, so at_0.5 and at_tuned are the same")
+    return notes
+
+
+def _headline(doc: dict, no_crack: bool) -> dict:
+    name = "detection.false_positive_rate" if no_crack else "pixel_micro.iou"
+    section, key = name.split(".")
+    fig = doc[section][key]
+    return {
+        "figure": name,
+        "at": "at_tuned",
+        "value": fig["at_tuned"],
+        "definition": fig["definition"],
+    }

@@ -17,19 +17,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from PIL import Image
-
 from .checkpoint import checkpoint_config, load_checkpoint, model_from_checkpoint
 from .config import Config, DataConfig, load_config, read_yaml, save_config
-from .data import CrackDataset, PairSource, build_source, load_image
-from .data.image import is_image_name
-from .data.transforms import eval_transform, image_to_tensor
+from .data import CrackDataset, PairSource, build_source
+from .data.transforms import eval_transform
 from .engine import Trainer
 from .errors import CheckpointError, ConfigError, DataError, FissureError
-from .evaluation import evaluate_dataset
-from .inference import InputPolicy, predict_probs, select_device
-from .report import plot_curves, write_history, write_json, write_skipped
+from .evaluation import evaluate_dataset, metrics_document, reload_samples
+from .inference import InputPolicy, select_device
+from .prediction_files import Fetch, InputImage, find_inputs, predict_files
+from .report import pick_samples, plot_curves, write_eval_reports, write_history, write_skipped
 
 RUN_FILES = ("config.yaml", "last.pt", "best.pt", "history.csv")
 Log = Callable[[str], None]
@@ -153,45 +150,47 @@ def evaluate(
     threshold: float | None = None,
     device: str = "auto",
     num_workers: int = 0,
+    samples_per_group: int = 2,
     progress: bool = True,
     log: Log = print,
 ) -> dict[str, Any]:
-    """Score a checkpoint on a split; writes ``metrics.json`` into ``out`` when given."""
+    """Score a checkpoint on a split in one streaming pass; returns the metrics document.
+
+    The tuned threshold is the checkpoint's unless ``threshold`` is given; every figure is also
+    reported at 0.5. With ``out``, writes ``metrics.json``, ``per_image.csv``,
+    ``confusion_matrix.png``, ``pr_curve.png`` and ``samples.png`` there (the worst, median and
+    best ``samples_per_group`` images by per-image IoU, re-read and predicted again).
+    """
     model, ckpt = load_model(checkpoint, device)
     ckpt_cfg = checkpoint_config(ckpt, str(checkpoint))
     data_cfg = data_config_for(ckpt_cfg, data)
     source = build_source(data_cfg)
     dataset = CrackDataset(source, source.samples(split), eval_transform(), data_cfg.on_error)
-    thr = float(ckpt.get("threshold", 0.5)) if threshold is None else threshold
+    if threshold is not None:
+        thr, origin = float(threshold), "given with --threshold"
+    elif "threshold" in ckpt:
+        thr, origin = float(ckpt["threshold"]), "stored in the checkpoint"
+    else:
+        thr, origin = 0.5, "default 0.5: the checkpoint stores none"
     if not 0.0 < thr < 1.0:
         raise ConfigError(f"--threshold: must be within (0, 1), got {thr}")
     dev = next(model.parameters()).device
-    result = evaluate_dataset(model, dataset, InputPolicy.from_checkpoint(ckpt), thr,
-                              ckpt_cfg.eval, dev, num_workers, progress)
-    summary = result.summary(ckpt_cfg.eval.min_area)
-    metrics = {"checkpoint": str(checkpoint), "data": source.description, "split": split,
-               "n_images": len(dataset), **summary}
+    policy = InputPolicy.from_checkpoint(ckpt)
+    result = evaluate_dataset(model, dataset, policy, thr, ckpt_cfg.eval, dev, num_workers,
+                              progress)
+    header = {"checkpoint": str(checkpoint), "data": source.description, "split": split,
+              "thresholds": {"tuned_source": origin}}
+    metrics = metrics_document(result, header)
     if out is not None:
-        out_dir = Path(out)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_json(metrics, out_dir / "metrics.json")
+        rows = result.per_image()
+        views = reload_samples(model, dataset, pick_samples(rows, samples_per_group), policy, dev)
+        write_eval_reports(metrics, rows, views, out)
     return metrics
 
 
-def _input_files(inputs: Sequence[str | Path], pattern: str = "**/*") -> list[Path]:
-    files: list[Path] = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            files.extend(p for p in sorted(path.glob(pattern))
-                         if p.is_file() and is_image_name(p.name))
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise DataError(f"{path}: no such file or folder")
-    if not files:
-        raise DataError(f"no image files found in {', '.join(map(str, inputs))}")
-    return files
+def _input_files(inputs: Sequence[str | Path], pattern: str = "**/*") -> list[InputImage]:
+    """Images named by ``inputs``; see :func:`fissure.prediction_files.find_inputs`."""
+    return find_inputs(inputs, pattern)
 
 
 def predict(
@@ -200,34 +199,30 @@ def predict(
     out: str | Path,
     *,
     threshold: float | None = None,
+    tile: int | None = None,
+    overlap: int | None = None,
+    tta: bool = False,
+    batch_size: int = 8,
+    glob: str = "**/*",
     save_prob: bool = False,
+    overlay: bool = True,
+    min_area: int | None = None,
+    px_per_mm: float | None = None,
     device: str = "auto",
+    fetch: Fetch | None = None,
     progress: bool = True,
     log: Log = print,
 ) -> list[dict[str, Any]]:
-    """Write ``<stem>.png`` binary masks (input size) and optionally ``<stem>_prob.png``."""
-    from .data.image import image_stem
+    """Predict files, folders (searched with ``glob``) and, given ``fetch``, stage paths.
 
-    model, ckpt = load_model(checkpoint, device)
-    policy = InputPolicy.from_checkpoint(ckpt)
-    thr = float(ckpt.get("threshold", 0.5)) if threshold is None else threshold
-    out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    dev = next(model.parameters()).device
-    records = []
-    for path in _input_files(inputs):
-        image = load_image(path)
-        tensor = image_to_tensor(image)
-        prob = predict_probs(model, tensor[None].to(dev), policy)[0, 0].cpu().numpy()
-        mask = prob > thr
-        stem = image_stem(path.name)
-        Image.fromarray((mask * 255).astype(np.uint8)).save(out_dir / f"{stem}.png")
-        if save_prob:
-            prob8 = np.round(prob * 255).astype(np.uint8)
-            Image.fromarray(prob8).save(out_dir / f"{stem}_prob.png")
-        records.append({"image": str(path), "mask": str(out_dir / f"{stem}.png"),
-                        "crack_pixels": int(mask.sum()), "threshold": thr})
-    return records
+    Writes ``<stem>.png`` masks (input size), overlays, optional probability maps, and
+    ``predictions.csv``/``.json`` with one record per image; returns the records. See
+    :mod:`fissure.prediction` for tiling and :mod:`fissure.prediction_files` for outputs.
+    """
+    return predict_files(checkpoint, inputs, out, glob=glob, threshold=threshold, tile=tile,
+                         overlap=overlap, tta=tta, batch_size=batch_size, min_area=min_area,
+                         px_per_mm=px_per_mm, save_prob=save_prob, overlay=overlay,
+                         device=device, fetch=fetch, progress=progress)
 
 
 def demo(cfg: Config, out: str | Path = "runs/demo", *, count: int = 120, seed: int = 0,

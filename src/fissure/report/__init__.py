@@ -1,12 +1,31 @@
 """Files and tables a person reads: training history and curves, evaluation reports."""
 
-from .training import (
-    fmt,
+from .evaluation import (
+    EVAL_FILES,
+    classification_report_text,
     metrics_table,
-    plot_curves,
-    write_history,
-    write_json,
-    write_skipped,
+    pick_samples,
+    plot_confusion,
+    plot_pr_curve,
+    plot_samples,
+    write_eval_reports,
+    write_per_image,
 )
+from .training import fmt, plot_curves, write_history, write_json, write_skipped
 
-__all__ = ["fmt", "metrics_table", "plot_curves", "write_history", "write_json", "write_skipped"]
+__all__ = [
+    "EVAL_FILES",
+    "classification_report_text",
+    "fmt",
+    "metrics_table",
+    "pick_samples",
+    "plot_confusion",
+    "plot_curves",
+    "plot_pr_curve",
+    "plot_samples",
+    "write_eval_reports",
+    "write_history",
+    "write_json",
+    "write_per_image",
+    "write_skipped",
+]

@@ -1,4 +1,4 @@
-"""Training outputs (history CSV, curves) and the terminal metrics table."""
+"""Training outputs (history CSV, curves) and the shared JSON writer and number format."""
 
 from __future__ import annotations
 
@@ -76,35 +76,3 @@ def fmt(value: Any, digits: int = 4) -> str:
         return f"{value:.{digits}f}"
     return str(value)
 
-
-def metrics_table(metrics: dict[str, Any]) -> str:
-    """Terminal summary of :func:`fissure.workflow.evaluate`'s result."""
-    lines = [f"{metrics.get('split', '?')} split: {metrics.get('n_images', '?')} images "
-             f"from {metrics.get('data', '?')}"]
-    tuned, base = metrics.get("at_tuned", {}), metrics.get("at_0.5", {})
-    cols = [("threshold 0.5", base)]
-    if tuned is not base and tuned.get("threshold") != 0.5:
-        cols.append((f"tuned {tuned.get('threshold', 0):.2f}", tuned))
-    lines.append(f"{'dataset-level (micro)':<26}" + "".join(f"{c:>16}" for c, _ in cols))
-    for key in ("iou", "precision", "recall", "f1", "accuracy", "specificity"):
-        lines.append(f"  {key:<24}" + "".join(f"{fmt(m.get(key)):>16}" for _, m in cols))
-    lines.append("per-image (macro, empty/empty = 1)")
-    for key in ("iou", "f1"):
-        lines.append(f"  {key + ' mean ± std':<24}" + "".join(
-            f"{fmt(m.get(key + '_mean')) + ' ± ' + fmt(m.get(key + '_std'), 3):>16}"
-            for _, m in cols))
-    if base.get("tp", 0) + base.get("fn", 0) == 0:
-        lines.append("note: the split holds no crack pixels, so pixel IoU/F1 are undefined; "
-                     "see the detection figures")
-    det = metrics.get("detection")
-    if det:
-        lines.append(f"image-level detection (crack if >= {det['min_area']} px): precision "
-                     f"{fmt(det['precision'])} recall {fmt(det['recall'])} f1 {fmt(det['f1'])} "
-                     f"false-positive rate on {det['n_clean']} crack-free {fmt(det['fpr'])}")
-    sweep = metrics.get("sweep")
-    if sweep:
-        for mode, label in (("exact", "exact"), ("tolerant", f"{sweep['tolerance']}-px tolerant")):
-            s = sweep[mode]
-            lines.append(f"{label:<16} ODS F1 {fmt(s['ods_f1'])} @ {fmt(s['ods_threshold'], 2)}"
-                         f"  OIS F1 {fmt(s['ois_f1'])}  AP {fmt(s['ap'])}")
-    return "\n".join(lines)

@@ -1,0 +1,223 @@
+"""Export a checkpoint's model to ONNX or TorchScript, to run it without fissure.
+
+Both graphs take ``image`` ``(N, 3, H, W)`` float32, normalised with the checkpoint's
+ImageNet mean and std, with N, H and W free, and return ``probability`` ``(N, 1, H, W)``:
+the sigmoid of the logits, at the input's size. Threshold it with the checkpoint's
+threshold; that, the normalisation and the input policy travel inside the file (ONNX
+metadata properties / a ``fissure.json`` extra file in the TorchScript archive).
+
+Padding to a multiple of 32 is part of the graph. The ONNX graph reflects the border, as
+the model does for any side of at least 32 px; smaller sides need padding by the caller.
+Inputs shrunk or tiled the way ``fissure predict`` does are the caller's business too.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import __version__
+from .checkpoint import load_checkpoint, model_from_checkpoint
+from .errors import FissureError
+from .model import STRIDE, ResNetUNet
+
+FORMATS = ("onnx", "torchscript")
+OPSET = 18
+MIN_SIDE = 32
+CHECK_SIZES = ((1, 64, 96), (2, 96, 128), (1, 70, 45))
+"""``(N, H, W)`` inputs an export is checked on; the last is no multiple of 32."""
+TOLERANCE = 1e-4
+
+
+class _OnnxProbabilities(nn.Module):
+    """``sigmoid(model(x))`` with the padding done where ``torch.export`` can see it.
+
+    The model pads inside ``forward`` only when a side is not a multiple of 32; traced on
+    one example size that branch is frozen for every size. Padding here to
+    ``ceil(h / 32) * 32`` gives sizes the exporter proves divisible by 32, so the model's
+    branch folds away for all sizes.
+    """
+
+    def __init__(self, model: ResNetUNet) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> Tensor:
+        height, width = x.shape[-2], x.shape[-1]
+        pad_h = (height + STRIDE - 1) // STRIDE * STRIDE - height
+        pad_w = (width + STRIDE - 1) // STRIDE * STRIDE - width
+        x = F.pad(x, (0, pad_w, 0, pad_h), mode="reflect")
+        return torch.sigmoid(self.model(x)[..., :height, :width])
+
+
+class _ScriptableProbabilities(nn.Module):
+    """``sigmoid(model(x))`` in a form ``torch.jit.script`` compiles for any size.
+
+    ``ResNetUNet.forward`` reads a module-level constant, which TorchScript rejects, so
+    its wiring is repeated here over the same submodules (shared, not copied). The export
+    is checked against the eager model, which catches any drift between the two.
+    """
+
+    def __init__(self, model: ResNetUNet) -> None:
+        super().__init__()
+        for name in ("encoder0", "pool0", "encoder1", "encoder2", "encoder3", "encoder4",
+                     "up4", "dec4", "up3", "dec3", "up2", "dec2", "up1", "dec1", "final"):
+            setattr(self, name, getattr(model, name))
+        self.stride = STRIDE
+
+    def forward(self, x: Tensor) -> Tensor:
+        height, width = x.shape[-2], x.shape[-1]
+        pad_h = (self.stride - height % self.stride) % self.stride
+        pad_w = (self.stride - width % self.stride) % self.stride
+        if pad_h > 0 or pad_w > 0:
+            mode = "reflect" if pad_h < height and pad_w < width else "replicate"
+            x = F.pad(x, [0, pad_w, 0, pad_h], mode=mode)
+        e0 = self.encoder0(x)
+        e1 = self.encoder1(self.pool0(e0))
+        e2 = self.encoder2(e1)
+        e3 = self.encoder3(e2)
+        e4 = self.encoder4(e3)
+        d4 = self.dec4(torch.cat([self.up4(e4), e3], dim=1))
+        d3 = self.dec3(torch.cat([self.up3(d4), e2], dim=1))
+        d2 = self.dec2(torch.cat([self.up2(d3), e1], dim=1))
+        d1 = self.dec1(torch.cat([self.up1(d2), e0], dim=1))
+        out = F.interpolate(self.final(d1), size=[x.shape[-2], x.shape[-1]], mode="bilinear",
+                            align_corners=False)
+        return torch.sigmoid(out[:, :, :height, :width])
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """Where the export went and its largest deviation from PyTorch on ``CHECK_SIZES``."""
+
+    path: Path
+    format: str
+    max_abs_diff: float | None
+
+
+def export_metadata(ckpt: dict[str, Any]) -> dict[str, str]:
+    """What a deployment needs besides the graph, as strings (ONNX metadata is str -> str)."""
+    norm = ckpt.get("normalization", {})
+    spec = ckpt.get("input", {})
+    return {
+        "fissure.version": __version__,
+        "fissure.output": "probability",
+        "fissure.threshold": str(float(ckpt.get("threshold", 0.5))),
+        "fissure.mean": json.dumps(norm.get("mean")),
+        "fissure.std": json.dumps(norm.get("std")),
+        "fissure.input_mode": str(spec.get("mode", "resize")),
+        "fissure.input_size": str(spec.get("size", 256)),
+        "fissure.encoder": str(ckpt.get("model", {}).get("encoder")),
+    }
+
+
+def _export_onnx(model: ResNetUNet, out: Path, metadata: dict[str, str], opset: int) -> None:
+    try:
+        import onnx
+    except ImportError:
+        raise FissureError("ONNX export needs onnx and onnxscript: "
+                           "pip install 'fissure[export]'") from None
+    height = torch.export.Dim("height", min=MIN_SIDE)
+    width = torch.export.Dim("width", min=MIN_SIDE)
+    # The example size is deliberately no multiple of 32, and the batch is not 1: torch.export
+    # would specialise a dimension of size 1.
+    example = torch.randn(2, 3, 70, 45)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_OnnxProbabilities(model).eval(), (example,), str(out), dynamo=True,
+                          input_names=["image"], output_names=["probability"],
+                          dynamic_shapes={"x": {0: torch.export.Dim("batch"), 2: height,
+                                                3: width}},
+                          opset_version=opset, verbose=False, external_data=False)
+    graph = onnx.load(str(out))
+    onnx.helper.set_model_props(graph, metadata)
+    onnx.save(graph, str(out))
+
+
+def _export_torchscript(model: ResNetUNet, out: Path, metadata: dict[str, str]) -> None:
+    with warnings.catch_warnings():
+        # torch.jit is deprecated in favour of torch.export, but still the format that
+        # loads from C++ and older runtimes without Python.
+        warnings.simplefilter("ignore", FutureWarning)
+        scripted = torch.jit.script(_ScriptableProbabilities(model).eval())
+        torch.jit.save(scripted, str(out),
+                       _extra_files={"fissure.json": json.dumps(metadata).encode()})
+
+
+def _onnx_runner(path: Path):
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return lambda x: session.run(None, {"image": x.numpy()})[0]
+
+
+def _torchscript_runner(path: Path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        loaded = torch.jit.load(str(path), map_location="cpu")
+    return lambda x: loaded(x).numpy()
+
+
+def check_export(path: str | Path, fmt: str, model: ResNetUNet,
+                 sizes: Sequence[tuple[int, int, int]] = CHECK_SIZES) -> float:
+    """Largest ``|exported - sigmoid(model)|`` over random inputs of ``(N, H, W)`` ``sizes``."""
+    runner = _onnx_runner(Path(path)) if fmt == "onnx" else _torchscript_runner(Path(path))
+    generator = torch.Generator().manual_seed(0)
+    worst = 0.0
+    for n, h, w in sizes:
+        x = torch.randn(n, 3, h, w, generator=generator)
+        with torch.inference_mode():
+            expected = torch.sigmoid(model(x)).numpy()
+            got = np.asarray(runner(x))
+        if got.shape != expected.shape:
+            raise FissureError(f"{path}: exported graph returned {got.shape} for input "
+                               f"{tuple(x.shape)}, expected {expected.shape}")
+        worst = max(worst, float(np.abs(got - expected).max()))
+    return worst
+
+
+def export_model(checkpoint: str | Path | dict[str, Any], out: str | Path, fmt: str = "onnx",
+                 *, opset: int = OPSET, verify: bool = True) -> ExportResult:
+    """Export ``checkpoint`` to ``out`` as ``fmt`` (``onnx`` or ``torchscript``).
+
+    With ``verify`` the written file is run (onnxruntime for ONNX, skipped when it is not
+    installed) on ``CHECK_SIZES`` and must agree with PyTorch within ``TOLERANCE``.
+    """
+    if fmt not in FORMATS:
+        raise FissureError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if fmt == "onnx" and opset < 17:
+        raise FissureError(f"--opset must be at least 17, got {opset}")
+    ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
+    origin = "checkpoint" if isinstance(checkpoint, dict) else str(checkpoint)
+    model = model_from_checkpoint(ckpt, origin).eval()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    metadata = export_metadata(ckpt)
+    if fmt == "onnx":
+        _export_onnx(model, out, metadata, opset)
+    else:
+        _export_torchscript(model, out, metadata)
+    diff = None
+    if verify and (fmt != "onnx" or _has_onnxruntime()):
+        diff = check_export(out, fmt, model)
+        if diff > TOLERANCE:
+            raise FissureError(f"{out}: exported model differs from PyTorch by {diff:.2e} "
+                               f"(more than {TOLERANCE:g})")
+    return ExportResult(out, fmt, diff)
+
+
+def _has_onnxruntime() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True

@@ -1,0 +1,240 @@
+"""Prediction over files and folders: finding the images, naming and writing the outputs.
+
+For every image, in the output folder (``<name>`` is the image's stem, see
+:func:`output_names`):
+
+* ``<name>.png``: binary mask, 0 or 255, lossless, the size of the (EXIF-upright) image;
+* ``<name>_prob.png`` (``save_prob``): crack probability scaled to 0-255, 8-bit;
+* ``<name>_overlay.jpg`` (``overlay``): the photo with crack pixels painted magenta. JPEG
+  because it is for looking at: a 12-megapixel PNG of a photo is ~20 MB and slow to write.
+
+For the run: ``predictions.csv`` and ``predictions.json``, one record per image in input
+order (see :func:`prediction_record`).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from .data.image import decode_image, image_stem, is_image_name, read_bytes
+from .errors import DataError, FissureError
+from .prediction import Prediction, as_predictor, predict_many
+
+OVERLAY_COLOR = (255, 0, 255)
+"""Magenta: rare on concrete, unlike red, which rust stains and markings share."""
+OVERLAY_ALPHA = 0.75
+STAGE_PREFIX = "@"
+
+
+@dataclass(frozen=True)
+class InputImage:
+    """One image to predict.
+
+    ``source`` is what the records report (a path as given, or a stage path); ``read``
+    returns the file's bytes (plain or gzip); ``location`` is its full path, which tells
+    images with the same file name apart (see :func:`output_names`).
+    """
+
+    source: str
+    read: Callable[[], bytes]
+    location: PurePosixPath
+
+    @classmethod
+    def from_path(cls, path: Path) -> InputImage:
+        return cls(str(path), partial(read_bytes, path), PurePosixPath(path.resolve().as_posix()))
+
+
+Fetch = Callable[[str, str], Iterable[InputImage]]
+"""``fetch(stage_path, pattern)``: the images under a stage path such as ``@stage/photos``."""
+
+
+def _inside(path: Path, folder: Path | None) -> bool:
+    return folder is not None and path.resolve().is_relative_to(folder)
+
+
+def find_inputs(
+    inputs: Sequence[str | Path],
+    pattern: str = "**/*",
+    *,
+    fetch: Fetch | None = None,
+    exclude: str | Path | None = None,
+) -> list[InputImage]:
+    """The images named by ``inputs``: files, folders searched with ``pattern``, stage paths.
+
+    Folder matches must have an image suffix (``.png``, ``.jpg``, ... optionally ``.gz``);
+    files named directly are taken as they are. Anything under ``exclude`` (the output
+    folder) is skipped so that a rerun does not predict its own masks. An input starting
+    with ``@`` is a stage path and needs ``fetch``. Repeated images are listed once.
+    """
+    skip = Path(exclude).resolve() if exclude is not None else None
+    found: list[InputImage] = []
+    for item in inputs:
+        text = str(item)
+        if text.startswith(STAGE_PREFIX):
+            if fetch is None:
+                raise FissureError(f"{text}: stage inputs need the Snowflake source")
+            found.extend(fetch(text, pattern))
+            continue
+        path = Path(item)
+        if path.is_dir():
+            found.extend(InputImage.from_path(p) for p in sorted(path.glob(pattern))
+                         if p.is_file() and is_image_name(p.name) and not _inside(p, skip))
+        elif path.is_file():
+            found.append(InputImage.from_path(path))
+        else:
+            raise DataError(f"{path}: no such file or folder")
+    if not found:
+        raise DataError(f"no image files found in {', '.join(map(str, inputs))}")
+    unique = {image.location: image for image in reversed(found)}
+    return [image for image in found if unique[image.location] is image]
+
+
+def _by_folder(locations: list[PurePosixPath], stem: str) -> list[str]:
+    """``site1__img`` and ``site2__img``: the path below the folders the images share."""
+    parents = [loc.parent.parts for loc in locations]
+    shared = 0
+    while all(len(p) > shared and p[shared] == parents[0][shared] for p in parents):
+        shared += 1
+    return ["__".join((*p[shared:], stem)) for p in parents]
+
+
+def _with_suffix(location: PurePosixPath, name: str) -> str:
+    suffix = location.name[len(image_stem(location.name)) :].lstrip(".").replace(".", "_")
+    return f"{name}__{suffix}" if suffix else name
+
+
+def output_names(images: Sequence[InputImage]) -> list[str]:
+    """Base names of each image's output files, unique within a run.
+
+    An image's stem when no other input shares it. Images that share a stem are named by
+    their folders below the deepest folder they all share, joined with ``__``
+    (``a/x.png``, ``b/x.png`` -> ``a__x``, ``b__x``); same folder, different suffix gets
+    the suffix (``x.png``, ``x.jpg`` -> ``x__png``, ``x__jpg``). Any name still taken (also
+    by another image's ``_prob``/``_overlay`` file, ignoring case) gets ``__2``, ``__3``...
+    """
+    locations = [image.location for image in images]
+    names = [image_stem(loc.name) for loc in locations]
+    for rename in (_by_folder, None):
+        counts = Counter(names)
+        for name in {n for n, c in counts.items() if c > 1}:
+            idx = [i for i, n in enumerate(names) if n == name]
+            new = (rename([locations[i] for i in idx], name) if rename is not None
+                   else [_with_suffix(locations[i], name) for i in idx])
+            for i, new_name in zip(idx, new, strict=True):
+                names[i] = new_name
+    taken: set[str] = set()
+    unique = []
+    for name in names:
+        candidate, k = name, 1
+        while {f"{candidate}{s}".casefold() for s in ("", "_prob", "_overlay")} & taken:
+            k += 1
+            candidate = f"{name}__{k}"
+        taken |= {f"{candidate}{s}".casefold() for s in ("", "_prob", "_overlay")}
+        unique.append(candidate)
+    return unique
+
+
+def overlay_image(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``(H, W, 3)`` uint8: ``rgb`` with ``mask`` ``(H, W)`` pixels blended to magenta."""
+    out = rgb.copy()
+    painted = rgb[mask].astype(np.float32) * (1 - OVERLAY_ALPHA)
+    out[mask] = np.round(painted + OVERLAY_ALPHA * np.asarray(OVERLAY_COLOR)).astype(np.uint8)
+    return out
+
+
+def write_outputs(out_dir: Path, name: str, rgb: np.ndarray, prediction: Prediction,
+                  save_prob: bool = False, overlay: bool = True) -> dict[str, str | None]:
+    """Write ``<name>.png`` and, as asked, the probability map and overlay; their paths."""
+    paths: dict[str, str | None] = {"mask": str(out_dir / f"{name}.png"), "probability": None,
+                                    "overlay": None}
+    Image.fromarray(prediction.mask.astype(np.uint8) * 255).save(paths["mask"])
+    if save_prob:
+        paths["probability"] = str(out_dir / f"{name}_prob.png")
+        prob8 = np.round(prediction.probability * 255).astype(np.uint8)
+        Image.fromarray(prob8).save(paths["probability"])
+    if overlay:
+        paths["overlay"] = str(out_dir / f"{name}_overlay.jpg")
+        # 4:4:4 chroma: subsampling would smear one-pixel cracks into their neighbours.
+        Image.fromarray(overlay_image(rgb, prediction.mask)).save(
+            paths["overlay"], quality=90, subsampling=0)
+    return paths
+
+
+def prediction_record(source: str, paths: dict[str, str | None], prediction: Prediction,
+                      *, tta: bool, min_area: int, px_per_mm: float | None) -> dict[str, Any]:
+    """The CSV/JSON row of one image: where it and its outputs are, how it was predicted
+    (mode ``tiled``/``resize``, tile, overlap, number of tiles) and its measurements."""
+    height, width = prediction.mask.shape
+    return {"image": source, **paths, "width": width, "height": height,
+            "threshold": prediction.threshold, "mode": prediction.mode,
+            "tile": prediction.tile, "overlap": prediction.overlap, "tiles": prediction.tiles,
+            "tta": tta, "min_area": min_area, "px_per_mm": px_per_mm,
+            **prediction.measurements.as_dict()}
+
+
+def write_records(records: list[dict[str, Any]], out_dir: Path) -> tuple[Path, Path]:
+    """``predictions.csv`` (empty cell for None) and ``predictions.json`` (a list)."""
+    csv_path, json_path = out_dir / "predictions.csv", out_dir / "predictions.json"
+    with csv_path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(records[0]))
+        writer.writeheader()
+        writer.writerows(records)
+    json_path.write_text(json.dumps(records, indent=2) + "\n", encoding="utf-8")
+    return csv_path, json_path
+
+
+def predict_files(
+    checkpoint: Any,
+    inputs: Sequence[str | Path],
+    out: str | Path,
+    *,
+    glob: str = "**/*",
+    threshold: float | None = None,
+    tile: int | None = None,
+    overlap: int | None = None,
+    tta: bool = False,
+    batch_size: int = 8,
+    min_area: int | None = None,
+    px_per_mm: float | None = None,
+    save_prob: bool = False,
+    overlay: bool = True,
+    device: str = "auto",
+    fetch: Fetch | None = None,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Predict every image in ``inputs`` and write the outputs of the module docstring.
+
+    ``checkpoint`` is anything :func:`fissure.prediction.as_predictor` takes; the inference
+    options are those of :func:`fissure.prediction.predict_many`. Returns the records, in
+    input order.
+    """
+    predictor = as_predictor(checkpoint, device)
+    out_dir = Path(out)
+    images = find_inputs(inputs, glob, fetch=fetch, exclude=out_dir)
+    names = output_names(images)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    area = predictor.min_area if min_area is None else min_area
+    # Decoded lazily, so only the images in flight are held in memory.
+    decoded = (((i, rgb), rgb) for i, image in enumerate(images)
+               for rgb in [decode_image(image.read(), image.source)])
+    results = predict_many(predictor, decoded, threshold=threshold, tile=tile, overlap=overlap,
+                           tta=tta, batch_size=batch_size, min_area=area, px_per_mm=px_per_mm,
+                           progress=progress, total=len(images))
+    records: dict[int, dict[str, Any]] = {}
+    for (i, rgb), prediction in results:
+        paths = write_outputs(out_dir, names[i], rgb, prediction, save_prob, overlay)
+        records[i] = prediction_record(images[i].source, paths, prediction, tta=tta,
+                                       min_area=area, px_per_mm=px_per_mm)
+    ordered = [records[i] for i in sorted(records)]
+    write_records(ordered, out_dir)
+    return ordered

@@ -1,0 +1,97 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fissure.config import (
+    Config,
+    config_from_dict,
+    config_to_dict,
+    load_config,
+    parse_overrides,
+    save_config,
+)
+from fissure.errors import ConfigError
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def test_defaults_follow_the_notebook():
+    cfg = Config()
+    assert cfg.model.encoder == "resnet34"
+    assert cfg.train.lr == 1e-4 and cfg.train.batch_size == 16 and cfg.train.patience == 7
+    assert cfg.train.loss.name == "bce" and cfg.train.optimizer == "adam"
+
+
+def test_overrides_parse_yaml_values_and_nest():
+    assert parse_overrides(["train.epochs=3", "data.root=x/y", "train.ema=null"]) == {
+        "train": {"epochs": 3, "ema": None},
+        "data": {"root": "x/y"},
+    }
+    cfg = load_config(None, ["train.epochs=3", "data.size=128", "train.lr=3e-4"])
+    assert (cfg.train.epochs, cfg.data.size, cfg.train.lr) == (3, 128, 3e-4)
+
+
+def test_int_is_accepted_for_float_but_bool_is_not_an_int():
+    assert load_config(None, ["train.lr=1"]).train.lr == 1.0
+    with pytest.raises(ConfigError, match="train.epochs"):
+        load_config(None, ["train.epochs=true"])
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.epoch=3", "unknown config key 'train.epoch' (did you mean 'train.epochs'?)"),
+        ("trian.epochs=3", "unknown config key 'trian'"),
+        ("train.epochs=three", "train.epochs: expected int"),
+        ("model.encoder=resnet35", "model.encoder: 'resnet35' is not one of"),
+        ("data.size=16", "data.size: must be at least 32"),
+        ("train.loss.nme=bce", "did you mean 'train.loss.name'"),
+        ("data.split_files.tran=a.txt", "unknown split 'tran'"),
+        ("train=3", "train: expected a mapping"),
+    ],
+)
+def test_bad_keys_and_values_name_the_key(override, message):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [override])
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_override_without_equals_is_an_error():
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        parse_overrides(["train.epochs"])
+
+
+def test_yaml_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(listy)
+
+
+def test_round_trip_through_yaml(tmp_path):
+    cfg = load_config(None, ["train.epochs=4", "train.loss.params={pos_weight: 3.0}"])
+    save_config(cfg, tmp_path / "config.yaml")
+    again = load_config(tmp_path / "config.yaml")
+    assert again == cfg
+    assert config_from_dict(config_to_dict(cfg)) == cfg
+
+
+def test_config_is_frozen():
+    cfg = Config()
+    with pytest.raises(AttributeError):
+        cfg.train.epochs = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("name", ["default.yaml", "cfd.yaml", "crack_segmentation_dataset.yaml"])
+def test_shipped_configs_load(name):
+    values = yaml.safe_load((CONFIGS / name).read_text())
+    cfg = config_from_dict(values)
+    assert cfg.model.encoder == "resnet34"

@@ -1,0 +1,138 @@
+import csv
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from fissure import workflow
+from fissure.checkpoint import load_checkpoint
+from fissure.config import load_config, save_config
+from fissure.data import build_source
+from fissure.engine import Trainer
+from fissure.errors import CheckpointError, FissureError
+from fissure.optim import lr_factor
+
+
+def test_training_writes_the_run_folder(tmp_path, tiny_overrides):
+    cfg = load_config(None, tiny_overrides + ["train.epochs=2"])
+    result = workflow.train(cfg, tmp_path / "run", progress=False, log=lambda m: None)
+    for name in ("best.pt", "last.pt", "history.csv", "curves.png", "config.yaml"):
+        assert (tmp_path / "run" / name).is_file(), name
+    rows = list(csv.DictReader(open(tmp_path / "run" / "history.csv")))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert {"train_loss", "train_iou", "val_loss", "val_iou", "threshold"} <= rows[0].keys()
+    best = load_checkpoint(result.best)
+    assert best["config"]["train"]["epochs"] == 2 and 0 < best["threshold"] < 1
+    assert load_checkpoint(result.last)["train_state"]["epoch"] == 2
+    assert load_config(tmp_path / "run" / "config.yaml") == cfg
+
+
+def test_existing_run_is_not_clobbered(tmp_path, tiny_config):
+    workflow.train(tiny_config, tmp_path / "run", progress=False, log=lambda m: None)
+    before = (tmp_path / "run" / "best.pt").read_bytes()
+    with pytest.raises(FissureError, match="already holds a run"):
+        workflow.train(tiny_config, tmp_path / "run", progress=False, log=lambda m: None)
+    assert (tmp_path / "run" / "best.pt").read_bytes() == before
+
+
+class Stop(Exception):
+    pass
+
+
+def test_resume_equals_uninterrupted_training(tmp_path, tiny_overrides):
+    """2 epochs in one go equal 1 epoch, a stop, and a resumed epoch (cosine schedule, CPU)."""
+    quiet = {"progress": False, "log": lambda m: None}
+    cfg = load_config(None, tiny_overrides + ["train.epochs=2", "train.scheduler=cosine",
+                                              "train.optimizer=adamw", "train.ema=0.9"])
+    workflow.train(cfg, tmp_path / "straight", **quiet)
+
+    def stop_after_first(history):
+        raise Stop
+
+    workflow.prepare_run_dir(tmp_path / "split")
+    save_config(cfg, tmp_path / "split" / "config.yaml")
+    trainer = Trainer(cfg, build_source(cfg.data), tmp_path / "split", progress=False,
+                      log=lambda m: None, on_epoch_end=stop_after_first)
+    with pytest.raises(Stop):
+        trainer.fit()
+    assert load_checkpoint(tmp_path / "split" / "last.pt")["train_state"]["epoch"] == 1
+    workflow.resume(tmp_path / "split", **quiet)
+    a = load_checkpoint(tmp_path / "straight" / "last.pt")
+    b = load_checkpoint(tmp_path / "split" / "last.pt")
+    for key in a["state_dict"]:
+        assert torch.allclose(a["state_dict"][key].float(), b["state_dict"][key].float(),
+                              atol=1e-6), key
+    assert a["train_state"]["history"][-1]["val_loss"] == pytest.approx(
+        b["train_state"]["history"][-1]["val_loss"], rel=1e-5)
+
+
+def test_resume_needs_last_pt(tmp_path):
+    with pytest.raises(CheckpointError, match="no last.pt"):
+        workflow.resume(tmp_path)
+
+
+def test_early_stopping_stops(tmp_path, tiny_overrides):
+    cfg = load_config(None, tiny_overrides + ["train.epochs=6", "train.patience=1",
+                                              "train.monitor=loss", "train.lr=1e-9",
+                                              "train.min_delta=10"])
+    result = workflow.train(cfg, tmp_path / "run", progress=False, log=lambda m: None)
+    assert len(result.history) == 2 and result.best_epoch == 1
+
+
+def test_nonfinite_loss_stops_with_a_clear_message(tmp_path, tiny_overrides, monkeypatch):
+    import fissure.engine as engine
+
+    cfg = load_config(None, tiny_overrides)
+    real = engine.build_loss
+
+    def poisoned(*args, **kwargs):
+        fn = real(*args, **kwargs)
+        return lambda logits, target: fn(logits, target) * float("nan")
+
+    monkeypatch.setattr(engine, "build_loss", poisoned)
+    with pytest.raises(FissureError, match="non-finite loss at epoch 1 step 1"):
+        workflow.train(cfg, tmp_path / "run", progress=False, log=lambda m: None)
+    assert not (tmp_path / "run" / "best.pt").exists()
+
+
+@pytest.mark.parametrize(("kind", "step", "expected"), [
+    ("none", 50, 1.0), ("cosine", 0, 1.0), ("cosine", 100, 0.0), ("poly", 100, 0.0),
+])
+def test_schedules(kind, step, expected):
+    assert lr_factor(step, 100, 0, kind) == pytest.approx(expected, abs=1e-9)
+
+
+def test_warmup_ramps_up():
+    assert lr_factor(0, 100, 10, "cosine") == pytest.approx(0.1)
+    assert lr_factor(9, 100, 10, "cosine") == pytest.approx(1.0)
+
+
+@pytest.mark.slow
+def test_sigterm_mid_epoch_saves_and_resumes(tmp_path, tiny_overrides):
+    """A real training process is stopped in the middle of an epoch and resumed to the end."""
+    run = tmp_path / "run"
+    args = [sys.executable, "-m", "fissure", "train", "--out", str(run), "--quiet"]
+    sets = tiny_overrides + ["train.epochs=3", "train.batch_size=2", "train.steps_per_epoch=6"]
+    for item in sets:
+        args += ["--set", item]
+    (tmp_path / "empty.yaml").write_text("")
+    proc = subprocess.Popen(args + ["--config", str(tmp_path / "empty.yaml")],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 240
+    while not (run / "last.pt").exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert (run / "last.pt").exists(), proc.communicate()[0] if proc.poll() is not None else ""
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and "fissure train --resume" in out, out
+    state = load_checkpoint(run / "last.pt")["train_state"]
+    assert state["epoch"] < 3
+    done = subprocess.run([sys.executable, "-m", "fissure", "train", "--resume", str(run),
+                           "--quiet"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = list(csv.DictReader(open(run / "history.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
