@@ -21,7 +21,7 @@ def test_training_writes_the_run_folder(tmp_path, tiny_overrides):
     result = workflow.train(cfg, tmp_path / "run", progress=False, log=lambda m: None)
     for name in ("best.pt", "last.pt", "history.csv", "curves.png", "config.yaml"):
         assert (tmp_path / "run" / name).is_file(), name
-    rows = list(csv.DictReader(open(tmp_path / "run" / "history.csv")))
+    rows = list(csv.DictReader((tmp_path / "run" / "history.csv").read_text().splitlines()))
     assert [r["epoch"] for r in rows] == ["1", "2"]
     assert {"train_loss", "train_iou", "val_loss", "val_iou", "threshold"} <= rows[0].keys()
     best = load_checkpoint(result.best)
@@ -134,5 +134,5 @@ def test_sigterm_mid_epoch_saves_and_resumes(tmp_path, tiny_overrides):
     done = subprocess.run([sys.executable, "-m", "fissure", "train", "--resume", str(run),
                            "--quiet"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
-    rows = list(csv.DictReader(open(run / "history.csv")))
+    rows = list(csv.DictReader((run / "history.csv").read_text().splitlines()))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]

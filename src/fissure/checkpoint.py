@@ -12,6 +12,7 @@ import gzip
 import io
 import os
 import pickle
+import re
 import tempfile
 import warnings
 from pathlib import Path
@@ -120,10 +121,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             warnings.simplefilter("ignore")  # protocol notes from the restricted unpickler
             obj = torch.load(io.BytesIO(raw), map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
-        raise CheckpointError(
-            f"{path}: refused to load, it holds objects other than tensors ({first[:160]})"
-        ) from None
+        # torch words a blocked class as "... GLOBAL x.y ..."; anything else is just garbage.
+        found = re.search(r"GLOBAL (\S+)", str(exc))
+        if found:
+            raise CheckpointError(f"{path}: refused to load, it would import {found.group(1)} "
+                                  "(only tensors and plain values are allowed)") from None
+        raise CheckpointError(f"{path}: not a readable torch checkpoint") from None
     except Exception as exc:  # torch raises many types for garbage input; none is useful
         reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path}: not a readable torch checkpoint ({reason})") from None

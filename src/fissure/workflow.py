@@ -28,7 +28,8 @@ from .inference import InputPolicy, select_device
 from .prediction_files import Fetch, InputImage, find_inputs, predict_files
 from .report import pick_samples, plot_curves, write_eval_reports, write_history, write_skipped
 
-RUN_FILES = ("config.yaml", "last.pt", "best.pt", "history.csv")
+# A folder holding any of these has made progress worth keeping; config.yaml alone has not.
+RUN_FILES = ("last.pt", "best.pt", "history.csv")
 Log = Callable[[str], None]
 
 
@@ -55,7 +56,7 @@ def prepare_run_dir(out: str | Path | None, overwrite: bool = False) -> Path:
                            "use --resume to continue it, --overwrite to replace it, "
                            "or another --out")
     if existing:
-        for name in (*RUN_FILES, "curves.png", "skipped.csv"):
+        for name in (*RUN_FILES, "config.yaml", "curves.png", "skipped.csv"):
             (run_dir / name).unlink(missing_ok=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir

@@ -77,7 +77,7 @@ def classification_report(tp: int, fp: int, fn: int, tn: int) -> dict:
 
 
 def classification_report_text(report: dict[str, Any], digits: int = 4) -> str:
-    """sklearn-style table of :func:`fissure.evaluation.classification_report`."""
+    """sklearn-style text table of :func:`classification_report`."""
     width = 12
     lines = [
         f"{'':>14}"
@@ -292,6 +292,7 @@ def plot_pr_curve(metrics: dict[str, Any], path: str | Path) -> None:
     for f in (0.2, 0.4, 0.6, 0.8):  # iso-F1 guides
         r = np.linspace(f / (2 - f) + 1e-6, 1, 100)
         ax.plot(r, f * r / (2 * r - f), color="0.85", lw=0.8, zorder=0)
+        ax.text(0.99, f / (2 - f) + 0.01, f"F1={f:.1f}", color="0.6", fontsize=7, ha="right")
     operating = {"exact": metrics["pixel_micro"], tol_key: metrics["tolerance"]}
     drawn = False
     for mode, color in (("exact", "tab:blue"), (tol_key, "tab:orange")):

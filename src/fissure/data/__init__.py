@@ -1,0 +1,39 @@
+"""Data: sources of image/mask pairs, decoding, transforms and the torch Dataset."""
+
+from __future__ import annotations
+
+from ..config import DataConfig
+from .dataset import CrackDataset, collate, iter_groups, load_pair
+from .image import decode_image, decode_mask, load_image, load_mask
+from .sources import FolderSource, PairSource, Sample
+
+__all__ = [
+    "CrackDataset",
+    "FolderSource",
+    "PairSource",
+    "Sample",
+    "build_source",
+    "collate",
+    "iter_groups",
+    "decode_image",
+    "decode_mask",
+    "load_image",
+    "load_mask",
+    "load_pair",
+]
+
+
+def build_source(data: DataConfig, refresh: bool = False) -> PairSource:
+    """The source that ``data.source`` names: local folders or a Snowflake stage."""
+    if data.source == "stage":
+        # Imported here: Snowpark is heavy and only stage users pay for it.
+        from .snowflake import StageSource
+
+        return StageSource.from_config(data.snowflake, refresh=refresh)
+    return FolderSource(
+        data.root,
+        split_files=data.split_files,
+        val_fraction=data.val_fraction,
+        test_fraction=data.test_fraction,
+        split_seed=data.split_seed,
+    )

@@ -1,0 +1,95 @@
+"""The torch Dataset over a source's samples, and the collate that batches it.
+
+An item is ``{"image": (3, H, W) float32 normalised, "mask": (1, H, W) float32 in {0, 1},
+"name": str}``. With ``on_error="skip"`` a bad sample becomes ``{"skipped": (name, reason)}``
+and :func:`collate` moves it out of the batch, so a worker never kills a long run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+
+from ..errors import DataError
+from .image import decode_image, decode_mask
+from .sources import PairSource, Sample
+
+
+def load_pair(source: PairSource, sample: Sample) -> tuple[np.ndarray, np.ndarray]:
+    """Decode one pair: (H, W, 3) uint8 image and (H, W) bool mask of the same size."""
+    image = decode_image(source.read(sample.image), sample.image)
+    if sample.mask is None:
+        raise DataError(f"{sample.image}: no mask")
+    mask = decode_mask(source.read(sample.mask), sample.mask)
+    if mask.shape != image.shape[:2]:
+        raise DataError(
+            f"{sample.mask}: mask is {mask.shape[1]}x{mask.shape[0]} but its image "
+            f"{sample.image} is {image.shape[1]}x{image.shape[0]}"
+        )
+    return image, mask
+
+
+class CrackDataset(Dataset):
+    """Image/mask pairs of one split, decoded on demand and passed through ``transform``."""
+
+    def __init__(
+        self,
+        source: PairSource,
+        samples: list[Sample],
+        transform: Callable[..., Any],
+        on_error: str = "raise",
+    ) -> None:
+        self.source = source
+        self.samples = samples
+        self.transform = transform
+        self.on_error = on_error
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        sample = self.samples[index]
+        try:
+            image, mask = load_pair(self.source, sample)
+        except DataError as exc:
+            if self.on_error == "skip":
+                return {"skipped": (sample.name, str(exc))}
+            raise
+        img_t = tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1).contiguous())
+        mask_t = tv_tensors.Mask(torch.from_numpy(mask).to(torch.uint8)[None])
+        img_t, mask_t = self.transform(img_t, mask_t)
+        return {
+            "image": img_t.as_subclass(torch.Tensor),
+            "mask": mask_t.as_subclass(torch.Tensor).float(),
+            "name": sample.name,
+        }
+
+
+def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack a batch; images of different sizes stay a list (native-resolution evaluation)."""
+    skipped = [item["skipped"] for item in items if "skipped" in item]
+    good = [item for item in items if "skipped" not in item]
+    batch: dict[str, Any] = {"name": [item["name"] for item in good], "skipped": skipped}
+    if not good:
+        batch["image"] = batch["mask"] = []
+        return batch
+    same = len({tuple(item["image"].shape) for item in good}) == 1
+    for key in ("image", "mask"):
+        tensors = [item[key] for item in good]
+        batch[key] = torch.stack(tensors) if same else tensors
+    return batch
+
+
+def iter_groups(batch: dict[str, Any]):
+    """Yield (images, masks) tensors of one size; a mixed-size batch yields one image at a time."""
+    if isinstance(batch["image"], torch.Tensor):
+        if len(batch["image"]):
+            yield batch["image"], batch["mask"]
+        return
+    for image, mask in zip(batch["image"], batch["mask"]):
+        yield image[None], mask[None]

@@ -1,0 +1,444 @@
+"""Files in a Snowflake stage: safe names, retried transfers and a local content cache.
+
+Snowpark's ``get_stream`` downloads to ``tempfile.gettempdir()/<basename>``, so
+``images/001.png.gz`` and ``masks/001.png.gz`` collide when read concurrently. Here a
+file is fetched with ``session.file.get`` into a private temporary folder and moved into
+place with ``os.replace``, so a file only ever appears complete under its final name.
+"""
+
+from __future__ import annotations
+
+import errno
+import gzip
+import io
+import json
+import os
+import re
+import shutil
+import tempfile
+import threading
+import time
+import unicodedata
+import zlib
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any, TypeVar
+
+from filelock import FileLock
+from tqdm.auto import tqdm
+
+from ..errors import DataError
+from .image import GZIP_MAGIC
+
+T = TypeVar("T")
+Sleep = Callable[[float], Any]
+
+RETRY_TRIES = 4
+RETRY_BASE_DELAY = 0.5
+# Errors about the local disk, not the network: another try cannot help.
+_LOCAL_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPERM}
+# snowflake.connector.errors classes that mean "the network or the service hiccuped".
+_RETRYABLE = (  # noqa: SIM905 (one line per name would dwarf the rule it states)
+    "OperationalError InterfaceError InternalServerError ServiceUnavailableError "
+    "GatewayTimeoutError RequestTimeoutError BadGatewayError TooManyRequests "
+    "OtherHTTPRetryableError RequestExceedMaxRetryError PresignedUrlExpiredError"
+).split()
+
+
+# Serialises index appends from fill threads; module-level so that caches still pickle.
+_INDEX_LOCK = threading.Lock()
+
+
+class StageFileMissing(DataError):
+    """A file the manifest names is not in the stage."""
+
+
+def reason(exc: BaseException) -> str:
+    """First line of an exception's message, for one-line errors."""
+    lines = str(exc).strip().splitlines()
+    return (lines[0] if lines else type(exc).__name__)[:300]
+
+
+def listed(items: Iterable[str], limit: int = 10) -> str:
+    items = list(items)
+    more = f" and {len(items) - limit} more" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` looks like a network or service hiccup worth another try."""
+    if isinstance(exc, DataError):
+        return False
+    from snowflake.connector import errors as ce
+    from snowflake.snowpark.exceptions import SnowparkSQLException
+
+    if isinstance(exc, SnowparkSQLException):
+        inner = getattr(exc, "conn_error", None)
+        return inner is not None and inner is not exc and is_transient(inner)
+    if isinstance(exc, ce.NonRetryableTlsError):
+        return False
+    retryable = tuple(getattr(ce, n) for n in _RETRYABLE if hasattr(ce, n))
+    if isinstance(exc, (*retryable, ConnectionError, TimeoutError)):
+        return True
+    local = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+    return (
+        isinstance(exc, OSError) and not isinstance(exc, local) and (exc.errno not in _LOCAL_ERRNOS)
+    )
+
+
+def with_retries(
+    fn: Callable[[], T],
+    what: str,
+    tries: int = RETRY_TRIES,
+    base_delay: float = RETRY_BASE_DELAY,
+    sleep: Sleep = time.sleep,
+) -> T:
+    """``fn()``, retried with exponential backoff on transient errors only.
+
+    After the last try a transient error becomes a DataError naming ``what``; any other
+    error propagates at once.
+    """
+    for attempt in range(tries):
+        try:
+            return fn()
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            if attempt == tries - 1:
+                raise DataError(f"{what}: failed after {tries} tries ({reason(exc)})") from None
+            sleep(base_delay * 2**attempt)
+    raise AssertionError("unreachable")
+
+
+def is_missing_error(exc: BaseException) -> bool:
+    """Snowflake's (and the emulator's) way of saying an object or file is not there."""
+    text = str(exc).lower()
+    return "does not exist" in text or "not found" in text
+
+
+# -- names ----------------------------------------------------------------------------
+
+
+def is_stage_path(text: str) -> bool:
+    """Whether ``text`` names a stage location (``@STAGE/...``) rather than a local path."""
+    return isinstance(text, str) and text.startswith("@")
+
+
+def name_problem(name: Any) -> str | None:
+    """Why ``name`` is unsafe as a path below a stage and in the local cache, or None.
+
+    ``..`` is refused as a path component (``a..b.png`` is a harmless file name).
+    """
+    if not isinstance(name, str):
+        return "not text"
+    if not name.strip():
+        return "empty"
+    if any(unicodedata.category(c) == "Cc" for c in name):
+        return "control character"
+    if name != name.strip():
+        return "leading or trailing spaces"  # Snowpark strips them: another file
+    if "\\" in name:
+        return "backslash"
+    if name.startswith("/") or re.match(r"^[A-Za-z]:", name):
+        return "absolute path"
+    parts = name.split("/")
+    if ".." in parts:
+        return "'..' in the path"
+    if any(part in ("", ".") for part in parts):
+        return "empty or '.' path component"
+    return None
+
+
+def validate_stage_name(path: str) -> str:
+    """Return ``path`` if safe; DataError for '..', absolute paths, backslashes, control chars.
+
+    A full stage path (``@STAGE/dir/file``) is checked after its stage name.
+    """
+    rel = path
+    if is_stage_path(path):
+        rel = path.split("/", 1)[1] if "/" in path else ""
+    problem = name_problem(rel)
+    if problem:
+        raise DataError(f"{path!r}: unsafe stage path ({problem})")
+    return path
+
+
+# -- tables ----------------------------------------------------------------------------------
+
+
+def is_local_testing(session: Any) -> bool:
+    """Whether ``session`` is Snowpark's in-process emulator."""
+    return type(getattr(session, "_conn", None)).__module__.startswith("snowflake.snowpark.mock")
+
+
+def is_null(value: Any) -> bool:
+    """What a missing manifest cell looks like in pandas: None, NaN, NA or an empty string."""
+    if value is None or isinstance(value, str):
+        return not value
+    try:
+        return bool(value != value)  # only NaN differs from itself
+    except TypeError:  # pandas NA refuses to become a bool
+        return True
+
+
+def read_table(session: Any, name: str) -> Any | None:
+    """Table or view ``name`` as a pandas frame, or None when it does not exist."""
+    try:
+        return with_retries(lambda: session.table(name).to_pandas(), name)
+    except DataError:
+        raise
+    except Exception as exc:
+        if is_missing_error(exc):
+            return None
+        raise DataError(f"{name}: cannot read ({reason(exc)})") from None
+
+
+def match_columns(frame: Any, name: str, wanted: Iterable[str], hint: str) -> dict[str, str]:
+    """Wanted column -> actual column, matched case-insensitively; DataError if one lacks."""
+    actual = {str(c).upper(): str(c) for c in frame.columns}
+    missing = [w for w in wanted if w.upper() not in actual]
+    if missing:
+        found = ", ".join(map(str, frame.columns)) or "none"
+        raise DataError(f"{name}: missing column(s) {', '.join(missing)} (found {found}); {hint}")
+    return {w: actual[w.upper()] for w in wanted}
+
+
+# -- single-file transfers ----------------------------------------------------------------
+
+
+def download(
+    session: Any, stage_path: str, dest: Path, scratch: Path, sleep: Sleep = time.sleep
+) -> int:
+    """Fetch one stage file to ``dest`` atomically; returns its size in bytes.
+
+    ``scratch`` must be on the filesystem of ``dest`` so that the final move is atomic.
+    GET matches by prefix on a real stage (``a.png.gz`` also brings ``a.png.gz.bak``),
+    so only the file with the exact basename is kept.
+    """
+    basename = stage_path.rsplit("/", 1)[-1]
+    scratch.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=scratch, prefix="get-") as tmp:
+        got = Path(tmp) / basename
+
+        def fetch() -> int:
+            got.unlink(missing_ok=True)
+            results = session.file.get(stage_path, tmp)
+            mine = [r for r in results or [] if Path(str(getattr(r, "file", ""))).name == basename]
+            expected = getattr(mine[0], "size", None) if mine else None
+            if expected is not None and int(expected) < 0:
+                raise ConnectionError("the connector reported a failed download")  # retried
+            if not got.is_file():
+                raise StageFileMissing(f"{stage_path}: file not found in the stage")
+            size = got.stat().st_size
+            if expected is not None and int(expected) != size:
+                raise ConnectionError(f"got {size} bytes of {int(expected)}")  # retried
+            return size
+
+        try:
+            size = with_retries(fetch, stage_path, sleep=sleep)
+        except DataError:
+            raise
+        except Exception as exc:
+            if is_missing_error(exc):
+                raise StageFileMissing(f"{stage_path}: file not found in the stage") from None
+            raise DataError(f"{stage_path}: cannot download ({reason(exc)})") from None
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(got, dest)
+        except OSError as exc:
+            raise DataError(f"{dest}: cannot write ({reason(exc)})") from None
+    return size
+
+
+def put_bytes(session: Any, stage_path: str, data: bytes, sleep: Sleep = time.sleep) -> None:
+    """Upload ``data`` as ``stage_path`` exactly as given (no compression), replacing it."""
+
+    def go() -> Any:
+        return session.file.put_stream(
+            io.BytesIO(data), stage_path, auto_compress=False, overwrite=True
+        )
+
+    try:
+        with_retries(go, stage_path, sleep=sleep)
+    except DataError:
+        raise
+    except Exception as exc:
+        raise DataError(f"{stage_path}: cannot upload ({reason(exc)})") from None
+
+
+def push_files(session: Any, files: list[Path], stage_prefix: str) -> list[str]:
+    """Upload local ``files`` as-is under ``stage_prefix``; returns their stage paths."""
+    if not is_stage_path(stage_prefix):
+        raise DataError(f"{stage_prefix!r}: not a stage path (it must start with '@')")
+    out = []
+    for file in map(Path, files):
+        if not file.is_file():
+            raise DataError(f"{file}: file not found")
+        target = validate_stage_name(f"{stage_prefix.rstrip('/')}/{file.name}")
+        put_bytes(session, target, file.read_bytes())
+        out.append(target)
+    return out
+
+
+def fetch_file(session: Any, stage_path: str, dest_dir: Path) -> Path:
+    """Download one stage file into ``dest_dir``; gzip content (by magic) is decompressed.
+
+    ``models/best_model.pth.gz`` arrives as ``best_model.pth`` whether or not it really
+    was compressed, which is what the original notebook tripped over.
+    """
+    if not is_stage_path(stage_path):
+        raise DataError(f"{stage_path!r}: not a stage path (it must start with '@')")
+    validate_stage_name(stage_path)
+    dest_dir = Path(dest_dir).expanduser()
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    base = stage_path.rsplit("/", 1)[-1]
+    target = dest_dir / (base[:-3] if base.lower().endswith(".gz") and len(base) > 3 else base)
+    with tempfile.TemporaryDirectory(dir=dest_dir, prefix=".fissure-get-") as tmp:
+        got = Path(tmp) / "file"
+        download(session, stage_path, got, Path(tmp) / "scratch")
+        with got.open("rb") as f:
+            compressed = f.read(2) == GZIP_MAGIC
+        if compressed:
+            plain = Path(tmp) / "plain"
+            try:
+                with gzip.open(got, "rb") as src, plain.open("wb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+            except (OSError, EOFError, zlib.error) as exc:
+                raise DataError(f"{stage_path}: corrupt or truncated gzip data ({exc})") from None
+            got = plain
+        os.replace(got, target)
+    return target
+
+
+def run_threads(
+    fn: Callable[[T], Any], items: list[T], workers: int, desc: str, progress: bool
+) -> list[T]:
+    """Apply ``fn`` to ``items`` on ``workers`` threads under a progress bar.
+
+    Returns the items whose stage file is missing. Any other error stops the run at once
+    (files not yet started are cancelled) rather than retrying thousands of files against
+    a dead network, and is raised.
+    """
+    missing: list[T] = []
+    pool = ThreadPoolExecutor(max_workers=max(1, workers))
+    bar = tqdm(total=len(items), desc=desc, unit="file", disable=not progress)
+    try:
+        futures = {pool.submit(fn, item): item for item in items}
+        for future in as_completed(futures):
+            bar.update(1)
+            exc = future.exception()
+            if isinstance(exc, StageFileMissing):
+                missing.append(futures[future])
+            elif exc is not None:
+                raise exc
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        bar.close()
+    return missing
+
+
+# -- the cache ------------------------------------------------------------------------------
+
+
+class StageCache:
+    """Files of one stage under ``root/files``, at their stage-relative paths.
+
+    Fills run under a file lock, so DDP ranks (or two runs) sharing a cache download each
+    file once, and an interrupted fill resumes where it stopped. ``index.jsonl`` records
+    per file the size the stage reported, when it was fetched and the content hash the
+    manifest claimed; a file whose size or claimed hash no longer matches is fetched
+    again. Downloads append to it (the last line for a path wins) and a fill ends by
+    rewriting it, so an interrupted fill loses nothing it completed.
+    """
+
+    def __init__(self, root: Path, stage: str) -> None:
+        self.root = Path(root)
+        self.stage = stage
+        self._index_path = self.root / "index.jsonl"
+        self._index: dict[str, dict[str, Any]] = {}
+
+    def path(self, rel: str) -> Path:
+        return self.root / "files" / rel
+
+    def stage_path(self, rel: str) -> str:
+        return f"{self.stage}/{rel}"
+
+    def _load_index(self) -> None:
+        self._index = {}
+        try:
+            lines = self._index_path.read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            return
+        for line in lines:
+            try:
+                entry = json.loads(line)
+                self._index[entry["path"]] = entry
+            except (ValueError, KeyError, TypeError):
+                continue  # a line cut short by an interrupted run
+
+    def _record(self, rel: str, size: int, src: str | None) -> None:
+        entry = {"path": rel, "size": size, "t": time.time(), "src": src}
+        with _INDEX_LOCK:
+            self._index[rel] = entry
+            with self._index_path.open("a", encoding="utf-8") as f:
+                f.write(json.dumps(entry) + "\n")
+
+    def _rewrite_index(self) -> None:
+        tmp = self._index_path.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(e) + "\n" for e in self._index.values()), "utf-8")
+        os.replace(tmp, self._index_path)
+
+    def is_current(self, rel: str, src: str | None = None, since: float | None = None) -> bool:
+        """Cached, of the recorded size, for the claimed content and fetched after ``since``."""
+        try:
+            size = self.path(rel).stat().st_size
+        except OSError:
+            return False
+        entry = self._index.get(rel)
+        if entry is None:
+            # Complete (files only appear via os.replace) but of unknown origin: trusted
+            # unless a refresh was asked for or the manifest names its content.
+            return since is None and src is None
+        if entry.get("size") is not None and entry["size"] != size:
+            return False
+        if src is not None and entry.get("src") != src:
+            return False
+        return since is None or entry.get("t", 0.0) >= since
+
+    def fill(
+        self,
+        session: Any,
+        wanted: dict[str, str | None],
+        since: float | None = None,
+        workers: int = 4,
+        progress: bool = True,
+        sleep: Sleep = time.sleep,
+    ) -> int:
+        """Fetch each ``rel`` of ``wanted`` (rel -> claimed hash) that is not current.
+
+        Returns the number of files downloaded. Files missing from the stage are reported
+        together, after every other file has been cached.
+        """
+        self.root.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(self.root / ".lock")):
+            self._load_index()  # another process may have filled it meanwhile
+            todo = [rel for rel, src in wanted.items() if not self.is_current(rel, src, since)]
+            if not todo:
+                return 0
+            scratch = self.root / ".tmp"
+            shutil.rmtree(scratch, ignore_errors=True)  # leftovers of an interrupted fill
+
+            def one(rel: str) -> None:
+                size = download(session, self.stage_path(rel), self.path(rel), scratch, sleep)
+                self._record(rel, size, wanted[rel])
+
+            try:
+                missing = run_threads(one, todo, workers, "stage -> cache", progress)
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
+                self._rewrite_index()  # one line per file again, however many refetches
+            if missing:
+                names = listed(sorted(self.stage_path(rel) for rel in missing))
+                raise StageFileMissing(f"{names}: not found in the stage")
+            return len(todo)

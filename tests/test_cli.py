@@ -1,0 +1,197 @@
+"""End to end through click's CliRunner, and every bad-input case of the core issue."""
+
+import gzip
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from fissure.checkpoint import make_checkpoint, save_atomic
+from fissure.cli import cli
+from fissure.config import config_from_dict
+from fissure.model import build_model
+
+
+def run(*args):
+    result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+    return result
+
+
+def assert_one_line_error(result, *needles):
+    assert result.exit_code != 0
+    assert "Traceback" not in result.output, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1 and result.output.rstrip().endswith(errors[0]), result.output
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+
+
+def sets(overrides):
+    return [x for item in overrides for x in ("--set", item)]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, synth_root):
+    """One tiny run shared by the end-to-end tests."""
+    out = tmp_path_factory.mktemp("cli") / "run"
+    overrides = [f"data.root={synth_root}", "data.size=64", "model.encoder=resnet18",
+                 "train.epochs=1", "train.batch_size=4", "train.num_workers=0",
+                 "eval.thresholds=19"]
+    cfg = tmp_path_factory.mktemp("cfg") / "c.yaml"
+    cfg.write_text("train:\n  lr: 0.001\n")
+    result = run("train", "--config", cfg, "--out", out, "--quiet", *sets(overrides))
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_data_synth_writes_the_layout(tmp_path):
+    result = run("data", "synth", tmp_path / "d", "--count", 6, "--size", 32, "--seed", 1)
+    assert result.exit_code == 0, result.output
+    for split in ("train", "val", "test"):
+        assert any((tmp_path / "d" / split / "images").iterdir())
+        assert any((tmp_path / "d" / split / "masks").iterdir())
+
+
+def test_train_evaluate_predict(trained, synth_root, tmp_path):
+    for name in ("best.pt", "last.pt", "history.csv", "curves.png", "config.yaml"):
+        assert (trained / name).is_file()
+    result = run("evaluate", trained / "best.pt", "--data", synth_root, "--split", "test",
+                 "--out", tmp_path / "eval", "--quiet")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["split"] == "test"
+    assert "iou" in result.output
+    images = synth_root / "test" / "images"
+    result = run("predict", trained / "best.pt", images, "--out", tmp_path / "pred", "--quiet")
+    assert result.exit_code == 0, result.output
+    for path in images.iterdir():
+        mask = Image.open(tmp_path / "pred" / path.name)
+        assert mask.size == Image.open(path).size
+        assert set(np.unique(np.asarray(mask)).tolist()) <= {0, 255}
+
+
+def test_predict_any_size_and_gzip(trained, tmp_path):
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 255, (45, 77, 3), dtype=np.uint8))
+    image.save(tmp_path / "odd.png")
+    (tmp_path / "z.png.gz").write_bytes(gzip.compress((tmp_path / "odd.png").read_bytes()))
+    result = run("predict", trained / "best.pt", tmp_path / "odd.png", tmp_path / "z.png.gz",
+                 "--out", tmp_path / "pred", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert Image.open(tmp_path / "pred" / "odd.png").size == (77, 45)
+    assert Image.open(tmp_path / "pred" / "z.png").size == (77, 45)
+
+
+def test_python_dash_m_and_help():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "fissure", "--help"], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0 and "train" in done.stdout and "evaluate" in done.stdout
+
+
+# -- bad input: one line, non-zero exit, no traceback ----------------------------------
+
+
+def test_missing_data_folder(tmp_path):
+    result = run("train", "--config", "configs/default.yaml", "--out", tmp_path / "r",
+                 "--set", f"data.root={tmp_path / 'nope'}")
+    assert_one_line_error(result, "nope", "data folder not found")
+
+
+def test_unknown_and_mistyped_config_keys(tmp_path):
+    result = run("train", "--config", "configs/default.yaml", "--set", "train.epoch=3")
+    assert_one_line_error(result, "train.epoch", "train.epochs")
+    result = run("train", "--config", "configs/default.yaml", "--set", "train.epochs=many")
+    assert_one_line_error(result, "train.epochs: expected int")
+
+
+def copy_synth(synth_root, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(synth_root, root)
+    return root
+
+
+def train_on(root, tmp_path):
+    overrides = [f"data.root={root}", "data.size=64", "model.encoder=resnet18",
+                 "train.epochs=1", "train.batch_size=4", "train.num_workers=0"]
+    return run("train", "--config", "configs/default.yaml", "--out", tmp_path / "run",
+               "--quiet", *sets(overrides))
+
+
+def test_image_without_mask(synth_root, tmp_path):
+    root = copy_synth(synth_root, tmp_path)
+    victim = sorted((root / "train" / "masks").iterdir())[0]
+    victim.unlink()
+    assert_one_line_error(train_on(root, tmp_path), "without a mask", victim.stem)
+
+
+def test_mask_without_image(synth_root, tmp_path):
+    root = copy_synth(synth_root, tmp_path)
+    victim = sorted((root / "train" / "images").iterdir())[0]
+    victim.unlink()
+    assert_one_line_error(train_on(root, tmp_path), "without an image", victim.stem)
+
+
+def test_mask_of_another_size(synth_root, tmp_path):
+    root = copy_synth(synth_root, tmp_path)
+    victim = sorted((root / "train" / "masks").iterdir())[0]
+    Image.new("L", (10, 10)).save(victim)
+    assert_one_line_error(train_on(root, tmp_path), victim.name, "mask is 10x10")
+
+
+@pytest.mark.parametrize("damage", ["corrupt_png", "truncated_gz"])
+def test_corrupt_image_or_gzip(synth_root, tmp_path, damage):
+    root = copy_synth(synth_root, tmp_path)
+    victim = sorted((root / "train" / "images").iterdir())[0]
+    if damage == "corrupt_png":
+        victim.write_bytes(victim.read_bytes()[:50])
+        name = victim.name
+    else:
+        gz = victim.with_name(victim.name + ".gz")
+        gz.write_bytes(gzip.compress(victim.read_bytes())[:-20])
+        victim.unlink()
+        name = gz.name
+    assert_one_line_error(train_on(root, tmp_path), name)
+
+
+def test_empty_split(synth_root, tmp_path):
+    root = copy_synth(synth_root, tmp_path)
+    for path in (root / "val" / "images").iterdir():
+        path.unlink()
+    for path in (root / "val" / "masks").iterdir():
+        path.unlink()
+    assert_one_line_error(train_on(root, tmp_path), "split 'val' is empty")
+
+
+def test_not_a_checkpoint(tmp_path, synth_root):
+    (tmp_path / "x.pt").write_bytes(b"definitely not torch")
+    assert_one_line_error(run("evaluate", tmp_path / "x.pt", "--data", synth_root),
+                          "x.pt", "not a readable torch checkpoint")
+    torch.save({"a": torch.zeros(1)}, tmp_path / "y.pt")
+    assert_one_line_error(run("predict", tmp_path / "y.pt", synth_root, "--out", tmp_path / "o"),
+                          "not a fissure checkpoint")
+
+
+def test_checkpoint_for_another_encoder(tmp_path, synth_root):
+    cfg = config_from_dict({"model": {"encoder": "resnet18"}, "data": {"size": 64}})
+    ckpt = make_checkpoint(build_model("resnet18"), cfg, epoch=0)
+    ckpt["model"]["encoder"] = "resnet50"
+    save_atomic(ckpt, tmp_path / "c.pt")
+    assert_one_line_error(run("evaluate", tmp_path / "c.pt", "--data", synth_root),
+                          "c.pt", "weights do not fit")
+
+
+def test_resume_without_last_pt(tmp_path):
+    assert_one_line_error(run("train", "--resume", tmp_path), "no last.pt")
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    result = CliRunner().invoke(cli, ["--debug", "train", "--resume", str(tmp_path)])
+    assert result.exit_code != 0
+    assert "Traceback" in result.output or result.exc_info is not None
