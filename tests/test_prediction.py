@@ -120,15 +120,17 @@ def test_tiles_of_several_images_share_batches(tta: bool) -> None:
 
 
 def test_resize_checkpoint_shrinks_small_images_like_evaluate(tmp_path: Path) -> None:
-    predictor = Predictor.from_checkpoint(_checkpoint(tmp_path, mode="resize"), device="cpu")
-    small = _rgb(100, 90)
+    ckpt = _checkpoint(tmp_path, mode="resize", size=32)
+    predictor = Predictor.from_checkpoint(ckpt, device="cpu")
+    small = _rgb(50, 40)
     result = predict_image(predictor, small)
     assert (result.mode, result.tiles, result.tile) == ("resize", 1, None)
     expected = predict_probs(predictor.model, image_to_tensor(small)[None], predictor.policy)
     np.testing.assert_allclose(result.probability, expected[0, 0].numpy(), atol=1e-5)
-    large = predict_image(predictor, _rgb(200, 150))
-    assert (large.mode, large.tile, large.overlap) == ("tiled", 64, 16)
-    assert large.probability.shape == (200, 150)
+    # Beyond twice the training size the photo is tiled at native resolution.
+    large = predict_image(predictor, _rgb(70, 40))
+    assert (large.mode, large.tile, large.overlap, large.tiles) == ("tiled", 32, 8, 6)
+    assert large.probability.shape == (70, 40)
 
 
 def test_a_12_megapixel_photo_goes_through_in_bounded_batches() -> None:
@@ -147,7 +149,7 @@ def test_a_12_megapixel_photo_goes_through_in_bounded_batches() -> None:
 
 
 def test_images_as_paths_pil_and_arrays_agree(tmp_path: Path) -> None:
-    model, rgb = _model(), _rgb(70, 50)
+    model, rgb = _Recorder(bias=0.0), _rgb(70, 50)
     Image.fromarray(rgb).save(tmp_path / "x.png")
     (tmp_path / "x.png.gz").write_bytes(gzip.compress((tmp_path / "x.png").read_bytes()))
     rgba = np.dstack([rgb, np.full(rgb.shape[:2], 7, np.uint8)])
@@ -168,12 +170,12 @@ def test_exif_orientation_is_applied_to_pil_images() -> None:
     exif[0x0112] = 6  # rotate 90 degrees clockwise to display
     buffer = io.BytesIO()
     stored.save(buffer, format="JPEG", exif=exif)
-    result = predict_image(_model(), Image.open(io.BytesIO(buffer.getvalue())), tile=64)
+    result = predict_image(_Recorder(), Image.open(io.BytesIO(buffer.getvalue())), tile=64)
     assert result.mask.shape == (60, 40)
 
 
 def test_a_bare_module_keeps_its_training_mode() -> None:
-    model = _model().train()
+    model = _Recorder().train()
     predict_image(model, _rgb(40, 40), tile=64)
     assert model.training
     with pytest.raises(FissureError, match="threshold"):
@@ -181,7 +183,7 @@ def test_a_bare_module_keeps_its_training_mode() -> None:
 
 
 def test_measurements_use_the_scale() -> None:
-    result = predict_image(_model(all_crack=True), _rgb(64, 80), tile=64, px_per_mm=4.0)
+    result = predict_image(_Recorder(bias=6.0), _rgb(64, 80), tile=64, px_per_mm=4.0)
     assert result.mask.all() and result.measurements.area_px == 64 * 80
     assert result.measurements.area_mm2 == pytest.approx(64 * 80 / 16)
     assert result.measurements == measure_cracks(result.mask, 20, 4.0)
