@@ -79,12 +79,14 @@ def test_torchscript_loads_with_jit_and_agrees(checkpoint: Path, tmp_path: Path)
 def test_cli_export_and_bad_arguments(checkpoint: Path, tmp_path: Path) -> None:
     runner = CliRunner()
     out = tmp_path / "cli.pt"
-    result = runner.invoke(cli, ["export", str(checkpoint), "--format", "torchscript",
-                                 "--out", str(out)])
+    result = runner.invoke(
+        cli, ["export", str(checkpoint), "--format", "torchscript", "--out", str(out)]
+    )
     assert result.exit_code == 0, result.output
     assert out.is_file() and "matches PyTorch within" in result.output
-    bad = runner.invoke(cli, ["export", str(checkpoint), "--out", str(tmp_path / "x.onnx"),
-                              "--opset", "13"])
+    bad = runner.invoke(
+        cli, ["export", str(checkpoint), "--out", str(tmp_path / "x.onnx"), "--opset", "13"]
+    )
     assert bad.exit_code == 1 and "--opset must be at least 17" in bad.output
     with pytest.raises(FissureError, match="--format"):
         export_model(checkpoint, tmp_path / "x.bin", "tflite")

@@ -109,9 +109,7 @@ def test_tiles_of_several_images_share_batches(tta: bool) -> None:
     results = dict(predict_many(predictor, enumerate(images), tta=tta, batch_size=5, overlap=16))
     n_tiles = sum(plan_tiles(h, w, 64, 16).n_tiles for h, w in sizes)
     views = 3 if tta else 1
-    assert [s[0] for s in recorder.shapes] == [5] * (n_tiles // 5 * views) + [
-        n_tiles % 5
-    ] * views
+    assert [s[0] for s in recorder.shapes] == [5] * (n_tiles // 5 * views) + [n_tiles % 5] * views
     for i, image in enumerate(images):
         expected = predict_tiled(recorder, image_to_tensor(image), 64, 16, tta=tta)[0].numpy()
         assert results[i].probability.shape == sizes[i]
@@ -155,8 +153,14 @@ def test_images_as_paths_pil_and_arrays_agree(tmp_path: Path) -> None:
     rgba = np.dstack([rgb, np.full(rgb.shape[:2], 7, np.uint8)])
     results = [
         predict_image(model, source, tile=64)
-        for source in (rgb, rgba, tmp_path / "x.png", str(tmp_path / "x.png.gz"),
-                       Image.fromarray(rgb), Image.fromarray(rgba))
+        for source in (
+            rgb,
+            rgba,
+            tmp_path / "x.png",
+            str(tmp_path / "x.png.gz"),
+            Image.fromarray(rgb),
+            Image.fromarray(rgba),
+        )
     ]
     for result in results[1:]:
         np.testing.assert_array_equal(result.probability, results[0].probability)
@@ -194,11 +198,22 @@ def _image(location: str) -> InputImage:
 
 
 def test_output_names_tell_same_stems_apart() -> None:
-    names = output_names([_image(loc) for loc in
-                          ("/d/a/x.png", "/d/b/x.png", "/d/b/x.jpg", "/d/y.png.gz", "/d/z.png")])
+    names = output_names(
+        [
+            _image(loc)
+            for loc in ("/d/a/x.png", "/d/b/x.png", "/d/b/x.jpg", "/d/y.png.gz", "/d/z.png")
+        ]
+    )
     assert names == ["a__x", "b__x__png", "b__x__jpg", "y", "z"]
-    awkward = ["/d/a/x.png", "/d/b/x.png", "/d/a__x.png", "/d/y.png", "/d/y_prob.png",
-               "/d/Z.png", "/d/z.png"]
+    awkward = [
+        "/d/a/x.png",
+        "/d/b/x.png",
+        "/d/a__x.png",
+        "/d/y.png",
+        "/d/y_prob.png",
+        "/d/Z.png",
+        "/d/z.png",
+    ]
     names = output_names([_image(loc) for loc in awkward])
     files = [f"{n}{s}".casefold() for n in names for s in ("", "_prob", "_overlay")]
     assert len(set(files)) == len(files)
@@ -237,12 +252,30 @@ def test_cli_predicts_a_folder_end_to_end(tmp_path: Path) -> None:
     ckpt = _checkpoint(tmp_path, all_crack=True)
     _photo_folder(tmp_path / "photos")
     out = tmp_path / "out"
-    result = CliRunner().invoke(cli, ["predict", str(ckpt), str(tmp_path / "photos"), "--out",
-                                      str(out), "--px-per-mm", "2", "--save-prob", "--quiet"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "predict",
+            str(ckpt),
+            str(tmp_path / "photos"),
+            "--out",
+            str(out),
+            "--px-per-mm",
+            "2",
+            "--save-prob",
+            "--quiet",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "6 of 6 image(s) with cracks" in result.output
-    sizes = {"a": (90, 70), "sub__a": (47, 33), "b": (64, 50), "c": (40, 60), "d": (45, 45),
-             "e": (52, 48)}
+    sizes = {
+        "a": (90, 70),
+        "sub__a": (47, 33),
+        "b": (64, 50),
+        "c": (40, 60),
+        "d": (45, 45),
+        "e": (52, 48),
+    }
     for name, size in sizes.items():
         mask = Image.open(out / f"{name}.png")
         assert (mask.mode, mask.size) == ("L", size)
@@ -254,8 +287,14 @@ def test_cli_predicts_a_folder_end_to_end(tmp_path: Path) -> None:
     with (out / "predictions.csv").open(newline="") as handle:
         rows = list(csv.DictReader(handle))
     records = json.loads((out / "predictions.json").read_text())
-    assert [Path(r["image"]).name for r in records] == ["a.png", "b.png.gz", "c.jpg", "d.png",
-                                                        "e.png", "a.png"]
+    assert [Path(r["image"]).name for r in records] == [
+        "a.png",
+        "b.png.gz",
+        "c.jpg",
+        "d.png",
+        "e.png",
+        "a.png",
+    ]
     assert [r["mask"] for r in rows] == [r["mask"] for r in records]
     for record in records:
         width, height = sizes[Path(record["mask"]).stem]
@@ -272,11 +311,12 @@ def test_cli_predict_options_and_errors(tmp_path: Path) -> None:
     out = tmp_path / "out"
     runner = CliRunner()
     args = ["predict", str(ckpt), str(tmp_path / "p.png"), "--out", str(out), "--quiet"]
-    result = runner.invoke(cli, [*args, "--no-overlay", "--tile", "32", "--overlap", "0",
-                                 "--tta", "--threshold", "0.3"])
+    result = runner.invoke(
+        cli,
+        [*args, "--no-overlay", "--tile", "32", "--overlap", "0", "--tta", "--threshold", "0.3"],
+    )
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in out.iterdir()) == ["p.png", "predictions.csv",
-                                                     "predictions.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["p.png", "predictions.csv", "predictions.json"]
     record = json.loads((out / "predictions.json").read_text())[0]
     assert (record["tile"], record["overlap"], record["tiles"], record["tta"]) == (32, 0, 4, True)
     assert record["threshold"] == 0.3 and record["area_mm2"] is None

@@ -121,6 +121,7 @@ class TrainConfig:
     ema: float | None = None
     nonfinite: str = _choice("stop", "stop", "skip")
     max_minutes: float | None = None
+    tensorboard: bool = False  # also log history to <run>/tensorboard (needs tensorboard)
     tune_threshold: bool = True
     threshold: float = 0.5
     loss: LossConfig = field(default_factory=LossConfig)

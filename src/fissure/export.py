@@ -69,8 +69,23 @@ class _ScriptableProbabilities(nn.Module):
 
     def __init__(self, model: ResNetUNet) -> None:
         super().__init__()
-        for name in ("encoder0", "pool0", "encoder1", "encoder2", "encoder3", "encoder4",
-                     "up4", "dec4", "up3", "dec3", "up2", "dec2", "up1", "dec1", "final"):
+        for name in (
+            "encoder0",
+            "pool0",
+            "encoder1",
+            "encoder2",
+            "encoder3",
+            "encoder4",
+            "up4",
+            "dec4",
+            "up3",
+            "dec3",
+            "up2",
+            "dec2",
+            "up1",
+            "dec1",
+            "final",
+        ):
             setattr(self, name, getattr(model, name))
         self.stride = STRIDE
 
@@ -90,8 +105,9 @@ class _ScriptableProbabilities(nn.Module):
         d3 = self.dec3(torch.cat([self.up3(d4), e2], dim=1))
         d2 = self.dec2(torch.cat([self.up2(d3), e1], dim=1))
         d1 = self.dec1(torch.cat([self.up1(d2), e0], dim=1))
-        out = F.interpolate(self.final(d1), size=[x.shape[-2], x.shape[-1]], mode="bilinear",
-                            align_corners=False)
+        out = F.interpolate(
+            self.final(d1), size=[x.shape[-2], x.shape[-1]], mode="bilinear", align_corners=False
+        )
         return torch.sigmoid(out[:, :, :height, :width])
 
 
@@ -124,8 +140,9 @@ def _export_onnx(model: ResNetUNet, out: Path, metadata: dict[str, str], opset: 
     try:
         import onnx
     except ImportError:
-        raise FissureError("ONNX export needs onnx and onnxscript: "
-                           "pip install 'fissure[export]'") from None
+        raise FissureError(
+            "ONNX export needs onnx and onnxscript: pip install 'fissure[export]'"
+        ) from None
     height = torch.export.Dim("height", min=MIN_SIDE)
     width = torch.export.Dim("width", min=MIN_SIDE)
     # The example size is deliberately no multiple of 32, and the batch is not 1: torch.export
@@ -133,11 +150,18 @@ def _export_onnx(model: ResNetUNet, out: Path, metadata: dict[str, str], opset: 
     example = torch.randn(2, 3, 70, 45)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(_OnnxProbabilities(model).eval(), (example,), str(out), dynamo=True,
-                          input_names=["image"], output_names=["probability"],
-                          dynamic_shapes={"x": {0: torch.export.Dim("batch"), 2: height,
-                                                3: width}},
-                          opset_version=opset, verbose=False, external_data=False)
+        torch.onnx.export(
+            _OnnxProbabilities(model).eval(),
+            (example,),
+            str(out),
+            dynamo=True,
+            input_names=["image"],
+            output_names=["probability"],
+            dynamic_shapes={"x": {0: torch.export.Dim("batch"), 2: height, 3: width}},
+            opset_version=opset,
+            verbose=False,
+            external_data=False,
+        )
     graph = onnx.load(str(out))
     onnx.helper.set_model_props(graph, metadata)
     onnx.save(graph, str(out))
@@ -149,8 +173,9 @@ def _export_torchscript(model: ResNetUNet, out: Path, metadata: dict[str, str]) 
         # loads from C++ and older runtimes without Python.
         warnings.simplefilter("ignore", FutureWarning)
         scripted = torch.jit.script(_ScriptableProbabilities(model).eval())
-        torch.jit.save(scripted, str(out),
-                       _extra_files={"fissure.json": json.dumps(metadata).encode()})
+        torch.jit.save(
+            scripted, str(out), _extra_files={"fissure.json": json.dumps(metadata).encode()}
+        )
 
 
 def _onnx_runner(path: Path):
@@ -167,8 +192,12 @@ def _torchscript_runner(path: Path):
     return lambda x: loaded(x).numpy()
 
 
-def check_export(path: str | Path, fmt: str, model: ResNetUNet,
-                 sizes: Sequence[tuple[int, int, int]] = CHECK_SIZES) -> float:
+def check_export(
+    path: str | Path,
+    fmt: str,
+    model: ResNetUNet,
+    sizes: Sequence[tuple[int, int, int]] = CHECK_SIZES,
+) -> float:
     """Largest ``|exported - sigmoid(model)|`` over random inputs of ``(N, H, W)`` ``sizes``."""
     runner = _onnx_runner(Path(path)) if fmt == "onnx" else _torchscript_runner(Path(path))
     generator = torch.Generator().manual_seed(0)
@@ -179,14 +208,22 @@ def check_export(path: str | Path, fmt: str, model: ResNetUNet,
             expected = torch.sigmoid(model(x)).numpy()
             got = np.asarray(runner(x))
         if got.shape != expected.shape:
-            raise FissureError(f"{path}: exported graph returned {got.shape} for input "
-                               f"{tuple(x.shape)}, expected {expected.shape}")
+            raise FissureError(
+                f"{path}: exported graph returned {got.shape} for input "
+                f"{tuple(x.shape)}, expected {expected.shape}"
+            )
         worst = max(worst, float(np.abs(got - expected).max()))
     return worst
 
 
-def export_model(checkpoint: str | Path | dict[str, Any], out: str | Path, fmt: str = "onnx",
-                 *, opset: int = OPSET, verify: bool = True) -> ExportResult:
+def export_model(
+    checkpoint: str | Path | dict[str, Any],
+    out: str | Path,
+    fmt: str = "onnx",
+    *,
+    opset: int = OPSET,
+    verify: bool = True,
+) -> ExportResult:
     """Export ``checkpoint`` to ``out`` as ``fmt`` (``onnx`` or ``torchscript``).
 
     With ``verify`` the written file is run (onnxruntime for ONNX, skipped when it is not
@@ -210,8 +247,10 @@ def export_model(checkpoint: str | Path | dict[str, Any], out: str | Path, fmt: 
     if verify and (fmt != "onnx" or _has_onnxruntime()):
         diff = check_export(out, fmt, model)
         if diff > TOLERANCE:
-            raise FissureError(f"{out}: exported model differs from PyTorch by {diff:.2e} "
-                               f"(more than {TOLERANCE:g})")
+            raise FissureError(
+                f"{out}: exported model differs from PyTorch by {diff:.2e} "
+                f"(more than {TOLERANCE:g})"
+            )
     return ExportResult(out, fmt, diff)
 
 

@@ -25,14 +25,13 @@ float32 accumulators.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image, ImageOps
 from torch import Tensor, nn
 from tqdm.auto import tqdm
@@ -44,7 +43,8 @@ from .data.transforms import image_to_tensor
 from .errors import FissureError
 from .inference import InputPolicy, forward_logits, select_device
 from .measurement import CrackMeasurements, measure_cracks
-from .tiling import TILE_MULTIPLE, blend_window, pad_to_plan, plan_tiles
+from .tile_batches import Job, ResizedJob, TileBatcher, TiledJob
+from .tiling import TILE_MULTIPLE
 
 RESIZE_LIMIT = 2
 """Resize-mode checkpoints see a whole image shrunk when both sides are <= this x size."""
@@ -92,8 +92,9 @@ def round_tile(size: int) -> int:
     return max(TILE_MULTIPLE, TILE_MULTIPLE * round(size / TILE_MULTIPLE))
 
 
-def default_tiling(policy: InputPolicy, tile: int | None = None,
-                   overlap: int | None = None) -> Tiling:
+def default_tiling(
+    policy: InputPolicy, tile: int | None = None, overlap: int | None = None
+) -> Tiling:
     """Tiling for a checkpoint's ``policy``; see the module docstring for the defaults."""
     chosen = round_tile(policy.size) if tile is None else tile
     if chosen < TILE_MULTIPLE or chosen % TILE_MULTIPLE:
@@ -120,8 +121,9 @@ class Predictor:
         return next(self.model.parameters()).device
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: str | Path | dict[str, Any],
-                        device: str = "auto") -> Predictor:
+    def from_checkpoint(
+        cls, checkpoint: str | Path | dict[str, Any], device: str = "auto"
+    ) -> Predictor:
         """Load a checkpoint file (or use a loaded dict) onto ``device``, in eval mode."""
         ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
         origin = "checkpoint" if isinstance(checkpoint, dict) else str(checkpoint)
@@ -129,16 +131,21 @@ class Predictor:
         # NHWC lets cuDNN and oneDNN pick their fastest convolutions.
         model = model.to(memory_format=torch.channels_last)
         eval_cfg = ckpt.get("config", {}).get("eval", {})
-        return cls(model, InputPolicy.from_checkpoint(ckpt), float(ckpt.get("threshold", 0.5)),
-                   int(eval_cfg.get("min_area", EvalConfig.min_area)))
+        return cls(
+            model,
+            InputPolicy.from_checkpoint(ckpt),
+            float(ckpt.get("threshold", 0.5)),
+            int(eval_cfg.get("min_area", EvalConfig.min_area)),
+        )
 
     def forward(self, tiles: Tensor) -> Tensor:
         """Logits ``(B, 1, t, t)`` for tiles ``(B, 3, t, t)``; AMP on CUDA."""
         return forward_logits(self.model, tiles, InputPolicy("crop", tiles.shape[-1]), self.amp)
 
 
-def as_predictor(model_or_checkpoint: Predictor | nn.Module | str | Path | dict[str, Any],
-                 device: str = "auto") -> Predictor:
+def as_predictor(
+    model_or_checkpoint: Predictor | nn.Module | str | Path | dict[str, Any], device: str = "auto"
+) -> Predictor:
     """A :class:`Predictor` from itself, a checkpoint path or dict, or a bare model.
 
     A bare model gets threshold 0.5 and 256-px tiles and stays on its device unless
@@ -164,126 +171,20 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
-class _TiledJob:
-    """Blends tile probabilities for one image, as :func:`fissure.tiling.predict_tiled` does."""
-
-    mode = "tiled"
-
-    def __init__(self, image: Tensor, tiling: Tiling) -> None:
-        self.plan = plan_tiles(image.shape[-2], image.shape[-1], tiling.tile, tiling.overlap)
-        self.canvas = pad_to_plan(image, self.plan)
-        self.weight = blend_window(tiling.tile, tiling.overlap, device=image.device)
-        self.weighted = torch.zeros(self.canvas.shape[-2:], device=image.device)
-        self.total = torch.zeros_like(self.weighted)
-        self.remaining = self.n_tiles = self.plan.n_tiles
-
-    def pieces(self) -> Iterator[tuple[Any, Tensor]]:
-        t = self.plan.tile
-        for y, x in self.plan.windows():
-            yield (y, x), self.canvas[:, y : y + t, x : x + t]
-
-    def add(self, key: tuple[int, int], logits: list[Tensor]) -> None:
-        """``logits``: one ``(1, t, t)`` map per TTA view, already flipped back."""
-        prob = sum(torch.sigmoid(lg[0]) for lg in logits) / len(logits)
-        (y, x), t = key, self.plan.tile
-        self.weighted[y : y + t, x : x + t] += self.weight * prob
-        self.total[y : y + t, x : x + t] += self.weight
-        self.remaining -= 1
-
-    def probability(self) -> Tensor:
-        top, left, plan = self.plan.pad_h[0], self.plan.pad_w[0], self.plan
-        blended = self.weighted[top : top + plan.height, left : left + plan.width]
-        return (blended / self.total[top : top + plan.height, left : left + plan.width]).cpu()
-
-
-class _ResizedJob:
-    """The whole image shrunk to ``size``; logits upsampled back as ``predict_probs`` does."""
-
-    mode = "resize"
-    n_tiles = 1
-
-    def __init__(self, image: Tensor, size: int) -> None:
-        self.shape = tuple(image.shape[-2:])
-        self.small = image
-        if self.shape != (size, size):
-            self.small = F.interpolate(image[None], size=(size, size), mode="bilinear",
-                                       align_corners=False, antialias=True)[0]
-        self.remaining = 1
-        self.prob: Tensor | None = None
-
-    def pieces(self) -> Iterator[tuple[Any, Tensor]]:
-        yield None, self.small
-
-    def add(self, key: Any, logits: list[Tensor]) -> None:
-        up = [lg[None] if tuple(lg.shape[-2:]) == self.shape else
-              F.interpolate(lg[None], size=self.shape, mode="bilinear", align_corners=False)
-              for lg in logits]
-        self.prob = (sum(torch.sigmoid(u[0, 0]) for u in up) / len(up)).cpu()
-        self.remaining = 0
-
-    def probability(self) -> Tensor:
-        assert self.prob is not None
-        return self.prob
-
-
-def _view_logits(forward: Callable[[Tensor], Tensor], tiles: Tensor, tta: bool) -> list[Tensor]:
-    """Logits ``(B, 1, t, t)`` float32 per view: as is, and with ``tta`` flipped both ways."""
-    views: list[tuple[int, ...]] = [(), (-1,), (-2,)] if tta else [()]
-    out = []
-    for dims in views:
-        logits = forward(tiles.flip(dims) if dims else tiles).float()
-        if logits.shape != (tiles.shape[0], 1, *tiles.shape[-2:]):
-            raise FissureError(f"model returned shape {tuple(logits.shape)} for tiles "
-                               f"{tuple(tiles.shape)}, expected one channel of the same size")
-        out.append(logits.flip(dims) if dims else logits)
-    return out
-
-
-class _Batcher:
-    """Gathers tiles of any number of images into batches of one tile shape."""
-
-    def __init__(self, forward: Callable[[Tensor], Tensor], batch_size: int, tta: bool,
-                 on_batch: Callable[[int], None]) -> None:
-        if batch_size < 1:
-            raise FissureError(f"--batch-size must be >= 1, got {batch_size}")
-        self.forward, self.batch_size, self.tta, self.on_batch = forward, batch_size, tta, on_batch
-        self.pending: dict[tuple[int, ...], list[tuple[Any, Any, Tensor]]] = {}
-
-    def add(self, job: Any) -> list[Any]:
-        """Queue ``job``'s tiles; returns the jobs that batches run meanwhile completed."""
-        finished = []
-        for key, piece in job.pieces():
-            queue = self.pending.setdefault(tuple(piece.shape), [])
-            queue.append((job, key, piece))
-            if len(queue) == self.batch_size:
-                finished += self._run(self.pending.pop(tuple(piece.shape)))
-        return finished
-
-    def flush(self) -> list[Any]:
-        finished = []
-        for shape in list(self.pending):
-            finished += self._run(self.pending.pop(shape))
-        return finished
-
-    def _run(self, queue: list[tuple[Any, Any, Tensor]]) -> list[Any]:
-        views = _view_logits(self.forward, torch.stack([piece for _, _, piece in queue]), self.tta)
-        done = []
-        for i, (job, key, _) in enumerate(queue):
-            job.add(key, [v[i] for v in views])
-            if job.remaining == 0:
-                done.append(job)
-        self.on_batch(len(queue))
-        return done
-
-
-def _finish(job: Any, prob: np.ndarray, predictor: Predictor, threshold: float,
-            min_area: int | None, px_per_mm: float | None) -> Prediction:
+def _finish(
+    job: Job,
+    prob: np.ndarray,
+    predictor: Predictor,
+    threshold: float,
+    min_area: int | None,
+    px_per_mm: float | None,
+) -> Prediction:
     mask = prob > threshold
     area = predictor.min_area if min_area is None else min_area
-    tiled = job.mode == "tiled"
-    return Prediction(mask, prob, measure_cracks(mask, area, px_per_mm), threshold, job.mode,
-                      job.n_tiles, job.plan.tile if tiled else None,
-                      job.plan.overlap if tiled else None)
+    measurements = measure_cracks(mask, area, px_per_mm)
+    return Prediction(
+        mask, prob, measurements, threshold, job.mode, job.n_tiles, job.tile, job.overlap
+    )
 
 
 def predict_many(
@@ -311,17 +212,19 @@ def predict_many(
         raise FissureError(f"--threshold must be within (0, 1), got {thr}")
     tiling = default_tiling(predictor.policy, tile, overlap)
     device = predictor.device
-    image_bar = tqdm(total=total, desc="images", unit="img", disable=not progress,
-                     dynamic_ncols=True)
-    tile_bar = tqdm(total=0, desc="tiles", unit="tile", disable=not progress, leave=False,
-                    dynamic_ncols=True)
-    batcher = _Batcher(predictor.forward, batch_size, tta, tile_bar.update)
+    image_bar = tqdm(
+        total=total, desc="images", unit="img", disable=not progress, dynamic_ncols=True
+    )
+    tile_bar = tqdm(
+        total=0, desc="tiles", unit="tile", disable=not progress, leave=False, dynamic_ncols=True
+    )
+    batcher = TileBatcher(predictor.forward, batch_size, tta, tile_bar.update)
     payloads: dict[int, T] = {}
 
-    def ready(jobs: list[Any]) -> list[tuple[T, Any, np.ndarray]]:
+    def ready(jobs: list[Job]) -> list[tuple[T, Job, np.ndarray]]:
         return [(payloads.pop(id(job)), job, job.probability().numpy()) for job in jobs]
 
-    def finish(items: list[tuple[T, Any, np.ndarray]]) -> Iterator[tuple[T, Prediction]]:
+    def finish(items: list[tuple[T, Job, np.ndarray]]) -> Iterator[tuple[T, Prediction]]:
         for payload, job, prob in items:
             image_bar.update(1)
             yield payload, _finish(job, prob, predictor, thr, min_area, px_per_mm)
@@ -333,8 +236,11 @@ def predict_many(
             for payload, image in images:
                 with torch.inference_mode():
                     tensor = image_to_tensor(image).to(device)
-                    job = (_ResizedJob(tensor, tiling.resize_size)
-                           if tiling.resizes(*tensor.shape[-2:]) else _TiledJob(tensor, tiling))
+                    job: Job = (
+                        ResizedJob(tensor, tiling.resize_size)
+                        if tiling.resizes(*tensor.shape[-2:])
+                        else TiledJob(tensor, tiling.tile, tiling.overlap)
+                    )
                     del tensor
                     payloads[id(job)] = payload
                     tile_bar.total += job.n_tiles
@@ -391,7 +297,17 @@ def predict_image(
     image's resolution and the measurements (mm fields with ``px_per_mm``).
     """
     predictor = as_predictor(model_or_checkpoint, device)
-    results = predict_many(predictor, [(None, as_rgb(image))], threshold=threshold, tile=tile,
-                           overlap=overlap, tta=tta, batch_size=batch_size, min_area=min_area,
-                           px_per_mm=px_per_mm, progress=progress, total=1)
+    results = predict_many(
+        predictor,
+        [(None, as_rgb(image))],
+        threshold=threshold,
+        tile=tile,
+        overlap=overlap,
+        tta=tta,
+        batch_size=batch_size,
+        min_area=min_area,
+        px_per_mm=px_per_mm,
+        progress=progress,
+        total=1,
+    )
     return [prediction for _, prediction in results][0]

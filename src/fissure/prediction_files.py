@@ -87,8 +87,11 @@ def find_inputs(
             continue
         path = Path(item)
         if path.is_dir():
-            found.extend(InputImage.from_path(p) for p in sorted(path.glob(pattern))
-                         if p.is_file() and is_image_name(p.name) and not _inside(p, skip))
+            found.extend(
+                InputImage.from_path(p)
+                for p in sorted(path.glob(pattern))
+                if p.is_file() and is_image_name(p.name) and not _inside(p, skip)
+            )
         elif path.is_file():
             found.append(InputImage.from_path(path))
         else:
@@ -128,8 +131,11 @@ def output_names(images: Sequence[InputImage]) -> list[str]:
         counts = Counter(names)
         for name in {n for n, c in counts.items() if c > 1}:
             idx = [i for i, n in enumerate(names) if n == name]
-            new = (rename([locations[i] for i in idx], name) if rename is not None
-                   else [_with_suffix(locations[i], name) for i in idx])
+            new = (
+                rename([locations[i] for i in idx], name)
+                if rename is not None
+                else [_with_suffix(locations[i], name) for i in idx]
+            )
             for i, new_name in zip(idx, new, strict=True):
                 names[i] = new_name
     taken: set[str] = set()
@@ -152,11 +158,20 @@ def overlay_image(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def write_outputs(out_dir: Path, name: str, rgb: np.ndarray, prediction: Prediction,
-                  save_prob: bool = False, overlay: bool = True) -> dict[str, str | None]:
+def write_outputs(
+    out_dir: Path,
+    name: str,
+    rgb: np.ndarray,
+    prediction: Prediction,
+    save_prob: bool = False,
+    overlay: bool = True,
+) -> dict[str, str | None]:
     """Write ``<name>.png`` and, as asked, the probability map and overlay; their paths."""
-    paths: dict[str, str | None] = {"mask": str(out_dir / f"{name}.png"), "probability": None,
-                                    "overlay": None}
+    paths: dict[str, str | None] = {
+        "mask": str(out_dir / f"{name}.png"),
+        "probability": None,
+        "overlay": None,
+    }
     Image.fromarray(prediction.mask.astype(np.uint8) * 255).save(paths["mask"])
     if save_prob:
         paths["probability"] = str(out_dir / f"{name}_prob.png")
@@ -166,20 +181,38 @@ def write_outputs(out_dir: Path, name: str, rgb: np.ndarray, prediction: Predict
         paths["overlay"] = str(out_dir / f"{name}_overlay.jpg")
         # 4:4:4 chroma: subsampling would smear one-pixel cracks into their neighbours.
         Image.fromarray(overlay_image(rgb, prediction.mask)).save(
-            paths["overlay"], quality=90, subsampling=0)
+            paths["overlay"], quality=90, subsampling=0
+        )
     return paths
 
 
-def prediction_record(source: str, paths: dict[str, str | None], prediction: Prediction,
-                      *, tta: bool, min_area: int, px_per_mm: float | None) -> dict[str, Any]:
+def prediction_record(
+    source: str,
+    paths: dict[str, str | None],
+    prediction: Prediction,
+    *,
+    tta: bool,
+    min_area: int,
+    px_per_mm: float | None,
+) -> dict[str, Any]:
     """The CSV/JSON row of one image: where it and its outputs are, how it was predicted
     (mode ``tiled``/``resize``, tile, overlap, number of tiles) and its measurements."""
     height, width = prediction.mask.shape
-    return {"image": source, **paths, "width": width, "height": height,
-            "threshold": prediction.threshold, "mode": prediction.mode,
-            "tile": prediction.tile, "overlap": prediction.overlap, "tiles": prediction.tiles,
-            "tta": tta, "min_area": min_area, "px_per_mm": px_per_mm,
-            **prediction.measurements.as_dict()}
+    return {
+        "image": source,
+        **paths,
+        "width": width,
+        "height": height,
+        "threshold": prediction.threshold,
+        "mode": prediction.mode,
+        "tile": prediction.tile,
+        "overlap": prediction.overlap,
+        "tiles": prediction.tiles,
+        "tta": tta,
+        "min_area": min_area,
+        "px_per_mm": px_per_mm,
+        **prediction.measurements.as_dict(),
+    }
 
 
 def write_records(records: list[dict[str, Any]], out_dir: Path) -> tuple[Path, Path]:
@@ -225,16 +258,30 @@ def predict_files(
     out_dir.mkdir(parents=True, exist_ok=True)
     area = predictor.min_area if min_area is None else min_area
     # Decoded lazily, so only the images in flight are held in memory.
-    decoded = (((i, rgb), rgb) for i, image in enumerate(images)
-               for rgb in [decode_image(image.read(), image.source)])
-    results = predict_many(predictor, decoded, threshold=threshold, tile=tile, overlap=overlap,
-                           tta=tta, batch_size=batch_size, min_area=area, px_per_mm=px_per_mm,
-                           progress=progress, total=len(images))
+    decoded = (
+        ((i, rgb), rgb)
+        for i, image in enumerate(images)
+        for rgb in [decode_image(image.read(), image.source)]
+    )
+    results = predict_many(
+        predictor,
+        decoded,
+        threshold=threshold,
+        tile=tile,
+        overlap=overlap,
+        tta=tta,
+        batch_size=batch_size,
+        min_area=area,
+        px_per_mm=px_per_mm,
+        progress=progress,
+        total=len(images),
+    )
     records: dict[int, dict[str, Any]] = {}
     for (i, rgb), prediction in results:
         paths = write_outputs(out_dir, names[i], rgb, prediction, save_prob, overlay)
-        records[i] = prediction_record(images[i].source, paths, prediction, tta=tta,
-                                       min_area=area, px_per_mm=px_per_mm)
+        records[i] = prediction_record(
+            images[i].source, paths, prediction, tta=tta, min_area=area, px_per_mm=px_per_mm
+        )
     ordered = [records[i] for i in sorted(records)]
     write_records(ordered, out_dir)
     return ordered

@@ -26,7 +26,14 @@ from .errors import CheckpointError, ConfigError, DataError, FissureError
 from .evaluation import evaluate_dataset, metrics_document, reload_samples
 from .inference import InputPolicy, select_device
 from .prediction_files import Fetch, InputImage, find_inputs, predict_files
-from .report import pick_samples, plot_curves, write_eval_reports, write_history, write_skipped
+from .report import (
+    TensorBoardLog,
+    pick_samples,
+    plot_curves,
+    write_eval_reports,
+    write_history,
+    write_skipped,
+)
 
 # A folder holding any of these has made progress worth keeping; config.yaml alone has not.
 RUN_FILES = ("last.pt", "best.pt", "history.csv")
@@ -65,7 +72,11 @@ def prepare_run_dir(out: str | Path | None, overwrite: bool = False) -> Path:
 def _run(trainer: Trainer, start_step: int = 0) -> TrainResult:
     run_dir = trainer.run_dir
 
+    board = TensorBoardLog(run_dir) if trainer.cfg.train.tensorboard else None
+
     def after_epoch(history: list[dict[str, Any]]) -> None:
+        if board is not None:
+            board.log(history[-1])
         write_history(history, run_dir / "history.csv")
         plot_curves(history, run_dir / "curves.png")
         if trainer.state.skipped:

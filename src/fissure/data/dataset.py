@@ -91,5 +91,5 @@ def iter_groups(batch: dict[str, Any]):
         if len(batch["image"]):
             yield batch["image"], batch["mask"]
         return
-    for image, mask in zip(batch["image"], batch["mask"]):
+    for image, mask in zip(batch["image"], batch["mask"], strict=True):
         yield image[None], mask[None]

@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-
 import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2

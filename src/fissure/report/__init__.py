@@ -11,10 +11,18 @@ from .evaluation import (
     write_eval_reports,
     write_per_image,
 )
-from .training import fmt, plot_curves, write_history, write_json, write_skipped
+from .training import (
+    TensorBoardLog,
+    fmt,
+    plot_curves,
+    write_history,
+    write_json,
+    write_skipped,
+)
 
 __all__ = [
     "EVAL_FILES",
+    "TensorBoardLog",
     "classification_report_text",
     "fmt",
     "metrics_table",

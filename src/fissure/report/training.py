@@ -15,6 +15,7 @@ matplotlib.use("Agg")  # files only; no display on servers or in CI
 import matplotlib.pyplot as plt  # noqa: E402
 
 from ..engine import HISTORY_FIELDS  # noqa: E402
+from ..errors import ConfigError  # noqa: E402
 
 
 def write_history(history: Sequence[dict[str, Any]], path: str | Path) -> None:
@@ -43,6 +44,24 @@ def plot_curves(history: Sequence[dict[str, Any]], path: str | Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+class TensorBoardLog:
+    """Mirrors each history row as scalars under ``<run>/tensorboard``."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise ConfigError("train.tensorboard: needs the tensorboard package "
+                              "(pip install 'fissure[tensorboard]')") from None
+        self.writer = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+
+    def log(self, row: dict[str, Any]) -> None:
+        for key, value in row.items():
+            if key != "epoch" and isinstance(value, (int, float)) and math.isfinite(value):
+                self.writer.add_scalar(key, value, row["epoch"])
+        self.writer.flush()
 
 
 def write_skipped(skipped: dict[str, str], path: str | Path) -> None:
