@@ -1,4 +1,4 @@
-"""Helpers for tests/test_snowflake.py: a tiny dataset, a download counter, a hashing Dataset.
+"""Helpers for tests/test_snowflake*.py: tiny datasets, a download counter, a hashing Dataset.
 
 Imported explicitly (this is not a conftest pytest loads by itself); the fixtures stay in
 the test module.
@@ -6,6 +6,7 @@ the test module.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import threading
@@ -16,6 +17,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from fissure.data.snowflake import StageSource
+from fissure.data.synth import generate_dataset
 
 STAGE = "@PROJET_FISSURES.STORAGE_SCHEMA.MY_FISSURE_STAGE"
 MANIFEST = "PROJET_FISSURES.STORAGE_SCHEMA.V_TRAINING_DATA"
@@ -88,3 +90,12 @@ def local_dataset(root: Path, count: int = 6) -> dict[str, tuple[np.ndarray, np.
 def staged_names(session, stage: str, prefix: str, tmp: Path) -> list[str]:
     session.file.get(f"{stage}/{prefix}/", str(tmp))  # LIST needs SQL; a prefix GET works
     return sorted(p.name for p in tmp.iterdir())
+
+
+def gzip_dataset(root: Path, count: int = 12, size: int = 64) -> Path:
+    """A synthetic train/val/test dataset whose files are all ``.png.gz``, as in the notebook."""
+    generate_dataset(root, count=count, size=size, seed=0)
+    for path in sorted(root.rglob("*.png")):
+        path.with_name(path.name + ".gz").write_bytes(gzip.compress(path.read_bytes(), mtime=0))
+        path.unlink()
+    return root

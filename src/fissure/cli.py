@@ -55,7 +55,12 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @click.option("--overwrite", is_flag=True, help="Replace a run already in --out.")
 @click.option("--device", help="Force a device: cpu, cuda, cuda:1, mps (default: auto).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def train(config_path, out, overrides, resume_dir, overwrite, device, quiet) -> None:
+@click.option("--connection", help="Snowflake connection name (connections.toml) for stage data.")
+@click.option("--refresh", is_flag=True, help="Fetch stage data again instead of the local cache.")
+@click.option("--push", metavar="@STAGE/PREFIX/",
+              help="Upload best.pt, config.yaml and metrics to this stage folder at the end.")
+def train(config_path, out, overrides, resume_dir, overwrite, device, quiet, connection,
+          refresh, push) -> None:
     """Train a model; writes best.pt, last.pt, history.csv, curves.png and config.yaml.
 
     \b
@@ -63,16 +68,23 @@ def train(config_path, out, overrides, resume_dir, overwrite, device, quiet) -> 
       fissure train --config configs/default.yaml --out runs/demo
       fissure train --config configs/cfd.yaml --set train.epochs=5 --set data.size=128
       fissure train --resume runs/demo
+      fissure train --config stage.yaml --connection prod --push @DB.SCH.STAGE/models/run1/
     """
     extra = list(overrides) + ([f"train.device={device}"] if device else [])
+    workflow.connect(connection)
     if resume_dir:
+        if refresh:
+            raise click.UsageError("--refresh applies to new runs; with --resume use "
+                                   "--set data.snowflake.refresh=true")
         result = workflow.resume(resume_dir, extra, progress=not quiet, log=click.echo)
+        if push:
+            workflow.push_run(result.run_dir, push, log=click.echo)
     else:
         if not config_path:
             raise click.UsageError("give --config FILE (or --resume RUN_DIR)")
         cfg = load_config(config_path, extra)
-        result = workflow.train(cfg, out, overwrite=overwrite, progress=not quiet,
-                                log=click.echo)
+        result = workflow.train(cfg, out, overwrite=overwrite, refresh=refresh, push=push,
+                                progress=not quiet, log=click.echo)
     click.echo(f"best epoch {result.best_epoch} (score {fmt(result.best_score)}); "
                f"checkpoint {result.best}")
 
@@ -89,7 +101,8 @@ def train(config_path, out, overrides, resume_dir, overwrite, device, quiet) -> 
 @click.option("--device", default="auto", show_default=True)
 @click.option("--workers", default=0, show_default=True, help="DataLoader workers.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def evaluate(checkpoint, data, split, out, threshold, device, workers, quiet) -> None:
+@click.option("--connection", help="Snowflake connection name for a stage checkpoint or data.")
+def evaluate(checkpoint, data, split, out, threshold, device, workers, quiet, connection) -> None:
     """Score a checkpoint on a split with streaming, empty-mask-aware metrics.
 
     \b
@@ -103,7 +116,9 @@ def evaluate(checkpoint, data, split, out, threshold, device, workers, quiet) ->
     \b
     Example:
       fissure evaluate runs/demo/best.pt --data data/synth --split test --out runs/demo/eval
+      fissure evaluate @DB.SCH.STAGE/models/run1/best.pt --data stage.yaml --connection prod
     """
+    workflow.connect(connection)
     metrics = workflow.evaluate(checkpoint, data, split, out, threshold=threshold,
                                 device=device, num_workers=workers, progress=not quiet)
     click.echo(metrics_table(metrics))
@@ -115,7 +130,7 @@ def evaluate(checkpoint, data, split, out, threshold, device, workers, quiet) ->
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("--out", required=True, type=click.Path(file_okay=False),
-              help="Folder for masks, overlays and predictions.csv/json.")
+              help="Folder (or @STAGE/prefix/) for masks, overlays and predictions.csv/json.")
 @click.option("--glob", "pattern", default="**/*", show_default=True,
               help="Files to take from input folders (image suffixes only).")
 @click.option("--threshold", type=float, help="Decision threshold (default: the checkpoint's).")
@@ -133,8 +148,9 @@ def evaluate(checkpoint, data, split, out, threshold, device, workers, quiet) ->
 @click.option("--px-per-mm", type=float, help="Image scale; adds mm and mm2 measurements.")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--connection", help="Snowflake connection name for a stage checkpoint or --out.")
 def predict(checkpoint, inputs, out, pattern, threshold, tile, overlap, tta, batch_size,
-            save_prob, overlay, min_area, px_per_mm, device, quiet) -> None:
+            save_prob, overlay, min_area, px_per_mm, device, quiet, connection) -> None:
     """Find cracks in photos of any size: masks, overlays and measurements.
 
     INPUTS are image files (gzip too) and folders. Writes <stem>.png (0/255 mask of
@@ -146,11 +162,13 @@ def predict(checkpoint, inputs, out, pattern, threshold, tile, overlap, tta, bat
     \b
     Example:
       fissure predict runs/demo/best.pt photos/ --out predictions/ --px-per-mm 4.2
+      fissure predict @DB.SCH.STAGE/models/best_model.pth.gz photos/ --out @DB.SCH.STAGE/pred/
     """
-    records = workflow.predict(checkpoint, inputs, out, threshold=threshold, tile=tile,
-                               overlap=overlap, tta=tta, batch_size=batch_size, glob=pattern,
-                               save_prob=save_prob, overlay=overlay, min_area=min_area,
-                               px_per_mm=px_per_mm, device=device, progress=not quiet)
+    workflow.connect(connection)
+    records = workflow.predict_with_stage(
+        checkpoint, inputs, out, threshold=threshold, tile=tile, overlap=overlap, tta=tta,
+        batch_size=batch_size, glob=pattern, save_prob=save_prob, overlay=overlay,
+        min_area=min_area, px_per_mm=px_per_mm, device=device, progress=not quiet)
     cracked = sum(1 for r in records if r["n_segments"])
     click.echo(f"{cracked} of {len(records)} image(s) with cracks; "
                f"wrote masks and {Path(out) / 'predictions.csv'}")
@@ -226,6 +244,61 @@ def export(checkpoint, fmt, out, opset, no_verify) -> None:
     checked = ("" if result.max_abs_diff is None
                else f"; matches PyTorch within {result.max_abs_diff:.1e}")
     click.echo(f"wrote {result.path} ({result.format}){checked}")
+
+
+@cli.group()
+def snowflake() -> None:
+    """Move datasets and models between this machine and a Snowflake stage.
+
+    Every command takes --connection NAME (an entry of ~/.snowflake/connections.toml);
+    without it the active session is used (inside a Snowflake notebook).
+    """
+
+
+@snowflake.command("upload")
+@click.argument("data_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--stage", default="MY_FISSURE_STAGE", show_default=True,
+              help="Stage name (qualified with --database/--schema unless it has dots).")
+@click.option("--manifest", default="V_TRAINING_DATA", show_default=True,
+              help="Manifest view to create (its table is <manifest>_TABLE).")
+@click.option("--database", default="PROJET_FISSURES", show_default=True)
+@click.option("--schema", default="STORAGE_SCHEMA", show_default=True)
+@click.option("--connection", help="Snowflake connection name (connections.toml).")
+@click.option("--replace-view", is_flag=True,
+              help="Replace a same-named view that fissure did not create.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def snowflake_upload(data_dir, stage, manifest, database, schema, connection, replace_view,
+                     quiet) -> None:
+    """Put a local dataset into a stage and build the manifest view training reads.
+
+    DATA_DIR is any layout `fissure train` reads (train/val/test or images/masks).
+    Files go to images/NAME.gz and masks/NAME.gz; the view has IMAGE_NAME, MASK_NAME
+    and IMAGE_GROUP (TRAIN/VAL/TEST). Running it again uploads only changed files.
+
+    \b
+    Example:
+      fissure snowflake upload data/crack_segmentation_dataset --connection prod
+    """
+    counts = workflow.upload_data(data_dir, connection=connection, database=database,
+                                  schema=schema, stage=stage, manifest=manifest,
+                                  replace_view=replace_view, progress=not quiet)
+    click.echo(f"uploaded {counts['uploaded']} file(s), {counts['skipped']} already there; "
+               f"{counts['manifest']} lists {counts['rows']} pair(s) in {counts['stage']}")
+
+
+@snowflake.command("pull")
+@click.argument("stage_path")
+@click.option("--out", default=".", show_default=True, type=click.Path(file_okay=False),
+              help="Folder to write the file into.")
+@click.option("--connection", help="Snowflake connection name (connections.toml).")
+def snowflake_pull(stage_path, out, connection) -> None:
+    """Download one stage file, e.g. a pushed model; gzip files arrive decompressed.
+
+    \b
+    Example:
+      fissure snowflake pull @DB.SCH.STAGE/models/best_model.pth.gz --out models/
+    """
+    click.echo(f"wrote {workflow.pull(stage_path, out, connection=connection)}")
 
 
 def main() -> None:

@@ -111,9 +111,10 @@ def _by_folder(locations: list[PurePosixPath], stem: str) -> list[str]:
     return ["__".join((*p[shared:], stem)) for p in parents]
 
 
-def _with_suffix(location: PurePosixPath, name: str) -> str:
-    suffix = location.name[len(image_stem(location.name)) :].lstrip(".").replace(".", "_")
-    return f"{name}__{suffix}" if suffix else name
+def _by_suffix(locations: list[PurePosixPath], name: str) -> list[str]:
+    """``x__png`` and ``x__jpg``: the file suffix, for same-named images in one folder."""
+    suffixes = [loc.name[len(image_stem(loc.name)) :].lstrip(".") for loc in locations]
+    return [f"{name}__{sfx.replace('.', '_')}" if sfx else name for sfx in suffixes]
 
 
 def output_names(images: Sequence[InputImage]) -> list[str]:
@@ -127,17 +128,11 @@ def output_names(images: Sequence[InputImage]) -> list[str]:
     """
     locations = [image.location for image in images]
     names = [image_stem(loc.name) for loc in locations]
-    for rename in (_by_folder, None):
-        counts = Counter(names)
-        for name in {n for n, c in counts.items() if c > 1}:
+    for rename in (_by_folder, _by_suffix):
+        for name in [n for n, count in Counter(names).items() if count > 1]:
             idx = [i for i, n in enumerate(names) if n == name]
-            new = (
-                rename([locations[i] for i in idx], name)
-                if rename is not None
-                else [_with_suffix(locations[i], name) for i in idx]
-            )
-            for i, new_name in zip(idx, new, strict=True):
-                names[i] = new_name
+            for i, new in zip(idx, rename([locations[i] for i in idx], name), strict=True):
+                names[i] = new
     taken: set[str] = set()
     unique = []
     for name in names:

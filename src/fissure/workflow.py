@@ -94,18 +94,29 @@ def train(
     *,
     overwrite: bool = False,
     source: PairSource | None = None,
+    refresh: bool = False,
+    push: str | None = None,
     progress: bool = True,
     log: Log = print,
 ) -> TrainResult:
-    """Train a model as ``cfg`` says, writing ``best.pt``, ``last.pt``, history and curves."""
-    source = source or build_source(cfg.data)
+    """Train a model as ``cfg`` says, writing ``best.pt``, ``last.pt``, history and curves.
+
+    ``refresh`` fetches a stage source's files again instead of using the local cache;
+    ``push`` (``@STAGE/models/RUN/``) uploads the run's results there at the end.
+    """
+    if push:
+        check_push_target(push)  # before hours of training, not after
+    source = source or build_source(cfg.data, refresh)
     run_dir = prepare_run_dir(out, overwrite)
     save_config(cfg, run_dir / "config.yaml")
     log(f"run folder: {run_dir}")
     trainer = Trainer(cfg, source, run_dir, progress=progress, log=log)
     log(f"device {trainer.device}; {len(trainer.train_set)} train / {len(trainer.val_set)} val "
         f"images from {source.description}")
-    return _run(trainer)
+    result = _run(trainer)
+    if push:
+        push_run(run_dir, push, log=log)
+    return result
 
 
 def resume(
@@ -146,9 +157,9 @@ def data_config_for(ckpt_cfg: Config, data: str | Path | None) -> DataConfig:
 
 
 def load_model(checkpoint: str | Path, device: str = "auto"):
-    """(model in eval mode on ``device``, checkpoint dict) from a checkpoint file."""
+    """(model in eval mode on ``device``, checkpoint dict) from a checkpoint file or stage path."""
     dev = select_device(device)
-    ckpt = load_checkpoint(checkpoint, map_location="cpu")
+    ckpt = read_checkpoint(checkpoint)  # a stage path too (defined below)
     model = model_from_checkpoint(ckpt, str(checkpoint)).to(dev).eval()
     return model, ckpt
 
@@ -257,6 +268,136 @@ def demo(cfg: Config, out: str | Path = "runs/demo", *, count: int = 120, seed: 
     test_images = data_dir / "test" / "images"
     predict(run.best, [test_images], out / "predictions", progress=progress, log=log)
     return {"metrics": metrics,
-            "outputs": {"run": run.run_dir, "checkpoint": run.best, "curves": run.run_dir /
-                        "curves.png", "metrics": out / "eval" / "metrics.json",
+            "outputs": {"run folder": run.run_dir, "checkpoint": run.best,
+                        "curves": run.run_dir / "curves.png", "evaluation": out / "eval",
                         "predictions": out / "predictions"}}
+
+
+# -- Snowflake: sessions, stage checkpoints, pushing runs and predictions --------------------
+# Snowpark is imported inside these functions: it is heavy and only stage users need it.
+
+# What --push uploads from a run folder, those that exist; best.pt must.
+PUSH_FILES = ("best.pt", "config.yaml", "history.csv", "metrics.json", "curves.png")
+
+
+def connect(connection: str | None = None) -> Any:
+    """``--connection NAME``: open that ``~/.snowflake/connections.toml`` entry and use it
+    for every stage operation from now on, whatever a config or checkpoint names.
+
+    With no name nothing changes: stage operations use the config's
+    ``data.snowflake.connection`` (``local`` is the offline emulator) or the active session
+    (a Snowflake notebook's). Returns the session, or None. Only the name is ever kept.
+    """
+    if not connection:
+        return None
+    from .data.snowflake import connect as open_session
+
+    return open_session(connection)
+
+
+def read_checkpoint(checkpoint: str | Path) -> dict[str, Any]:
+    """The checkpoint dict from a file or a stage path (plain or gzip: ``best_model.pth.gz``).
+
+    A stage checkpoint is fetched into a private temporary folder and removed once read, so
+    a model pushed again under the same name is never served stale from a cache.
+    """
+    text = str(checkpoint)
+    if not text.startswith("@"):
+        return load_checkpoint(checkpoint, map_location="cpu")
+    import tempfile
+
+    from .data.snowflake import fetch_file, resolve_session
+
+    session = resolve_session()
+    with tempfile.TemporaryDirectory(prefix="fissure-ckpt-") as tmp:
+        local = fetch_file(session, text, Path(tmp))
+        try:
+            return load_checkpoint(local, map_location="cpu")
+        except CheckpointError as exc:  # name the file the user gave, not our copy
+            raise CheckpointError(str(exc).replace(str(local), text)) from None
+
+
+def check_push_target(prefix: str, connection: str | None = None) -> str:
+    """``prefix`` (a stage folder such as ``@DB.SCHEMA.STAGE/models/run1/``) if it is safe
+    and a session to reach it exists; DataError or ConfigError otherwise."""
+    from .data.snowflake import is_stage_path, resolve_session, validate_stage_name
+
+    if not is_stage_path(prefix):
+        raise DataError(f"{prefix!r}: not a stage path (e.g. @DB.SCHEMA.STAGE/models/run1/)")
+    validate_stage_name(prefix.rstrip("/") + "/best.pt")
+    resolve_session(connection)
+    return prefix
+
+
+def push_run(run_dir: str | Path, prefix: str, *, connection: str | None = None,
+             log: Log = print) -> list[str]:
+    """Upload a run's ``best.pt``, ``config.yaml`` and metrics (:data:`PUSH_FILES`) under
+    ``prefix``; returns their stage paths. ``connection`` defaults to the run config's."""
+    from .data.snowflake import push_files, resolve_session
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "best.pt").is_file():
+        raise CheckpointError(f"{run_dir}: no best.pt to push")
+    if connection is None and (run_dir / "config.yaml").is_file():
+        stored = read_yaml(run_dir / "config.yaml").get("data") or {}
+        connection = (stored.get("snowflake") or {}).get("connection")
+    files = [run_dir / name for name in PUSH_FILES if (run_dir / name).is_file()]
+    pushed = push_files(resolve_session(connection), files, check_push_target(prefix))
+    log(f"pushed {', '.join(f.name for f in files)} to {prefix.rstrip('/')}/")
+    return pushed
+
+
+def predict_with_stage(checkpoint: str | Path, inputs: Sequence[str | Path], out: str | Path,
+                       **options: Any) -> list[dict[str, Any]]:
+    """:func:`predict` (same ``options``), where ``checkpoint`` and ``out`` may be stage paths.
+
+    For a stage ``out`` (``@STAGE/predictions/``) the outputs are written to a temporary
+    folder and uploaded there; the records and predictions.csv/json name the stage copies.
+    """
+    ckpt = read_checkpoint(checkpoint) if str(checkpoint).startswith("@") else checkpoint
+    if not str(out).startswith("@"):
+        return predict(ckpt, inputs, out, **options)
+    import tempfile
+
+    from .data.snowflake import push_files, resolve_session
+
+    prefix = check_push_target(str(out)).rstrip("/")
+    session = resolve_session()
+    with tempfile.TemporaryDirectory(prefix="fissure-predict-") as tmp:
+        records = predict(ckpt, inputs, tmp, **options)
+
+        def staged(text: str) -> str:
+            return text.replace(tmp + "/", prefix + "/")
+
+        files = sorted(p for p in Path(tmp).iterdir() if p.is_file())
+        for file in files:
+            if file.suffix in (".csv", ".json"):
+                file.write_text(staged(file.read_text("utf-8")), "utf-8")
+        push_files(session, files, prefix)
+    return [{k: staged(v) if isinstance(v, str) else v for k, v in r.items()} for r in records]
+
+
+def upload_data(data_dir: str | Path, *, connection: str | None = None,
+                database: str = "PROJET_FISSURES", schema: str = "STORAGE_SCHEMA",
+                stage: str = "MY_FISSURE_STAGE", manifest: str = "V_TRAINING_DATA",
+                replace_view: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Put a local dataset (any layout ``train`` reads) into a stage and build its manifest
+    view; idempotent. Returns ``uploaded``/``skipped`` file counts, manifest ``rows``, and
+    the fully qualified ``stage`` and ``manifest`` names."""
+    from .config import SnowflakeConfig
+    from .data.snowflake import qualified, resolve_session, stage_name
+    from .data.stage_upload import upload_dataset
+
+    cfg = SnowflakeConfig(connection=connection, database=database, schema=schema,
+                          stage=stage, manifest=manifest)
+    counts = upload_dataset(data_dir, resolve_session(connection), cfg, progress=progress,
+                            replace_view=replace_view)
+    return {**counts, "stage": stage_name(cfg), "manifest": qualified(cfg, manifest)}
+
+
+def pull(stage_path: str, out: str | Path = ".", *, connection: str | None = None) -> Path:
+    """Download one stage file (a model, a mask) into folder ``out``, gunzipped when it was
+    gzip; returns the local path (``best_model.pth.gz`` arrives as ``best_model.pth``)."""
+    from .data.snowflake import fetch_file, resolve_session
+
+    return fetch_file(resolve_session(connection), stage_path, Path(out))

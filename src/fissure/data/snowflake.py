@@ -10,8 +10,6 @@ and Snowpark's ``get_stream`` collision bug never applies.
 
 from __future__ import annotations
 
-import gzip
-import hashlib
 import os
 import re
 import time
@@ -21,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 from ..config import SnowflakeConfig
 from ..errors import ConfigError, DataError
 from . import stage_files
-from .image import gunzip, image_stem
-from .sources import SPLITS, FolderSource, Sample
+from .image import image_stem
+from .sources import SPLITS, Sample
 from .stage_files import (
     Sleep,
     StageCache,
@@ -44,6 +42,16 @@ fetch_file, push_files = stage_files.fetch_file, stage_files.push_files
 is_stage_path, validate_stage_name = stage_files.is_stage_path, stage_files.validate_stage_name
 put_bytes, with_retries = stage_files.put_bytes, stage_files.with_retries
 
+
+def __getattr__(name: str) -> Any:
+    # upload_dataset lives in stage_upload, which imports this module: loaded on first use.
+    if name == "upload_dataset":
+        from .stage_upload import upload_dataset
+
+        return upload_dataset
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 LOCAL = "local"
 READER_ENV = "FISSURE_STAGE_READER"
 GROUPS = {"TRAIN": "train", "VAL": "val", "TEST": "test"}
@@ -51,6 +59,9 @@ GROUPS = {"TRAIN": "train", "VAL": "val", "TEST": "test"}
 # soon as the hash the manifest claims for it changes (the data was re-uploaded).
 IMAGE_SHA, MASK_SHA = "IMAGE_SHA256", "MASK_SHA256"
 _IDENT = re.compile(r'^(?:[A-Za-z_][A-Za-z0-9_$]*|"[^"]+")$')
+# The session connect() chose, and the sessions opened by connection name in this process.
+_CHOSEN: dict[str, Any] = {}
+_NAMED: dict[str, Any] = {}
 
 
 # -- sessions and environment -------------------------------------------------------------
@@ -66,21 +77,28 @@ def _active_session() -> Session | None:
         return None
 
 
-def resolve_session(connection: str | None = None) -> Session:
-    """The session to use: ``connection`` (a connections.toml name), else the active one.
+def _is_open(session: Any) -> bool:
+    try:
+        return not session._conn.is_closed()
+    except Exception:  # an unknown session type: assume it is usable
+        return True
 
-    ``connection="local"`` means the local-testing emulator: an active emulator session
-    is reused, a real one never is. No connection and no active session is a ConfigError.
-    """
+
+def _open(connection: str | None) -> Session:
     from snowflake.snowpark import Session
 
     if connection and connection != LOCAL:
+        known = _NAMED.get(connection)
+        if known is not None and _is_open(known):
+            return known
         try:
-            return Session.builder.config("connection_name", connection).create()
+            session = Session.builder.config("connection_name", connection).create()
         except Exception as exc:  # the connector raises its own Error types
             raise ConfigError(
                 f"Snowflake connection '{connection}': cannot connect ({reason(exc)})"
             ) from None
+        _NAMED[connection] = session
+        return session
     active = _active_session()
     if active is not None and (connection != LOCAL or is_local_testing(active)):
         return active
@@ -91,6 +109,38 @@ def resolve_session(connection: str | None = None) -> Session:
         "~/.snowflake/connections.toml), run inside Snowflake where a session is active, "
         "or set data.snowflake.connection: local for the offline emulator"
     )
+
+
+def resolve_session(connection: str | None = None) -> Session:
+    """The session to use: the one :func:`connect` chose, else ``connection`` (a
+    connections.toml name), else the active one.
+
+    ``connection="local"`` means the local-testing emulator: an active emulator session
+    is reused, a real one never is. A named session is opened once per process and
+    reused. No connection and no active session is a ConfigError.
+    """
+    chosen = _CHOSEN.get("session")
+    if chosen is not None and _is_open(chosen):
+        return chosen  # --connection on the command line beats the config's connection
+    return _open(connection)
+
+
+def connect(connection: str) -> Session:
+    """Open the session for ``connection`` and make every later stage operation use it.
+
+    What ``--connection NAME`` does: the session wins over ``data.snowflake.connection``
+    of any config or checkpoint read afterwards. Only the name is ever kept, never a
+    credential (connections.toml holds those).
+    """
+    _CHOSEN.clear()
+    session = _open(connection)
+    _CHOSEN["session"] = session
+    return session
+
+
+def forget_session() -> None:
+    """Undo :func:`connect`: sessions are resolved from configs and the active one again."""
+    _CHOSEN.clear()
 
 
 def running_in_snowflake() -> bool:
@@ -339,114 +389,3 @@ class StageSource:
             if is_missing_error(exc):
                 raise DataError(f"{locator}: file not found in the stage") from None
             raise DataError(f"{locator}: cannot read from the stage ({reason(exc)})") from None
-
-
-# -- ingest ----------------------------------------------------------------------------------
-
-
-def _local_file(path: str) -> tuple[str, bytes]:
-    """Stage name (a ``.gz`` suffix dropped) and raw, uncompressed content of a local file."""
-    name = Path(path).name
-    data = gunzip(Path(path).read_bytes(), path)
-    return (name[:-3] if name.lower().endswith(".gz") else name), data
-
-
-def upload_dataset(
-    data_root: str | Path,
-    session: Any,
-    cfg: SnowflakeConfig,
-    split_files: dict[str, str] | None = None,
-    val_fraction: float = 0.15,
-    test_fraction: float = 0.15,
-    split_seed: int = 0,
-    progress: bool = True,
-    table: str | None = None,
-    workers: int = 4,
-    replace_view: bool = False,
-    sleep: Sleep = time.sleep,
-) -> dict[str, int]:
-    """Put a local dataset (any FolderSource layout) in the stage; build the manifest.
-
-    Files go to ``images/{name}{suffix}`` / ``masks/...`` gzip-compressed with mtime 0.
-    The table (default ``<manifest>_TABLE``) keeps each file's SHA-256 (of the raw
-    content); a file whose row already holds its hash is skipped, so a second run
-    uploads nothing and adds no rows. The view ``cfg.manifest`` selects from the table;
-    a same-named view fissure did not make is only replaced with ``replace_view``.
-    Returns file counts ``uploaded`` and ``skipped``, and the table's ``rows``.
-    """
-    source = FolderSource(data_root, split_files, val_fraction, test_fraction, split_seed)
-    stage, view = stage_name(cfg), qualified(cfg, cfg.manifest)
-    table = qualified(cfg, table) if table else f"{view}_TABLE"
-    if table.upper() == view.upper():
-        raise ConfigError(f"upload table {table} must differ from the manifest view")
-    ic, mc, gc = cfg.image_column, cfg.mask_column, cfg.group_column
-    order = (ic, mc, gc, IMAGE_SHA, MASK_SHA)
-    frame = read_table(session, table)
-    rows: dict[str, dict[str, Any]] = {}
-    if frame is not None:
-        cols = match_columns(frame, table, order, "not made by fissure upload; pass another table")
-        for rec in frame.to_dict("records"):
-            row = {k: None if is_null(rec[c]) else rec[c] for k, c in cols.items()}
-            rows[str(row[ic])] = row
-    elif not replace_view and read_table(session, view) is not None:
-        raise DataError(
-            f"{view}: exists but fissure upload did not make it (no {table}); "
-            "choose another data.snowflake.manifest or allow replacing the view"
-        )
-    if not is_local_testing(session):
-        try:  # the emulator makes stages on first put; a real account needs them first
-            session.sql(f"CREATE STAGE IF NOT EXISTS {stage[1:]}").collect()
-        except Exception as exc:
-            raise DataError(f"{stage}: cannot create the stage ({reason(exc)})") from None
-
-    todo: list[tuple[str, str]] = []  # (stage path, local file)
-    seen: dict[str, str] = {}
-    changed, skipped = frame is None, 0
-    for split in SPLITS:
-        try:
-            pairs = source.samples(split)
-        except DataError:
-            continue  # a layout without this split
-        for sample in pairs:
-            files = (
-                (ic, IMAGE_SHA, cfg.image_prefix, sample.image),
-                (mc, MASK_SHA, cfg.mask_prefix, sample.mask),
-            )
-            entry: dict[str, Any] = {gc: split.upper()}
-            for col, sha_col, _, path in files:
-                name, data = _local_file(path)
-                problem = name_problem(name)
-                if problem:
-                    raise DataError(f"{path}: file name unusable in a stage ({problem})")
-                key = f"{col}:{image_stem(name) if col == ic else name}"
-                if key in seen:
-                    raise DataError(f"{path}: same {col} as {seen[key]}; names must be unique")
-                seen[key] = path
-                entry[col], entry[sha_col] = name, hashlib.sha256(data).hexdigest()
-            old = rows.get(entry[ic]) or {}
-            for col, sha_col, prefix, path in files:
-                if (old.get(col), old.get(sha_col)) == (entry[col], entry[sha_col]):
-                    skipped += 1
-                else:
-                    todo.append((f"{stage}/{_rel(prefix, entry[col], cfg.suffix)}", path))
-            if old != entry:
-                rows[entry[ic]], changed = entry, True
-
-    stems: dict[str, str] = {}
-    for name in rows:  # rows already in the table count too: StageSource needs unique names
-        first = stems.setdefault(image_stem(name), name)
-        if first != name:
-            raise DataError(f"{table}: images {first!r} and {name!r} would share one name")
-
-    def upload(item: tuple[str, str]) -> None:
-        put_bytes(session, item[0], gzip.compress(_local_file(item[1])[1], mtime=0), sleep)
-
-    stage_files.run_threads(upload, todo, workers, "local -> stage", progress)
-    if changed:  # files first, rows after: a crash in between re-uploads, never lies
-        from snowflake.snowpark.types import StringType, StructField, StructType
-
-        schema = StructType([StructField(c, StringType()) for c in order])
-        data = [[rows[k].get(c) for c in order] for k in sorted(rows)]
-        session.create_dataframe(data, schema=schema).write.save_as_table(table, mode="overwrite")
-    session.table(table).create_or_replace_view(view)
-    return {"uploaded": len(todo), "skipped": skipped, "rows": len(rows)}

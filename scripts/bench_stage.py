@@ -1,0 +1,156 @@
+"""Stage reading: the notebook's per-epoch stage reads against fissure's local cache.
+
+Generates N synthetic pairs (gzip PNGs of SIZE px, as the notebook's data), uploads them
+to a Snowpark local-testing stage under the notebook's names, then times:
+
+- pass 1: a new StageSource filling its cache from the stage, then decoding every pair;
+- pass 2: another new source (a second run) finding the cache complete, then decoding;
+- pass 3: the same source again (the next epoch): read cached files and decode;
+- per pair, the notebook's way (``SnowflakeFile.open`` = ``get_stream``, gunzip, PIL
+  decode: paid again in every epoch), a fresh collision-safe ``session.file.get`` into a
+  private temporary folder, the cache path (read the cached file, decode), and decoding
+  alone from memory.
+
+The emulator's stage is a local folder, so every stage read here is far cheaper than a
+real one (no network round trip): the gaps measured are lower bounds.
+
+    .venv/bin/python scripts/bench_stage.py --count 500
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import io
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from fissure.config import SnowflakeConfig
+from fissure.data import load_pair
+from fissure.data.image import decode_image, decode_mask
+from fissure.data.snowflake import StageSource
+from fissure.data.stage_upload import upload_dataset
+from fissure.data.synth import generate_dataset
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def notebook_read(path: str, mode: str) -> np.ndarray:
+    """The notebook's reader: SnowflakeFile (get_stream on a client), gunzip, PIL."""
+    from snowflake.snowpark.files import SnowflakeFile
+
+    with (
+        SnowflakeFile.open(path, "rb", require_scoped_url=False) as f,
+        gzip.GzipFile(fileobj=f) as gz,
+    ):
+        return np.asarray(Image.open(gz).convert(mode))
+
+
+def fresh_get_read(session, path: str, mode: str) -> np.ndarray:
+    """A fresh, collision-safe stage read: GET into a private temporary folder."""
+    with tempfile.TemporaryDirectory(prefix="bench-get-") as tmp:
+        session.file.get(path, tmp)
+        data = (Path(tmp) / path.rsplit("/", 1)[-1]).read_bytes()
+    return np.asarray(Image.open(io.BytesIO(gzip.decompress(data))).convert(mode))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--count", type=int, default=500, help="image/mask pairs")
+    parser.add_argument("--size", type=int, default=448, help="image side in px")
+    parser.add_argument("--workdir", help="folder for data and cache (default: a temp folder)")
+    args = parser.parse_args()
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+
+    from snowflake.snowpark import Session
+
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-stage-"))
+    data = work / "data"
+    t_gen = timed(lambda: generate_dataset(data, count=args.count, size=args.size, seed=0))
+    session = Session.builder.config("local_testing", True).create()
+    cfg = SnowflakeConfig(cache_dir=str(work / "cache"))
+    t_up = timed(lambda: upload_dataset(data, session, cfg, progress=False))
+
+    def decode_all(source: StageSource) -> None:
+        for sample in source.samples("all"):
+            load_pair(source, sample)
+
+    def new_source() -> StageSource:
+        return StageSource(session, cfg, reader="cache", progress=False)
+
+    first = new_source()
+    t1 = timed(lambda: decode_all(first))
+    t2 = timed(lambda: decode_all(new_source()))
+    t3 = timed(lambda: decode_all(first))
+    samples = first.samples("all")
+    n = len(samples)
+
+    def notebook_epoch() -> None:
+        for s in samples:
+            notebook_read(s.image, "RGB")
+            notebook_read(s.mask, "L")
+
+    def fresh_epoch() -> None:
+        for s in samples:
+            fresh_get_read(session, s.image, "RGB")
+            fresh_get_read(session, s.mask, "L")
+
+    blobs = [(first.read(s.image), first.read(s.mask), s) for s in samples]
+
+    def decode_only() -> None:
+        for image, mask, s in blobs:
+            decode_image(image, s.image)
+            decode_mask(mask, s.mask)
+
+    t_nb = timed(notebook_epoch)
+    t_fresh = timed(fresh_epoch)
+    t_decode = timed(decode_only)
+    session.close()
+
+    def row(label: str, seconds: float) -> str:
+        return f"| {label} | {seconds:.2f} | {1000 * seconds / n:.2f} |"
+
+    command = "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
+    print(f"Command: `{command}`  ")
+    print(
+        f"Machine: {cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"Python {platform.python_version()}; Snowpark local-testing stage (no network)  "
+    )
+    print(f"Data: {n} pairs of {args.size}x{args.size} px, gzip PNG (synthetic)\n")
+    print("| step | total s | ms per pair |")
+    print("| --- | ---: | ---: |")
+    print(row("generate dataset (local files)", t_gen))
+    print(row("upload to stage + manifest (`upload_dataset`)", t_up))
+    print(row("pass 1: new source, cache fill + decode", t1))
+    print(row("pass 2: new source (next run), cache complete + decode", t2))
+    print(row("pass 3: same source (next epoch), cached read + decode", t3))
+    print(row("notebook way, every epoch: `SnowflakeFile` + gunzip + decode", t_nb))
+    print(row("fresh private-temp-dir `get` + gunzip + decode, every epoch", t_fresh))
+    print(row("decode only (bytes already in memory)", t_decode))
+
+
+if __name__ == "__main__":
+    main()
