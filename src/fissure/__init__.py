@@ -30,6 +30,10 @@ _EXPORTS = {
     "predict": "workflow",
     "load_model": "workflow",
     "demo": "workflow",
+    "predict_image": "prediction",
+    "Prediction": "prediction",
+    "Predictor": "prediction",
+    "export_model": "export",
 }
 
 

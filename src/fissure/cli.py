@@ -10,6 +10,7 @@ import click
 
 from . import __version__, workflow
 from .config import load_config
+from .distributed import is_main_process, launch, strip_option
 from .errors import FissureError
 from .report import EVAL_FILES, fmt, metrics_table
 
@@ -59,8 +60,10 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @click.option("--refresh", is_flag=True, help="Fetch stage data again instead of the local cache.")
 @click.option("--push", metavar="@STAGE/PREFIX/",
               help="Upload best.pt, config.yaml and metrics to this stage folder at the end.")
+@click.option("--devices", type=int, metavar="N",
+              help="Data-parallel on N processes of this machine (runs torchrun for you).")
 def train(config_path, out, overrides, resume_dir, overwrite, device, quiet, connection,
-          refresh, push) -> None:
+          refresh, push, devices) -> None:
     """Train a model; writes best.pt, last.pt, history.csv, curves.png and config.yaml.
 
     \b
@@ -69,7 +72,10 @@ def train(config_path, out, overrides, resume_dir, overwrite, device, quiet, con
       fissure train --config configs/cfd.yaml --set train.epochs=5 --set data.size=128
       fissure train --resume runs/demo
       fissure train --config stage.yaml --connection prod --push @DB.SCH.STAGE/models/run1/
+      fissure train --config configs/default.yaml --out runs/ddp --devices 2
     """
+    if devices:
+        sys.exit(launch(devices, strip_option(sys.argv[1:], "--devices")))
     extra = list(overrides) + ([f"train.device={device}"] if device else [])
     workflow.connect(connection)
     if resume_dir:
@@ -85,8 +91,9 @@ def train(config_path, out, overrides, resume_dir, overwrite, device, quiet, con
         cfg = load_config(config_path, extra)
         result = workflow.train(cfg, out, overwrite=overwrite, refresh=refresh, push=push,
                                 progress=not quiet, log=click.echo)
-    click.echo(f"best epoch {result.best_epoch} (score {fmt(result.best_score)}); "
-               f"checkpoint {result.best}")
+    if is_main_process():
+        click.echo(f"best epoch {result.best_epoch} (score {fmt(result.best_score)}); "
+                   f"checkpoint {result.best}")
 
 
 @cli.command()

@@ -118,6 +118,7 @@ class TrainConfig:
     amp: bool = True
     channels_last: bool = True
     compile: bool = False
+    sync_bn: bool = False  # SyncBatchNorm across processes under torchrun
     ema: float | None = None
     nonfinite: str = _choice("stop", "stop", "skip")
     max_minutes: float | None = None

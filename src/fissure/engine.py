@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -26,7 +27,8 @@ from .checkpoint import load_checkpoint, make_checkpoint, model_from_checkpoint,
 from .config import Config
 from .data import CrackDataset, PairSource, collate, iter_groups
 from .data.transforms import eval_transform, train_transform
-from .errors import CheckpointError, FissureError
+from .distributed import all_reduce_sum, broadcast_flag, init_distributed, shard
+from .errors import CheckpointError, ConfigError, FissureError
 from .inference import InputPolicy, autocast_for, forward_logits, select_device
 from .losses import build_loss
 from .metrics import ThresholdSweep, confusion_counts
@@ -35,6 +37,10 @@ from .optim import build_optimizer, build_scheduler
 
 HISTORY_FIELDS = ("epoch", "train_loss", "train_iou", "val_loss", "val_iou", "val_f1",
                   "val_f1_tuned", "threshold", "lr", "seconds", "skipped")
+
+
+def _silent(message: str) -> None:
+    """Log sink of ranks other than 0: one process speaks for the group."""
 
 
 def _iou(conf: torch.Tensor) -> float:
@@ -144,10 +150,10 @@ class Trainer:
     ) -> None:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
-        self.progress = progress
-        self.log = log
+        self.dist, self.device = init_distributed(select_device(cfg.train.device))
+        self.progress = progress and self.dist.main
+        self.log = log if self.dist.main else _silent
         self.on_epoch_end = on_epoch_end
-        self.device = select_device(cfg.train.device)
         seed_everything(cfg.train.seed)
         self.train_set = CrackDataset(source, source.samples("train"),
                                       train_transform(cfg.data, cfg.augment), cfg.data.on_error)
@@ -158,7 +164,18 @@ class Trainer:
         self.model.to(self.device)
         if cfg.train.channels_last:
             self.model.to(memory_format=torch.channels_last)
-        self.forward = torch.compile(self.model) if cfg.train.compile else self.model
+        self.forward: torch.nn.Module = self.model
+        if self.dist.active:
+            if cfg.train.sync_bn:
+                if self.device.type != "cuda":
+                    raise ConfigError("train.sync_bn: SyncBatchNorm needs CUDA devices")
+                self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.forward = DistributedDataParallel(self.model, device_ids=ids)
+        if cfg.train.compile:
+            self.forward = torch.compile(self.forward)
+        self.batch_size = cfg.train.batch_size // self.dist.world
+        shard([], cfg.train.batch_size, self.dist)  # checks divisibility up front
         loss_params = dict(cfg.train.loss.params)
         fraction = (_crack_fraction(self.train_set)
                     if loss_params.get("pos_weight") == "auto" else None)
@@ -200,6 +217,8 @@ class Trainer:
         }
 
     def save_last(self, step: int = 0) -> None:
+        if not self.dist.main:
+            return
         metrics = self.state.history[-1] if self.state.history else {}
         ckpt = make_checkpoint(self.model, self.cfg, epoch=self.state.epoch, metrics=metrics,
                                threshold=metrics.get("threshold", self.cfg.train.threshold),
@@ -276,8 +295,9 @@ class Trainer:
         torch.manual_seed(cfg.train.seed + 7919 * self.state.epoch + start_step)
         indices = _epoch_indices(len(self.train_set), cfg, self.state.epoch)
         per_step = cfg.train.batch_size * cfg.train.accumulate
-        loader = _loader(self.train_set, cfg.train.batch_size, cfg.train.num_workers,
-                         self.device, indices[start_step * per_step:])
+        mine = shard(indices[start_step * per_step:], cfg.train.batch_size, self.dist)
+        loader = _loader(self.train_set, self.batch_size, cfg.train.num_workers, self.device,
+                         mine)
         total_loss, seen, conf = 0.0, 0, torch.zeros(3, dtype=torch.int64)  # tp, fp, fn
         step, micro, step_ok = start_step, 0, True
         bar = tqdm(loader, desc=f"epoch {self.state.epoch + 1}/{cfg.train.epochs} train",
@@ -314,9 +334,19 @@ class Trainer:
                 f"stopped by signal {self.interrupt.signum}; saved {self.run_dir / 'last.pt'} "
                 f"(epoch {self.state.epoch + 1}, step {step}); continue with "
                 f"fissure train --resume {self.run_dir}")
+        total_loss, seen = self._reduce(conf, total_loss, seen)
         if seen == 0:
             raise FissureError("no training batch could be used this epoch")
         return {"train_loss": total_loss / seen, "train_iou": _iou(conf)}
+
+    def _reduce(self, conf: torch.Tensor, total_loss: float, seen: int) -> tuple[float, int]:
+        """Sum counts over ranks in place; returns the summed (loss, images)."""
+        if not self.dist.active:
+            return total_loss, seen
+        all_reduce_sum(conf, self.dist)
+        sums = all_reduce_sum(torch.tensor([total_loss, float(seen)], dtype=torch.float64),
+                              self.dist)
+        return float(sums[0]), int(sums[1])
 
     def _optimizer_step(self) -> None:
         if self.cfg.train.grad_clip:
@@ -334,7 +364,9 @@ class Trainer:
         cfg = self.cfg
         model = self.ema.module if self.ema is not None else self.model
         model.eval()
-        loader = _loader(self.val_set, cfg.eval.batch_size, cfg.train.num_workers, self.device)
+        mine = list(range(len(self.val_set)))[self.dist.rank::self.dist.world]
+        loader = _loader(self.val_set, cfg.eval.batch_size, cfg.train.num_workers, self.device,
+                         mine)
         sweep = ThresholdSweep(cfg.eval.thresholds, tolerance=0, per_image=False)
         total_loss, seen, conf = 0.0, 0, torch.zeros(3, dtype=torch.int64)  # tp, fp, fn
         bar = tqdm(loader, desc=f"epoch {self.state.epoch + 1}/{cfg.train.epochs} val",
@@ -349,6 +381,9 @@ class Trainer:
                 counts = confusion_counts(logits, masks, cfg.train.threshold, from_logits=True)
                 conf += torch.stack([c.sum() for c in counts[:3]]).cpu()
                 sweep.update(torch.sigmoid(logits).cpu(), masks.cpu())
+        total_loss, seen = self._reduce(conf, total_loss, seen)
+        if self.dist.active:
+            sweep.reduce_(lambda t: all_reduce_sum(t, self.dist))
         if seen == 0:
             raise FissureError("no validation image could be used")
         tuned = sweep.compute()["exact"]
@@ -390,16 +425,22 @@ class Trainer:
                     f"iou {row['train_iou']:.4f} | val loss {row['val_loss']:.4f} "
                     f"iou {row['val_iou']:.4f} f1@{row['threshold']:.2f} {row['val_f1_tuned']:.4f}"
                     f"  {row['seconds']:.1f}s" + ("  * best" if improved else ""))
-                if self.on_epoch_end is not None:
+                if self.on_epoch_end is not None and self.dist.main:
                     self.on_epoch_end(self.state.history)
-                if cfg.train.patience and self.state.bad_epochs >= cfg.train.patience:
-                    self.log(f"early stopping: no improvement for {cfg.train.patience} epochs")
-                    break
-                elapsed = (time.monotonic() - started) / 60
-                if cfg.train.max_minutes and elapsed >= cfg.train.max_minutes:
-                    self.log(f"time budget of {cfg.train.max_minutes} min reached")
+                reason = self._stop_reason(started)
+                if broadcast_flag(reason is not None, self.dist):
+                    self.log(reason or "stopping: rank 0 decided so")
                     break
         return self.state
+
+    def _stop_reason(self, started: float) -> str | None:
+        """Why training should stop after this epoch (decided on rank 0), or None."""
+        train = self.cfg.train
+        if train.patience and self.state.bad_epochs >= train.patience:
+            return f"early stopping: no improvement for {train.patience} epochs"
+        if train.max_minutes and (time.monotonic() - started) / 60 >= train.max_minutes:
+            return f"time budget of {train.max_minutes} min reached"
+        return None
 
     def _update_best(self, row: dict[str, Any]) -> bool:
         score = self._score(row)
@@ -411,6 +452,8 @@ class Trainer:
             self.state.bad_epochs += 1
             return False
         self.state.best, self.state.best_epoch, self.state.bad_epochs = score, row["epoch"], 0
+        if not self.dist.main:
+            return True
         weights = self.ema.module if self.ema is not None else self.model
         ckpt = make_checkpoint(weights, self.cfg, epoch=row["epoch"], metrics=row,
                                threshold=row["threshold"] if self.cfg.train.tune_threshold

@@ -35,7 +35,7 @@ pixel lies within the same disk. Precision is ``matched_pred / n_pred``, recall 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -382,6 +382,17 @@ class ThresholdSweep:
         self._tables: list[Tensor] = []  # (n, 4, T) per batch
         self._true: list[Tensor] = []
         self.names: list[str] = []
+
+    def reduce_(self, reduce: Callable[[Tensor], Tensor]) -> None:
+        """Apply an in-place sum (e.g. ``torch.distributed.all_reduce``) to the running totals.
+
+        Only the dataset-level sums take part; per-image tables stay local to each process.
+        """
+        totals = torch.cat([self._sums.flatten(), torch.tensor([self._n_true, self._n])])
+        reduce(totals)
+        t = len(self.thresholds)
+        self._sums = totals[: 4 * t].reshape(4, t).clone()
+        self._n_true, self._n = int(totals[-2]), int(totals[-1])
 
     def update(self, pred_prob: Tensor, target: Tensor, names: Sequence[str] | None = None) -> None:
         """Add a batch of ``(N, 1, H, W)`` probabilities (or logits) and masks."""

@@ -21,6 +21,7 @@ from .checkpoint import checkpoint_config, load_checkpoint, model_from_checkpoin
 from .config import Config, DataConfig, load_config, read_yaml, save_config
 from .data import CrackDataset, PairSource, build_source
 from .data.transforms import eval_transform
+from .distributed import is_main_process
 from .engine import Trainer
 from .errors import CheckpointError, ConfigError, DataError, FissureError
 from .evaluation import evaluate_dataset, metrics_document, reload_samples
@@ -105,16 +106,21 @@ def train(
     ``push`` (``@STAGE/models/RUN/``) uploads the run's results there at the end.
     """
     if push:
-        check_push_target(push)  # before hours of training, not after
+        check_push_target(push, cfg.data.snowflake.connection)  # before training, not after
     source = source or build_source(cfg.data, refresh)
-    run_dir = prepare_run_dir(out, overwrite)
-    save_config(cfg, run_dir / "config.yaml")
-    log(f"run folder: {run_dir}")
+    if is_main_process():
+        run_dir = prepare_run_dir(out, overwrite)
+        save_config(cfg, run_dir / "config.yaml")
+        log(f"run folder: {run_dir}")
+    elif out is None:
+        raise ConfigError("--out: give the run folder explicitly when training under torchrun")
+    else:  # rank 0 of a torchrun group owns the folder; the others never write to it
+        run_dir = Path(out)
     trainer = Trainer(cfg, source, run_dir, progress=progress, log=log)
     log(f"device {trainer.device}; {len(trainer.train_set)} train / {len(trainer.val_set)} val "
         f"images from {source.description}")
     result = _run(trainer)
-    if push:
+    if push and is_main_process():
         push_run(run_dir, push, log=log)
     return result
 
@@ -135,7 +141,7 @@ def resume(
     source = source or build_source(cfg.data)
     trainer = Trainer(cfg, source, run_dir, progress=progress, log=log)
     step = trainer.resume()
-    if overrides:
+    if overrides and is_main_process():
         save_config(cfg, run_dir / "config.yaml")
     log(f"resuming {run_dir} after epoch {trainer.state.epoch}"
         + (f", step {step}" if step else ""))
@@ -335,6 +341,8 @@ def push_run(run_dir: str | Path, prefix: str, *, connection: str | None = None,
     ``prefix``; returns their stage paths. ``connection`` defaults to the run config's."""
     from .data.snowflake import push_files, resolve_session
 
+    if not is_main_process():  # under torchrun every rank gets here; one upload is enough
+        return []
     run_dir = Path(run_dir)
     if not (run_dir / "best.pt").is_file():
         raise CheckpointError(f"{run_dir}: no best.pt to push")

@@ -4,7 +4,7 @@ listed by a manifest whose ``IMAGE_GROUP`` says TRAIN, VAL or TEST.
 The stage is spelled fully qualified everywhere: the local-testing emulator treats
 ``@STAGE`` and ``@DB.SCH.STAGE`` as two stages. Inside Snowflake's Python sandbox files
 are streamed with ``SnowflakeFile``; elsewhere they are fetched once into a local cache
-(:class:`~fissure.data.stage_files.StageCache`), so DataLoader workers need no session
+(:class:`~fissure.data.stage_cache.StageCache`), so DataLoader workers need no session
 and Snowpark's ``get_stream`` collision bug never applies.
 """
 
@@ -21,9 +21,9 @@ from ..errors import ConfigError, DataError
 from . import stage_files
 from .image import image_stem
 from .sources import SPLITS, Sample
+from .stage_cache import StageCache
 from .stage_files import (
     Sleep,
-    StageCache,
     is_local_testing,
     is_missing_error,
     is_null,
