@@ -90,7 +90,9 @@ def test_config_is_frozen():
         cfg.train.epochs = 3  # type: ignore[misc]
 
 
-@pytest.mark.parametrize("name", ["default.yaml", "cfd.yaml", "crack_segmentation_dataset.yaml"])
+@pytest.mark.parametrize(
+    "name", ["default.yaml", "cfd.yaml", "crack_segmentation_dataset.yaml", "snowflake.yaml"]
+)
 def test_shipped_configs_load(name):
     values = yaml.safe_load((CONFIGS / name).read_text())
     cfg = config_from_dict(values)
