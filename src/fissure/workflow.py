@@ -107,7 +107,7 @@ def train(
     """
     if push:
         check_push_target(push, cfg.data.snowflake.connection)  # before training, not after
-    source = source or build_source(cfg.data, refresh)
+    source = source or build_source(cfg.data, refresh, progress)
     if is_main_process():
         run_dir = prepare_run_dir(out, overwrite)
         save_config(cfg, run_dir / "config.yaml")
@@ -138,7 +138,7 @@ def resume(
     if not (run_dir / "last.pt").is_file():
         raise CheckpointError(f"{run_dir}: no last.pt to resume from")
     cfg = load_config(None, overrides, base=read_yaml(run_dir / "config.yaml"))
-    source = source or build_source(cfg.data)
+    source = source or build_source(cfg.data, progress=progress)
     trainer = Trainer(cfg, source, run_dir, progress=progress, log=log)
     step = trainer.resume()
     if overrides and is_main_process():
@@ -193,7 +193,7 @@ def evaluate(
     model, ckpt = load_model(checkpoint, device)
     ckpt_cfg = checkpoint_config(ckpt, str(checkpoint))
     data_cfg = data_config_for(ckpt_cfg, data)
-    source = build_source(data_cfg)
+    source = build_source(data_cfg, progress=progress)
     dataset = CrackDataset(source, source.samples(split), eval_transform(), data_cfg.on_error)
     if threshold is not None:
         thr, origin = float(threshold), "given with --threshold"

@@ -23,13 +23,16 @@ __all__ = [
 ]
 
 
-def build_source(data: DataConfig, refresh: bool = False) -> PairSource:
-    """The source that ``data.source`` names: local folders or a Snowflake stage."""
+def build_source(data: DataConfig, refresh: bool = False, progress: bool = True) -> PairSource:
+    """The source that ``data.source`` names: local folders or a Snowflake stage.
+
+    ``refresh`` and ``progress`` concern the stage's local cache (fetch again; show a bar).
+    """
     if data.source == "stage":
         # Imported here: Snowpark is heavy and only stage users pay for it.
         from .snowflake import StageSource
 
-        return StageSource.from_config(data.snowflake, refresh=refresh)
+        return StageSource.from_config(data.snowflake, refresh=refresh, progress=progress)
     return FolderSource(
         data.root,
         split_files=data.split_files,
