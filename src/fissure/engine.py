@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import math
 import random
-import signal
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +28,7 @@ from .data.transforms import eval_transform, train_transform
 from .distributed import all_reduce_sum, broadcast_flag, init_distributed, shard
 from .errors import CheckpointError, ConfigError, FissureError
 from .inference import InputPolicy, autocast_for, forward_logits, select_device
+from .interruption import Interrupt, TrainingInterrupted, ignore_sigint
 from .losses import build_loss
 from .metrics import ThresholdSweep, confusion_counts
 from .model import build_model
@@ -67,43 +66,10 @@ class TrainState:
     skipped: dict[str, str] = field(default_factory=dict)
 
 
-class Interrupt:
-    """SIGINT/SIGTERM set a flag; the loop saves ``last.pt`` at the next step and stops."""
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-
-    def __call__(self, signum: int, frame: Any) -> None:
-        self.signum = signum
-
-    @contextmanager
-    def installed(self):
-        previous = {}
-        try:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                previous[sig] = signal.signal(sig, self)
-        except ValueError:  # not the main thread (e.g. a notebook worker): no handlers
-            pass
-        try:
-            yield self
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-
-
-class TrainingInterrupted(FissureError):
-    """Raised after ``last.pt`` was saved because a signal asked the run to stop."""
-
-
-def _ignore_sigint(worker_id: int) -> None:
-    """Ctrl-C reaches the whole process group; only the main process decides what to save."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
 def _loader(dataset, batch_size, workers, device, indices=None, drop_last=False):
     return DataLoader(
         dataset,
-        worker_init_fn=_ignore_sigint if workers else None,
+        worker_init_fn=ignore_sigint if workers else None,
         batch_size=batch_size,
         sampler=indices,
         shuffle=False,
