@@ -291,3 +291,18 @@ def test_live_upload_train_push_evaluate(tmp_path) -> None:
         sf.forget_session()
         if live is not None:
             live.close()
+
+
+def test_predict_a_stage_image(session, trained, stage_yaml, tmp_path) -> None:
+    data = load_config(stage_yaml).data
+    source = sf.StageSource.from_config(data.snowflake, session=session, progress=False)
+    image = source.samples("test")[0].image  # @.../images/<name>.gz
+    out = tmp_path / "pred"
+    result = run("predict", f"{MODELS}/best.pt", image, "--out", out, "--quiet")
+    assert result.exit_code == 0, result.output
+    records = json.loads((out / "predictions.json").read_text())
+    assert records[0]["image"] == image
+    assert Image.open(out / Path(records[0]["mask"]).name).size == (64, 64)
+    folder = image.rsplit("/", 1)[0] + "/"
+    one_line_error(run("predict", f"{MODELS}/best.pt", folder, "--out", out, "--quiet"),
+                   "name stage images one by one")

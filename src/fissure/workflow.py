@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from .checkpoint import checkpoint_config, load_checkpoint, model_from_checkpoint
@@ -363,6 +363,8 @@ def predict_with_stage(checkpoint: str | Path, inputs: Sequence[str | Path], out
     folder and uploaded there; the records and predictions.csv/json name the stage copies.
     """
     ckpt = read_checkpoint(checkpoint) if str(checkpoint).startswith("@") else checkpoint
+    if any(str(item).startswith("@") for item in inputs):
+        options.setdefault("fetch", fetch_stage_image)
     if not str(out).startswith("@"):
         return predict(ckpt, inputs, out, **options)
     import tempfile
@@ -383,6 +385,29 @@ def predict_with_stage(checkpoint: str | Path, inputs: Sequence[str | Path], out
                 file.write_text(staged(file.read_text("utf-8")), "utf-8")
         push_files(session, files, prefix)
     return [{k: staged(v) if isinstance(v, str) else v for k, v in r.items()} for r in records]
+
+
+def fetch_stage_image(stage_path: str, pattern: str = "**/*") -> list[InputImage]:
+    """A stage file named as a predict input (``@STAGE/photos/a.jpg.gz``), read on demand.
+
+    Listing a stage folder needs SQL (``LIST``), which Snowpark's local emulator lacks, so
+    inputs must name files; ``pattern`` does not apply to them.
+    """
+    import tempfile
+
+    from .data.image import is_image_name
+    from .data.snowflake import fetch_file, resolve_session
+
+    if not is_image_name(stage_path):
+        raise FissureError(f"{stage_path}: name stage images one by one (a stage folder "
+                           "cannot be listed here); or fetch them with `fissure snowflake pull`")
+    session = resolve_session()
+
+    def read() -> bytes:
+        with tempfile.TemporaryDirectory(prefix="fissure-input-") as tmp:
+            return fetch_file(session, stage_path, Path(tmp)).read_bytes()
+
+    return [InputImage(stage_path, read, PurePosixPath(stage_path.lstrip("@")))]
 
 
 def upload_data(data_dir: str | Path, *, connection: str | None = None,
