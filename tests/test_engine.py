@@ -136,3 +136,31 @@ def test_sigterm_mid_epoch_saves_and_resumes(tmp_path, tiny_overrides):
     assert done.returncode == 0, done.stdout + done.stderr
     rows = list(csv.DictReader((run / "history.csv").read_text().splitlines()))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+
+
+@pytest.mark.slow
+def test_kill_9_leaves_a_valid_last_pt(tmp_path, tiny_overrides):
+    """SIGKILL gives no chance to clean up: the previous last.pt must still load and resume."""
+    run = tmp_path / "run"
+    (tmp_path / "empty.yaml").write_text("")
+    args = [sys.executable, "-m", "fissure", "train", "--config", str(tmp_path / "empty.yaml"),
+            "--out", str(run), "--quiet"]
+    for item in tiny_overrides + ["train.epochs=30", "train.batch_size=2"]:
+        args += ["--set", item]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (run / "last.pt").exists() and load_checkpoint(run / "last.pt")["epoch"] >= 1:
+            break
+        time.sleep(0.1)
+    time.sleep(0.7)  # somewhere inside the next epoch, perhaps inside a save
+    proc.kill()
+    proc.wait(timeout=60)
+    epoch = load_checkpoint(run / "last.pt")["train_state"]["epoch"]
+    assert epoch >= 1
+    done = subprocess.run([sys.executable, "-m", "fissure", "train", "--resume", str(run),
+                           "--quiet", "--set", f"train.epochs={epoch + 1}"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert load_checkpoint(run / "last.pt")["train_state"]["epoch"] == epoch + 1
+    assert not list(run.glob(".*.tmp"))

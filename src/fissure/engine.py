@@ -197,6 +197,9 @@ class Trainer:
         if not path.is_file():
             raise CheckpointError(f"{self.run_dir}: no last.pt to resume from")
         ckpt = load_checkpoint(path, map_location=self.device)
+        if self.dist.main:  # half-written files of a run killed with SIGKILL mid-save
+            for stale in self.run_dir.glob(".*.pt.*.tmp"):
+                stale.unlink(missing_ok=True)
         state = ckpt.get("train_state")
         if not state:
             raise CheckpointError(f"{path}: holds no training state to resume")
