@@ -3,6 +3,7 @@
 import gzip
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +15,8 @@ from fissure.checkpoint import make_checkpoint, save_atomic
 from fissure.cli import cli
 from fissure.config import config_from_dict
 from fissure.model import build_model
+
+DEFAULT = str(Path(__file__).resolve().parents[1] / "configs" / "default.yaml")
 
 
 def run(*args):
@@ -99,15 +102,15 @@ def test_python_dash_m_and_help():
 
 
 def test_missing_data_folder(tmp_path):
-    result = run("train", "--config", "configs/default.yaml", "--out", tmp_path / "r",
+    result = run("train", "--config", DEFAULT, "--out", tmp_path / "r",
                  "--set", f"data.root={tmp_path / 'nope'}")
     assert_one_line_error(result, "nope", "data folder not found")
 
 
 def test_unknown_and_mistyped_config_keys(tmp_path):
-    result = run("train", "--config", "configs/default.yaml", "--set", "train.epoch=3")
+    result = run("train", "--config", DEFAULT, "--set", "train.epoch=3")
     assert_one_line_error(result, "train.epoch", "train.epochs")
-    result = run("train", "--config", "configs/default.yaml", "--set", "train.epochs=many")
+    result = run("train", "--config", DEFAULT, "--set", "train.epochs=many")
     assert_one_line_error(result, "train.epochs: expected int")
 
 
@@ -120,7 +123,7 @@ def copy_synth(synth_root, tmp_path):
 def train_on(root, tmp_path):
     overrides = [f"data.root={root}", "data.size=64", "model.encoder=resnet18",
                  "train.epochs=1", "train.batch_size=4", "train.num_workers=0"]
-    return run("train", "--config", "configs/default.yaml", "--out", tmp_path / "run",
+    return run("train", "--config", DEFAULT, "--out", tmp_path / "run",
                "--quiet", *sets(overrides))
 
 

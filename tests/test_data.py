@@ -1,5 +1,6 @@
 import gzip
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -226,3 +227,26 @@ def test_collate_keeps_mixed_sizes_as_lists(tmp_path):
     ds = CrackDataset(src, src.samples("train"), eval_transform())
     batch = collate([ds[0], ds[1]])
     assert isinstance(batch["image"], list) and batch["image"][1].shape == (3, 24, 30)
+
+
+# -- real data: CrackForest (../shared/data/cfd) ----------------------------------------
+
+
+def test_cfd_split_files_are_found_and_pairs_load(cfd_root):
+    src = FolderSource(cfd_root)
+    assert [len(src.samples(s)) for s in ("train", "val", "test")] == [64, 7, 46]
+    assert src.samples("test")[0].name == "073"
+    ds = CrackDataset(src, src.samples("val"), eval_transform())
+    item = ds[0]
+    assert item["image"].shape == (3, 320, 480) and item["mask"].shape == (1, 320, 480)
+    fractions = [float(ds[i]["mask"].mean()) for i in range(len(ds))]
+    assert all(0.002 < f < 0.08 for f in fractions)  # README: 0.35-6.3 % per image
+
+
+def test_cfd_config_reads_the_koenig_split(cfd_root):
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "cfd.yaml",
+                      [f"data.root={cfd_root}"])
+    src = build_source(cfg.data)
+    assert {s.name for s in src.samples("val")} == {
+        line.strip() for line in (cfd_root / "split_koenig_val.txt").read_text().splitlines()
+        if line.strip()}
