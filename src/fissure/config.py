@@ -112,7 +112,9 @@ class TrainConfig:
     patience: int = 7
     monitor: str = _choice("iou", "iou", "f1", "loss")
     min_delta: float = 0.0
-    num_workers: int = 2
+    # None: 2 on CUDA, 0 on CPU, where workers would compete with the compute threads
+    # for the cores (measured 0.85x -> 1.10x of the notebook's epoch on 2 cores).
+    num_workers: int | None = None
     seed: int = 0
     device: str = "auto"
     amp: bool = True
@@ -237,7 +239,7 @@ def _check(cfg: Config) -> None:
         raise ConfigError(f"data.size: must be at least 32, got {cfg.data.size}")
     if cfg.train.lr <= 0:
         raise ConfigError(f"train.lr: must be positive, got {cfg.train.lr}")
-    if cfg.train.patience < 0 or cfg.train.num_workers < 0:
+    if cfg.train.patience < 0 or (cfg.train.num_workers or 0) < 0:
         raise ConfigError("train.patience and train.num_workers must be >= 0")
     for key in ("val_fraction", "test_fraction", "crack_crop_fraction", "max_skip_fraction"):
         value = getattr(cfg.data, key)

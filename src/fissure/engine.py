@@ -141,6 +141,9 @@ class Trainer:
         if cfg.train.compile:
             self.forward = torch.compile(self.forward)
         self.batch_size = cfg.train.batch_size // self.dist.world
+        self.workers = cfg.train.num_workers
+        if self.workers is None:
+            self.workers = 2 if self.device.type == "cuda" else 0
         shard([], cfg.train.batch_size, self.dist)  # checks divisibility up front
         loss_params = dict(cfg.train.loss.params)
         fraction = (_crack_fraction(self.train_set)
@@ -265,7 +268,7 @@ class Trainer:
         indices = _epoch_indices(len(self.train_set), cfg, self.state.epoch)
         per_step = cfg.train.batch_size * cfg.train.accumulate
         mine = shard(indices[start_step * per_step:], cfg.train.batch_size, self.dist)
-        loader = _loader(self.train_set, self.batch_size, cfg.train.num_workers, self.device,
+        loader = _loader(self.train_set, self.batch_size, self.workers, self.device,
                          mine)
         total_loss, seen, conf = 0.0, 0, torch.zeros(3, dtype=torch.int64)  # tp, fp, fn
         step, micro, step_ok = start_step, 0, True
@@ -334,7 +337,7 @@ class Trainer:
         model = self.ema.module if self.ema is not None else self.model
         model.eval()
         mine = list(range(len(self.val_set)))[self.dist.rank::self.dist.world]
-        loader = _loader(self.val_set, cfg.eval.batch_size, cfg.train.num_workers, self.device,
+        loader = _loader(self.val_set, cfg.eval.batch_size, self.workers, self.device,
                          mine)
         sweep = ThresholdSweep(cfg.eval.thresholds, tolerance=0, per_image=False)
         total_loss, seen, conf = 0.0, 0, torch.zeros(3, dtype=torch.int64)  # tp, fp, fn
