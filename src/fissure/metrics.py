@@ -234,24 +234,41 @@ def detection_stats(pred_area: Tensor, true_area: Tensor, min_area: int = 1) -> 
     }  # fmt: skip
 
 
+def _row_max(x: Tensor, r: int) -> Tensor:
+    """Horizontal running max over ``2r + 1`` pixels of ``(..., W)``, -inf beyond the edges."""
+    if r == 0:
+        return x
+    w = x.shape[-1]
+    padded = F.pad(x, (r, r), value=-math.inf)
+    out = padded[..., 0:w].clone()
+    for k in range(1, 2 * r + 1):
+        torch.maximum(out, padded[..., k : k + w], out=out)
+    return out
+
+
 def _disk_max(x: Tensor, radius: int) -> Tensor:
     """Grey dilation of ``(N, 1, H, W)`` by the disk ``dy^2 + dx^2 <= radius^2``; pads with -inf.
 
-    Built from one horizontal max-pool per disk row, so cost is O(radius * pixels).
+    Built from one horizontal running max per distinct disk half-width (rows ``dy`` and
+    ``-dy`` share one), so cost is O(radius^2 * pixels) cheap element-wise maxima; measured
+    12x faster on CPU than a max-pool per row (BENCHMARKS.md, fix C).
     """
     if radius == 0:
         return x
     h = x.shape[-2]
     out = torch.full_like(x, -math.inf)
+    rows: dict[int, Tensor] = {}
     for dy in range(-radius, radius + 1):
         if abs(dy) >= h:
             continue
         r = math.isqrt(radius * radius - dy * dy)
-        row = F.max_pool2d(x, kernel_size=(1, 2 * r + 1), stride=1, padding=(0, r))
+        row = rows.get(r)
+        if row is None:
+            row = rows[r] = _row_max(x, r)
         if dy >= 0:
-            out[..., : h - dy, :] = torch.maximum(out[..., : h - dy, :], row[..., dy:, :])
+            torch.maximum(out[..., : h - dy, :], row[..., dy:, :], out=out[..., : h - dy, :])
         else:
-            out[..., -dy:, :] = torch.maximum(out[..., -dy:, :], row[..., : h + dy, :])
+            torch.maximum(out[..., -dy:, :], row[..., : h + dy, :], out=out[..., -dy:, :])
     return out
 
 
