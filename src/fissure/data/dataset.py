@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, get_worker_info
 from torchvision import tv_tensors
 
 from ..errors import DataError
@@ -53,6 +53,20 @@ class CrackDataset(Dataset):
         return len(self.samples)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        threads = torch.get_num_threads()
+        # In the main process, intra-op threads on tiny per-sample tensors only fight the
+        # model's threads for the cores (20x slower on a busy 2-core machine; BENCHMARKS.md,
+        # fix B). DataLoader workers already run with one thread.
+        single = get_worker_info() is None and threads > 1
+        if single:
+            torch.set_num_threads(1)
+        try:
+            return self._item(index)
+        finally:
+            if single:
+                torch.set_num_threads(threads)
+
+    def _item(self, index: int) -> dict[str, Any]:
         sample = self.samples[index]
         try:
             image, mask = load_pair(self.source, sample)
