@@ -1,0 +1,71 @@
+"""Segmentation metrics for crack masks, as small pure functions plus two streaming accumulators.
+
+Shapes and conventions
+----------------------
+* ``pred_prob``: ``(N, 1, H, W)`` float probabilities (or logits with ``from_logits=True``),
+  upcast to at least float32 so every function compares the same numbers.
+* ``target``: ``(N, 1, H, W)`` bool, or float/int in {0, 1}; crack where ``target > 0.5``.
+* A pixel is *predicted* crack where ``prob > threshold`` (strict); NaN is never crack.
+* Counts (``tp, fp, fn, tn``) are int64 tensors of any shape, usually ``(N,)``: one entry per image.
+  The ratio functions work elementwise on them and return float64 tensors of the same shape.
+
+Empty rule (per image)
+----------------------
+A ratio whose denominator is zero returns ``empty`` (default 1.0) when the prediction made no error
+of any kind in that image (``fp == fn == 0``), and 0.0 otherwise. So an image with no true and no
+predicted crack scores IoU = F1 = precision = recall = 1, while an image that misses all of its
+cracks gets precision 0 (not 1) for predicting nothing. Pass ``empty=float("nan")`` to exclude such
+images from a ``nanmean`` instead.
+
+Dataset level (micro)
+---------------------
+:func:`summarize`, :class:`ConfusionMeter` and :class:`ThresholdSweep` sum the counts over all
+images first and then divide. Here a zero denominator means the metric is undefined and is reported
+as ``None`` (NaN inside arrays), e.g. dataset IoU when there are neither true nor predicted crack
+pixels. Macro (per-image) means and population standard deviations use the empty rule above.
+
+Tolerance matching
+------------------
+As in the crack literature, a predicted crack pixel is correct if a true crack pixel lies within
+Euclidean distance ``tolerance`` (a disk, not a square), and a true pixel is recalled if a predicted
+pixel lies within the same disk. Precision is ``matched_pred / n_pred``, recall is
+``matched_true / n_true`` and F1 is their harmonic mean. ``tolerance=0`` is exact matching.
+
+Modules
+-------
+:mod:`.functional` (counts, ratios, summaries, detection), :mod:`.tolerance` (disk matching)
+and :mod:`.sweep` (every threshold in one pass); everything public is importable from here.
+"""
+
+from .functional import (
+    ConfusionMeter,
+    Counts,
+    accuracy,
+    confusion_counts,
+    detection_stats,
+    f1,
+    iou,
+    precision,
+    recall,
+    specificity,
+    summarize,
+)
+from .sweep import ThresholdSweep
+from .tolerance import tolerance_counts, tolerance_f1
+
+__all__ = [
+    "ConfusionMeter",
+    "Counts",
+    "ThresholdSweep",
+    "accuracy",
+    "confusion_counts",
+    "detection_stats",
+    "f1",
+    "iou",
+    "precision",
+    "recall",
+    "specificity",
+    "summarize",
+    "tolerance_counts",
+    "tolerance_f1",
+]
