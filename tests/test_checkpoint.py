@@ -73,8 +73,9 @@ def test_pickle_payload_is_refused_without_running(tmp_path, monkeypatch):
     [
         (b"", "not a readable torch checkpoint"),
         (b"hello world", "not a readable torch checkpoint"),
-        (gzip.compress(b"x")[:-3], "corrupt gzip"),
+        (gzip.compress(b"x", mtime=0)[:-3], "corrupt gzip"),
     ],
+    ids=["empty", "text", "truncated-gzip"],
 )
 def test_non_checkpoints_are_named(tmp_path, content, message):
     path = tmp_path / "thing.pt"

@@ -54,10 +54,12 @@ def test_image_stem_strips_gz():
     [
         (b"", "empty file"),
         (b"not an image at all", "not a readable image"),
-        (gzip.compress(b"\x89PNG garbage"), "not a readable image"),
-        (gzip.compress(png_bytes(np.zeros((8, 8, 3), np.uint8)))[:-12], "truncated gzip"),
+        (gzip.compress(b"\x89PNG garbage", mtime=0), "not a readable image"),
+        (gzip.compress(png_bytes(np.zeros((8, 8, 3), np.uint8)), mtime=0)[:-12], "truncated gzip"),
         (png_bytes(np.zeros((64, 64, 3), np.uint8))[:60], "not a readable image"),
     ],
+    # readable ids that are the same in every process (pytest-xdist compares them)
+    ids=["empty", "text", "gzip-garbage", "truncated-gzip", "truncated-png"],
 )
 def test_bad_bytes_give_a_data_error_naming_the_file(data, reason):
     with pytest.raises(DataError) as info:
