@@ -164,3 +164,14 @@ def test_kill_9_leaves_a_valid_last_pt(tmp_path, tiny_overrides):
     assert done.returncode == 0, done.stdout + done.stderr
     assert load_checkpoint(run / "last.pt")["train_state"]["epoch"] == epoch + 1
     assert not list(run.glob(".*.tmp"))
+
+
+def test_default_workers_follow_the_device_and_the_cores(monkeypatch):
+    from fissure import engine
+
+    assert engine.default_workers(torch.device("cpu")) == 0
+    monkeypatch.setattr(engine.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert engine.default_workers(torch.device("cuda")) == 8
+    assert engine.default_workers(torch.device("cuda"), local_processes=4) == 3
+    monkeypatch.setattr(engine.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert engine.default_workers(torch.device("cuda")) == 2

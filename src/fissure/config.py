@@ -112,8 +112,8 @@ class TrainConfig:
     patience: int = 7
     monitor: str = _choice("iou", "iou", "f1", "loss")
     min_delta: float = 0.0
-    # None: 2 on CUDA, 0 on CPU, where workers would compete with the compute threads
-    # for the cores (measured 0.85x -> 1.10x of the notebook's epoch on 2 cores).
+    # None: 0 on CPU, where workers would compete with the compute threads for the cores;
+    # on CUDA, the process's share of the cores less one, 2 to 8 (engine.default_workers).
     num_workers: int | None = None
     seed: int = 0
     device: str = "auto"

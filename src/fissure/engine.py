@@ -8,6 +8,7 @@ over the whole epoch, then divided once, never averaged over batches.
 from __future__ import annotations
 
 import math
+import os
 import random
 import time
 from collections.abc import Callable
@@ -64,6 +65,20 @@ class TrainState:
     bad_epochs: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
+
+
+def default_workers(device: torch.device, local_processes: int = 1) -> int:
+    """DataLoader workers when ``train.num_workers`` is unset.
+
+    CPU: 0, since workers would take cores from the compute threads (measured 0.85x -> 1.10x
+    of the notebook's epoch on 2 cores). CUDA: this process's share of the cores less one for
+    itself, 2 to 8: one worker prepares about 60 samples/s while an H200 trains on about 415
+    images/s (256 px, batch 8), so two workers left the GPU waiting (BENCHMARKS.md).
+    """
+    if device.type != "cuda":
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return min(8, max(2, (cores or 1) // max(1, local_processes) - 1))
 
 
 def _loader(dataset, batch_size, workers, device, indices=None, drop_last=False):
@@ -143,7 +158,7 @@ class Trainer:
         self.batch_size = cfg.train.batch_size // self.dist.world
         self.workers = cfg.train.num_workers
         if self.workers is None:
-            self.workers = 2 if self.device.type == "cuda" else 0
+            self.workers = default_workers(self.device, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
         shard([], cfg.train.batch_size, self.dist)  # checks divisibility up front
         loss_params = dict(cfg.train.loss.params)
         fraction = (_crack_fraction(self.train_set)
