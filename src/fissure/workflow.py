@@ -118,7 +118,7 @@ def train(
         run_dir = Path(out)
     trainer = Trainer(cfg, source, run_dir, progress=progress, log=log)
     log(f"device {trainer.device}; {len(trainer.train_set)} train / {len(trainer.val_set)} val "
-        f"images from {source.description}")
+        f"images from {source.description}; {trainer.workers} loader workers")
     result = _run(trainer)
     if push and is_main_process():
         push_run(run_dir, push, log=log)
