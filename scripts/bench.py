@@ -727,7 +727,7 @@ def bench_e2e(st: Settings, device: torch.device, workdir: Path) -> Section:
     w0_epochs: list[dict[str, float]] = []
     sink = {"loads": fis_loads}
     clock = {"last": time.perf_counter()}
-    original_loader = engine._loader
+    original_loader = engine.make_loader
 
     def timed_loader(*args, **kwargs):
         # Called by Trainer.train_epoch and Trainer.validate; the caller names the pass.
@@ -792,11 +792,11 @@ def bench_e2e(st: Settings, device: torch.device, workdir: Path) -> Section:
         )
         clock["last"] = time.perf_counter()
 
-    engine._loader = timed_loader
+    engine.make_loader = timed_loader
     try:
         result = train(cfg, workdir / "e2e-run", overwrite=True, progress=False, log=on_log)
     finally:
-        engine._loader = original_loader
+        engine.make_loader = original_loader
     n_train = len(train_pairs)
     fis, nb, fw0 = fis_epochs[1:], nb_epochs[1:], w0_epochs[1:]
     ratios_w0 = [a["seconds"] / b["seconds"] for a, b in zip(nb, fw0, strict=True)]

@@ -43,7 +43,8 @@ def test_quick_run_without_smp(tmp_path):
     hide = tmp_path / "hide"
     hide.mkdir()
     (hide / "segmentation_models_pytorch.py").write_text("raise ImportError('hidden by test')\n")
-    env = {**os.environ, "PYTHONPATH": str(hide)}
+    env = {**os.environ,
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(hide), os.environ.get("PYTHONPATH")]))}
     result = run_bench("--only", "train", env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert HEADER in result.stdout

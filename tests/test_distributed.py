@@ -15,7 +15,8 @@ from fissure.model import build_model
 # not split into per-rank means.
 COMMON = ["data.size=64", "model.encoder=resnet18", "train.num_workers=0", "train.lr=0.001",
           "train.loss.name=bce", "augment.hflip=0", "augment.vflip=0", "augment.rot90=0",
-          "augment.brightness=0", "augment.contrast=0", "eval.thresholds=19"]
+          "augment.brightness=0", "augment.contrast=0", "eval.thresholds=19",
+          "train.device=cpu"]  # gloo on the CPU, also where a GPU is present
 
 
 def test_shard_splits_each_global_batch():
@@ -26,6 +27,18 @@ def test_shard_splits_each_global_batch():
     assert shard(indices, 4, Dist(0, 1)) == indices
     with pytest.raises(ConfigError, match="divisible"):
         shard(indices, 3, Dist(0, 2))
+
+
+def test_more_processes_than_gpus_is_a_clear_error(monkeypatch):
+    from fissure import distributed
+    from fissure.errors import ConfigError
+
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(distributed.torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ConfigError, match="1 CUDA devices"):
+        distributed.init_distributed(torch.device("cuda"))
 
 
 def test_strip_option():

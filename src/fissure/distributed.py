@@ -54,6 +54,12 @@ def init_distributed(device: torch.device) -> tuple[Dist, torch.device]:
     if not info.active:
         return info, device
     if device.type == "cuda":
+        if info.local_rank >= torch.cuda.device_count():
+            raise ConfigError(
+                f"process {info.local_rank} of this machine has no GPU: there are "
+                f"{torch.cuda.device_count()} CUDA devices; start at most that many processes "
+                "per machine (--nproc-per-node / --devices), or set train.device=cpu for gloo"
+            )
         device = torch.device("cuda", info.local_rank)
         torch.cuda.set_device(device)
     if not dist.is_initialized():

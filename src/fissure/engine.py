@@ -19,17 +19,17 @@ from typing import Any
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .checkpoint import load_checkpoint, make_checkpoint, model_from_checkpoint, save_atomic
 from .config import Config
-from .data import CrackDataset, PairSource, collate, iter_groups
+from .data import CrackDataset, PairSource, crack_fraction, iter_groups
+from .data.loader import default_workers, epoch_indices, make_loader
 from .data.transforms import eval_transform, train_transform
 from .distributed import all_reduce_sum, broadcast_flag, init_distributed, shard
 from .errors import CheckpointError, ConfigError, FissureError
 from .inference import InputPolicy, autocast_for, forward_logits, select_device
-from .interruption import Interrupt, TrainingInterrupted, ignore_sigint
+from .interruption import Interrupt, TrainingInterrupted
 from .losses import build_loss
 from .metrics import ThresholdSweep, confusion_counts
 from .model import build_model
@@ -65,56 +65,6 @@ class TrainState:
     bad_epochs: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
-
-
-def default_workers(device: torch.device, local_processes: int = 1) -> int:
-    """DataLoader workers when ``train.num_workers`` is unset.
-
-    CPU: 0, since workers would take cores from the compute threads (measured 0.85x -> 1.10x
-    of the notebook's epoch on 2 cores). CUDA: this process's share of the cores less one for
-    itself, 2 to 8: one worker prepares about 60 samples/s while an H200 trains on about 415
-    images/s (256 px, batch 8), so two workers left the GPU waiting (BENCHMARKS.md).
-    """
-    if device.type != "cuda":
-        return 0
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return min(8, max(2, (cores or 1) // max(1, local_processes) - 1))
-
-
-def _loader(dataset, batch_size, workers, device, indices=None, drop_last=False):
-    return DataLoader(
-        dataset,
-        worker_init_fn=ignore_sigint if workers else None,
-        batch_size=batch_size,
-        sampler=indices,
-        shuffle=False,
-        num_workers=workers,
-        pin_memory=device.type == "cuda",
-        collate_fn=collate,
-        drop_last=drop_last,
-    )
-
-
-def _epoch_indices(n: int, cfg: Config, epoch: int) -> list[int]:
-    """The epoch's sample order, a pure function of (seed, epoch) so resume can replay it."""
-    gen = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + epoch)
-    per_step = cfg.train.batch_size * cfg.train.accumulate
-    if cfg.train.steps_per_epoch:
-        return torch.randint(0, n, (cfg.train.steps_per_epoch * per_step,), generator=gen).tolist()
-    return torch.randperm(n, generator=gen).tolist()
-
-
-def _crack_fraction(dataset: CrackDataset, limit: int = 64) -> float:
-    """Crack-pixel fraction of (up to ``limit``) training masks, for ``pos_weight: auto``."""
-    from .data import load_pair
-
-    step = max(1, len(dataset.samples) // limit)
-    pos = total = 0
-    for sample in dataset.samples[::step]:
-        _, mask = load_pair(dataset.source, sample)
-        pos += int(mask.sum())
-        total += mask.size
-    return max(pos / max(total, 1), 1e-6)
 
 
 class Trainer:
@@ -161,7 +111,7 @@ class Trainer:
             self.workers = default_workers(self.device, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
         shard([], cfg.train.batch_size, self.dist)  # checks divisibility up front
         loss_params = dict(cfg.train.loss.params)
-        fraction = (_crack_fraction(self.train_set)
+        fraction = (crack_fraction(self.train_set)
                     if loss_params.get("pos_weight") == "auto" else None)
         self.loss_fn = build_loss(cfg.train.loss.name, loss_params, crack_fraction=fraction)
         self.steps_per_epoch = self._steps_per_epoch()
@@ -280,10 +230,10 @@ class Trainer:
         cfg = self.cfg
         self.model.train()
         torch.manual_seed(cfg.train.seed + 7919 * self.state.epoch + start_step)
-        indices = _epoch_indices(len(self.train_set), cfg, self.state.epoch)
+        indices = epoch_indices(len(self.train_set), cfg.train, self.state.epoch)
         per_step = cfg.train.batch_size * cfg.train.accumulate
         mine = shard(indices[start_step * per_step:], cfg.train.batch_size, self.dist)
-        loader = _loader(self.train_set, self.batch_size, self.workers, self.device,
+        loader = make_loader(self.train_set, self.batch_size, self.workers, self.device,
                          mine)
         total_loss, seen, conf = 0.0, 0, torch.zeros(3, dtype=torch.int64)  # tp, fp, fn
         step, micro, step_ok = start_step, 0, True
@@ -352,7 +302,7 @@ class Trainer:
         model = self.ema.module if self.ema is not None else self.model
         model.eval()
         mine = list(range(len(self.val_set)))[self.dist.rank::self.dist.world]
-        loader = _loader(self.val_set, cfg.eval.batch_size, self.workers, self.device,
+        loader = make_loader(self.val_set, cfg.eval.batch_size, self.workers, self.device,
                          mine)
         sweep = ThresholdSweep(cfg.eval.thresholds, tolerance=0, per_image=False)
         total_loss, seen, conf = 0.0, 0, torch.zeros(3, dtype=torch.int64)  # tp, fp, fn

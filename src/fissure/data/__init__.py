@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..config import DataConfig
-from .dataset import CrackDataset, collate, iter_groups, load_pair
+from .dataset import CrackDataset, collate, crack_fraction, iter_groups, load_pair
 from .image import decode_image, decode_mask, load_image, load_mask
 from .sources import FolderSource, PairSource, Sample
 
@@ -14,6 +14,7 @@ __all__ = [
     "Sample",
     "build_source",
     "collate",
+    "crack_fraction",
     "iter_groups",
     "decode_image",
     "decode_mask",

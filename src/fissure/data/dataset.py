@@ -107,3 +107,14 @@ def iter_groups(batch: dict[str, Any]):
         return
     for image, mask in zip(batch["image"], batch["mask"], strict=True):
         yield image[None], mask[None]
+
+
+def crack_fraction(dataset: CrackDataset, limit: int = 64) -> float:
+    """Crack-pixel fraction of up to ``limit`` masks of the dataset, for ``pos_weight: auto``."""
+    step = max(1, len(dataset.samples) // limit)
+    pos = total = 0
+    for sample in dataset.samples[::step]:
+        _, mask = load_pair(dataset.source, sample)
+        pos += int(mask.sum())
+        total += mask.size
+    return max(pos / max(total, 1), 1e-6)
