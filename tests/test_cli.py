@@ -77,6 +77,32 @@ def test_train_evaluate_predict(trained, synth_root, tmp_path):
         assert set(np.unique(np.asarray(mask)).tolist()) <= {0, 255}
 
 
+def _tree(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*")}
+
+
+def test_nothing_is_written_outside_the_output_folders(synth_root, tmp_path, monkeypatch):
+    """Train, evaluate and predict leave the data, the cwd and each other's folders alone."""
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    data_before = _tree(synth_root)
+    overrides = [f"data.root={synth_root}", "data.size=64", "model.encoder=resnet18",
+                 "train.epochs=1", "train.batch_size=4", "train.num_workers=0",
+                 "eval.thresholds=19"]
+    (tmp_path / "c.yaml").write_text("")
+    assert run("train", "--config", tmp_path / "c.yaml", "--out", "run", "--quiet",
+               *sets(overrides)).exit_code == 0
+    run_before = _tree(work / "run")
+    assert run("evaluate", "run/best.pt", "--split", "test", "--out", "ev",
+               "--quiet").exit_code == 0
+    assert run("predict", "run/best.pt", synth_root / "test" / "images", "--out", "pred",
+               "--overlay", "--quiet").exit_code == 0
+    assert sorted(p.name for p in work.iterdir()) == ["ev", "pred", "run"]
+    assert _tree(work / "run") == run_before
+    assert _tree(synth_root) == data_before
+
+
 def test_predict_any_size_and_gzip(trained, tmp_path):
     rng = np.random.default_rng(0)
     image = Image.fromarray(rng.integers(0, 255, (45, 77, 3), dtype=np.uint8))
