@@ -560,6 +560,7 @@ def bench_loader(
 
     from fissure.config import AugmentConfig, DataConfig
     from fissure.data import CrackDataset, FolderSource, collate
+    from fissure.data.loader import default_workers
     from fissure.data.transforms import train_transform
 
     sec = Section("loader")
@@ -572,7 +573,8 @@ def bench_loader(
     n = len(dataset)
     # (label, workers, intra-op threads of the main process while it iterates; None: as is)
     variants: list[tuple[str, int, int | None]] = []
-    for w in st.loader_workers:
+    default = default_workers(device)  # what `fissure train` uses when num_workers is unset
+    for w in sorted({*st.loader_workers, default}):
         variants.append((f"{w} worker{'s' if w != 1 else ''}", w, None))
         if w == 0 and torch.get_num_threads() > 1:
             variants.append(("0 workers, 1 intra-op thread", 0, 1))
@@ -643,6 +645,11 @@ def bench_loader(
         f"the training step {compute_s * 1000:.0f} ms per image on {threads} threads, so data "
         f"is {share:.1%} of the work when done serially; worker processes can hide at most "
         f"that share, and on {os.cpu_count()} cores they compete with the step's threads."
+    )
+    label = f"{default} worker{'s' if default != 1 else ''}"
+    sec.notes.append(
+        f"`fissure train` uses {default} workers here when train.num_workers is unset: "
+        f"{med[label]:.1f} samples/s against the training step's {consume:.1f} images/s."
     )
     if "0 workers, 1 intra-op thread" in med:
         slow = med["0 workers, 1 intra-op thread"] / med["0 workers"]
