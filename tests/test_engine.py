@@ -71,6 +71,57 @@ def test_resume_equals_uninterrupted_training(tmp_path, tiny_overrides):
         b["train_state"]["history"][-1]["val_loss"], rel=1e-5)
 
 
+def _weights_match(a_path, b_path):
+    a, b = load_checkpoint(a_path), load_checkpoint(b_path)
+    for key in a["state_dict"]:
+        assert torch.allclose(a["state_dict"][key].float(), b["state_dict"][key].float(),
+                              atol=1e-6), key
+
+
+def test_signal_in_the_last_batch_finishes_the_epoch(tmp_path, tiny_overrides, monkeypatch):
+    """A stop asked for during an epoch's final batch saves at the epoch's end, and resumes."""
+    from fissure import engine
+    from fissure.interruption import TrainingInterrupted
+
+    quiet = {"progress": False, "log": lambda m: None}
+    cfg = load_config(None, tiny_overrides + ["train.epochs=2", "train.batch_size=2",
+                                              "train.steps_per_epoch=3", "train.device=cpu"])
+    workflow.train(cfg, tmp_path / "straight", **quiet)
+    original, calls = engine.Trainer._train_batch, []
+
+    def flag_on_third(self, batch, step):
+        out = original(self, batch, step)
+        calls.append(step)
+        if len(calls) == 3:  # the last batch of epoch 1
+            self.interrupt.signum = signal.SIGTERM
+        return out
+
+    monkeypatch.setattr(engine.Trainer, "_train_batch", flag_on_third)
+    with pytest.raises(TrainingInterrupted, match="end of epoch 1"):
+        workflow.train(cfg, tmp_path / "split", **quiet)
+    monkeypatch.undo()
+    state = load_checkpoint(tmp_path / "split" / "last.pt")["train_state"]
+    assert state["epoch"] == 1 and state.get("step", 0) == 0 and len(state["history"]) == 1
+    workflow.resume(tmp_path / "split", **quiet)
+    _weights_match(tmp_path / "straight" / "last.pt", tmp_path / "split" / "last.pt")
+
+
+def test_resume_from_a_step_past_the_epoch_end(tmp_path, tiny_overrides):
+    """A last.pt that points after the final step (older versions wrote one) still resumes."""
+    cfg = load_config(None, tiny_overrides + ["train.epochs=2", "train.batch_size=2",
+                                              "train.steps_per_epoch=3", "train.device=cpu"])
+    workflow.prepare_run_dir(tmp_path / "run")
+    save_config(cfg, tmp_path / "run" / "config.yaml")
+    trainer = Trainer(cfg, build_source(cfg.data), tmp_path / "run", progress=False,
+                      log=lambda m: None)
+    trainer.save_last(step=3)
+    workflow.resume(tmp_path / "run", progress=False, log=lambda m: None)
+    history = load_checkpoint(tmp_path / "run" / "last.pt")["train_state"]["history"]
+    assert [row["epoch"] for row in history] == [1, 2]
+    assert history[0]["train_loss"] != history[0]["train_loss"]  # NaN: no step was left
+    assert history[1]["train_loss"] == history[1]["train_loss"]
+
+
 def test_resume_needs_last_pt(tmp_path):
     with pytest.raises(CheckpointError, match="no last.pt"):
         workflow.resume(tmp_path)

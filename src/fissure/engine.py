@@ -233,15 +233,19 @@ class Trainer:
         indices = epoch_indices(len(self.train_set), cfg.train, self.state.epoch)
         per_step = cfg.train.batch_size * cfg.train.accumulate
         mine = shard(indices[start_step * per_step:], cfg.train.batch_size, self.dist)
-        loader = make_loader(self.train_set, self.batch_size, self.workers, self.device,
-                         mine)
+        if start_step and not mine:
+            # resumed from a last.pt saved after the epoch's final step (older versions did)
+            return {"train_loss": math.nan, "train_iou": math.nan}
+        loader = make_loader(self.train_set, self.batch_size, self.workers, self.device, mine)
         total_loss, seen, conf = 0.0, 0, torch.zeros(3, dtype=torch.int64)  # tp, fp, fn
         step, micro, step_ok = start_step, 0, True
         bar = tqdm(loader, desc=f"epoch {self.state.epoch + 1}/{cfg.train.epochs} train",
                    leave=False, disable=not self.progress, dynamic_ncols=True)
         self.optimizer.zero_grad(set_to_none=True)
+        batches = 0
         try:
             for batch in bar:
+                batches += 1
                 self._record_skipped(batch)
                 if not batch["name"]:
                     continue
@@ -265,7 +269,9 @@ class Trainer:
                 raise
         finally:
             bar.close()
-        if self.interrupt.signum is not None:
+        # A signal during the epoch's last batch finishes the epoch instead: fit() stops after
+        # validation and the end-of-epoch last.pt, so no checkpoint points past the last step.
+        if self.interrupt.signum is not None and batches < len(loader):
             self.save_last(step)
             raise TrainingInterrupted(
                 f"stopped by signal {self.interrupt.signum}; saved {self.run_dir / 'last.pt'} "
@@ -364,6 +370,11 @@ class Trainer:
                     f"  {row['seconds']:.1f}s" + ("  * best" if improved else ""))
                 if self.on_epoch_end is not None and self.dist.main:
                     self.on_epoch_end(self.state.history)
+                if self.interrupt.signum is not None:
+                    raise TrainingInterrupted(
+                        f"stopped by signal {self.interrupt.signum}; saved "
+                        f"{self.run_dir / 'last.pt'} (end of epoch {self.state.epoch}); "
+                        f"continue with fissure train --resume {self.run_dir}")
                 reason = self._stop_reason(started)
                 if broadcast_flag(reason is not None, self.dist):
                     self.log(reason or "stopping: rank 0 decided so")
