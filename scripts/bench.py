@@ -574,8 +574,11 @@ def bench_loader(
     # (label, workers, intra-op threads of the main process while it iterates; None: as is)
     variants: list[tuple[str, int, int | None]] = []
     default = default_workers(device)  # what `fissure train` uses when num_workers is unset
+    def label_of(w: int) -> str:
+        return f"{w} worker{'s' if w != 1 else ''}"
+
     for w in sorted({*st.loader_workers, default}):
-        variants.append((f"{w} worker{'s' if w != 1 else ''}", w, None))
+        variants.append((label_of(w), w, None))
         if w == 0 and torch.get_num_threads() > 1:
             variants.append(("0 workers, 1 intra-op thread", 0, 1))
     loaders = {
@@ -646,10 +649,10 @@ def bench_loader(
         f"is {share:.1%} of the work when done serially; worker processes can hide at most "
         f"that share, and on {os.cpu_count()} cores they compete with the step's threads."
     )
-    label = f"{default} worker{'s' if default != 1 else ''}"
     sec.notes.append(
         f"`fissure train` uses {default} workers here when train.num_workers is unset: "
-        f"{med[label]:.1f} samples/s against the training step's {consume:.1f} images/s."
+        f"{med[label_of(default)]:.1f} samples/s against the training step's "
+        f"{consume:.1f} images/s."
     )
     if "0 workers, 1 intra-op thread" in med:
         slow = med["0 workers, 1 intra-op thread"] / med["0 workers"]

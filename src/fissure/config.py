@@ -113,7 +113,7 @@ class TrainConfig:
     monitor: str = _choice("iou", "iou", "f1", "loss")
     min_delta: float = 0.0
     # None: 0 on CPU, where workers would compete with the compute threads for the cores;
-    # on CUDA, the process's share of the cores less one, 2 to 8 (engine.default_workers).
+    # on CUDA, the process's share of the cores less one, 2 to 8 (data.loader.default_workers).
     num_workers: int | None = None
     seed: int = 0
     device: str = "auto"

@@ -28,6 +28,7 @@ class Dist:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    local_world: int = 1  # processes on this machine
 
     @property
     def main(self) -> bool:
@@ -41,7 +42,7 @@ class Dist:
 def env_dist() -> Dist:
     """Rank and world size from torchrun's environment variables."""
     return Dist(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
-                int(os.environ.get("LOCAL_RANK", 0)))
+                int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
 
 
 def is_main_process() -> bool:

@@ -8,7 +8,6 @@ over the whole epoch, then divided once, never averaged over batches.
 from __future__ import annotations
 
 import math
-import os
 import random
 import time
 from collections.abc import Callable
@@ -108,7 +107,7 @@ class Trainer:
         self.batch_size = cfg.train.batch_size // self.dist.world
         self.workers = cfg.train.num_workers
         if self.workers is None:
-            self.workers = default_workers(self.device, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+            self.workers = default_workers(self.device, self.dist.local_world)
         shard([], cfg.train.batch_size, self.dist)  # checks divisibility up front
         loss_params = dict(cfg.train.loss.params)
         fraction = (crack_fraction(self.train_set)
@@ -273,10 +272,7 @@ class Trainer:
         # validation and the end-of-epoch last.pt, so no checkpoint points past the last step.
         if self.interrupt.signum is not None and batches < len(loader):
             self.save_last(step)
-            raise TrainingInterrupted(
-                f"stopped by signal {self.interrupt.signum}; saved {self.run_dir / 'last.pt'} "
-                f"(epoch {self.state.epoch + 1}, step {step}); continue with "
-                f"fissure train --resume {self.run_dir}")
+            raise self._interrupted(f"epoch {self.state.epoch + 1}, step {step}")
         total_loss, seen = self._reduce(conf, total_loss, seen)
         if seen == 0:
             raise FissureError("no training batch could be used this epoch")
@@ -371,15 +367,18 @@ class Trainer:
                 if self.on_epoch_end is not None and self.dist.main:
                     self.on_epoch_end(self.state.history)
                 if self.interrupt.signum is not None:
-                    raise TrainingInterrupted(
-                        f"stopped by signal {self.interrupt.signum}; saved "
-                        f"{self.run_dir / 'last.pt'} (end of epoch {self.state.epoch}); "
-                        f"continue with fissure train --resume {self.run_dir}")
+                    raise self._interrupted(f"end of epoch {self.state.epoch}")
                 reason = self._stop_reason(started)
                 if broadcast_flag(reason is not None, self.dist):
                     self.log(reason or "stopping: rank 0 decided so")
                     break
         return self.state
+
+    def _interrupted(self, where: str) -> TrainingInterrupted:
+        """The error that ends a run stopped by a signal, once ``last.pt`` is saved."""
+        return TrainingInterrupted(
+            f"stopped by signal {self.interrupt.signum}; saved {self.run_dir / 'last.pt'} "
+            f"({where}); continue with fissure train --resume {self.run_dir}")
 
     def _stop_reason(self, started: float) -> str | None:
         """Why training should stop after this epoch (decided on rank 0), or None."""
