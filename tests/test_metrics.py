@@ -304,3 +304,41 @@ def test_cuda_matches_cpu():
     for mode in ("exact", "tolerant"):
         np.testing.assert_array_equal(s_cpu[mode]["f1"], s_gpu[mode]["f1"])
         assert s_cpu[mode]["ois_f1"] == s_gpu[mode]["ois_f1"]
+
+
+# --------------------------------------------------------------------------- classification report
+
+
+def test_classification_report_by_hand() -> None:
+    rep = M.classification_report(tp=3, fp=1, fn=2, tn=10)
+    assert rep["crack"] == pytest.approx(
+        {"precision": 3 / 4, "recall": 3 / 5, "f1": 6 / 9, "support": 5}
+    )
+    # background as the positive class: hits tn, false hits fn, misses fp
+    assert rep["background"] == pytest.approx(
+        {"precision": 10 / 12, "recall": 10 / 11, "f1": 20 / 23, "support": 11}
+    )
+    assert rep["accuracy"] == pytest.approx({"f1": 13 / 16, "support": 16})
+    assert rep["macro avg"]["precision"] == pytest.approx((3 / 4 + 10 / 12) / 2)
+    assert rep["macro avg"]["f1"] == pytest.approx((6 / 9 + 20 / 23) / 2)
+    assert rep["weighted avg"]["recall"] == pytest.approx((3 / 5 * 5 + 10 / 11 * 11) / 16)
+    assert rep["weighted avg"]["f1"] == pytest.approx((6 / 9 * 5 + 20 / 23 * 11) / 16)
+
+
+def test_classification_report_matches_sklearn() -> None:
+    sk = pytest.importorskip("sklearn.metrics")
+    tp, fp, fn, tn = 7, 3, 4, 26
+    y_true = np.array([1] * tp + [0] * fp + [1] * fn + [0] * tn)
+    y_pred = np.array([1] * tp + [1] * fp + [0] * fn + [0] * tn)
+    ref = sk.classification_report(y_true, y_pred, output_dict=True)
+    ours = M.classification_report(tp, fp, fn, tn)
+    for ours_key, ref_key in (
+        ("background", "0"),
+        ("crack", "1"),
+        ("macro avg", "macro avg"),
+        ("weighted avg", "weighted avg"),
+    ):
+        for k in ("precision", "recall", "f1"):
+            ref_k = "f1-score" if k == "f1" else k
+            assert ours[ours_key][k] == pytest.approx(ref[ref_key][ref_k]), (ours_key, k)
+    assert ours["accuracy"]["f1"] == pytest.approx(ref["accuracy"])

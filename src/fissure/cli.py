@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from . import __version__, workflow
+from . import __version__, remote, workflow
 from .config import load_config
 from .distributed import is_main_process, launch, strip_option
 from .errors import FissureError
@@ -77,14 +77,14 @@ def train(config_path, out, overrides, resume_dir, overwrite, device, quiet, con
     if devices:
         sys.exit(launch(devices, strip_option(sys.argv[1:], "--devices")))
     extra = list(overrides) + ([f"train.device={device}"] if device else [])
-    workflow.connect(connection)
+    remote.connect(connection)
     if resume_dir:
         if refresh:
             raise click.UsageError("--refresh applies to new runs; with --resume use "
                                    "--set data.snowflake.refresh=true")
         result = workflow.resume(resume_dir, extra, progress=not quiet, log=click.echo)
         if push:
-            workflow.push_run(result.run_dir, push, log=click.echo)
+            remote.push_run(result.run_dir, push, log=click.echo)
     else:
         if not config_path:
             raise click.UsageError("give --config FILE (or --resume RUN_DIR)")
@@ -125,7 +125,7 @@ def evaluate(checkpoint, data, split, out, threshold, device, workers, quiet, co
       fissure evaluate runs/demo/best.pt --data data/synth --split test --out runs/demo/eval
       fissure evaluate @DB.SCH.STAGE/models/run1/best.pt --data stage.yaml --connection prod
     """
-    workflow.connect(connection)
+    remote.connect(connection)
     metrics = workflow.evaluate(checkpoint, data, split, out, threshold=threshold,
                                 device=device, num_workers=workers, progress=not quiet)
     click.echo(metrics_table(metrics))
@@ -171,7 +171,7 @@ def predict(checkpoint, inputs, out, pattern, threshold, tile, overlap, tta, bat
       fissure predict runs/demo/best.pt photos/ --out predictions/ --px-per-mm 4.2
       fissure predict @DB.SCH.STAGE/models/best_model.pth.gz photos/ --out @DB.SCH.STAGE/pred/
     """
-    workflow.connect(connection)
+    remote.connect(connection)
     records = workflow.predict_with_stage(
         checkpoint, inputs, out, threshold=threshold, tile=tile, overlap=overlap, tta=tta,
         batch_size=batch_size, glob=pattern, save_prob=save_prob, overlay=overlay,
@@ -286,7 +286,7 @@ def snowflake_upload(data_dir, stage, manifest, database, schema, connection, re
     Example:
       fissure snowflake upload data/crack_segmentation_dataset --connection prod
     """
-    counts = workflow.upload_data(data_dir, connection=connection, database=database,
+    counts = remote.upload_data(data_dir, connection=connection, database=database,
                                   schema=schema, stage=stage, manifest=manifest,
                                   replace_view=replace_view, progress=not quiet)
     click.echo(f"uploaded {counts['uploaded']} file(s), {counts['skipped']} already there; "
@@ -305,7 +305,7 @@ def snowflake_pull(stage_path, out, connection) -> None:
     Example:
       fissure snowflake pull @DB.SCH.STAGE/models/best_model.pth.gz --out models/
     """
-    click.echo(f"wrote {workflow.pull(stage_path, out, connection=connection)}")
+    click.echo(f"wrote {remote.pull(stage_path, out, connection=connection)}")
 
 
 def main() -> None:

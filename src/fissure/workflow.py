@@ -14,10 +14,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
-from .checkpoint import checkpoint_config, load_checkpoint, model_from_checkpoint
+from .checkpoint import checkpoint_config, model_from_checkpoint
 from .config import Config, DataConfig, load_config, read_yaml, save_config
 from .data import CrackDataset, PairSource, build_source
 from .data.transforms import eval_transform
@@ -27,6 +27,7 @@ from .errors import CheckpointError, ConfigError, DataError, FissureError
 from .evaluation import evaluate_dataset, metrics_document, reload_samples
 from .inference import InputPolicy, select_device
 from .prediction_files import Fetch, InputImage, find_inputs, predict_files
+from .remote import check_push_target, fetch_stage_image, push_run, read_checkpoint
 from .report import (
     TensorBoardLog,
     pick_samples,
@@ -165,7 +166,7 @@ def data_config_for(ckpt_cfg: Config, data: str | Path | None) -> DataConfig:
 def load_model(checkpoint: str | Path, device: str = "auto"):
     """(model in eval mode on ``device``, checkpoint dict) from a checkpoint file or stage path."""
     dev = select_device(device)
-    ckpt = read_checkpoint(checkpoint)  # a stage path too (defined below)
+    ckpt = read_checkpoint(checkpoint)  # a stage path too
     model = model_from_checkpoint(ckpt, str(checkpoint)).to(dev).eval()
     return model, ckpt
 
@@ -279,80 +280,7 @@ def demo(cfg: Config, out: str | Path = "runs/demo", *, count: int = 120, seed: 
                         "predictions": out / "predictions"}}
 
 
-# -- Snowflake: sessions, stage checkpoints, pushing runs and predictions --------------------
-# Snowpark is imported inside these functions: it is heavy and only stage users need it.
-
-# What --push uploads from a run folder, those that exist; best.pt must.
-PUSH_FILES = ("best.pt", "config.yaml", "history.csv", "metrics.json", "curves.png")
-
-
-def connect(connection: str | None = None) -> Any:
-    """``--connection NAME``: open that ``~/.snowflake/connections.toml`` entry and use it
-    for every stage operation from now on, whatever a config or checkpoint names.
-
-    With no name nothing changes: stage operations use the config's
-    ``data.snowflake.connection`` (``local`` is the offline emulator) or the active session
-    (a Snowflake notebook's). Returns the session, or None. Only the name is ever kept.
-    """
-    if not connection:
-        return None
-    from .data.snowflake import connect as open_session
-
-    return open_session(connection)
-
-
-def read_checkpoint(checkpoint: str | Path) -> dict[str, Any]:
-    """The checkpoint dict from a file or a stage path (plain or gzip: ``best_model.pth.gz``).
-
-    A stage checkpoint is fetched into a private temporary folder and removed once read, so
-    a model pushed again under the same name is never served stale from a cache.
-    """
-    text = str(checkpoint)
-    if not text.startswith("@"):
-        return load_checkpoint(checkpoint, map_location="cpu")
-    import tempfile
-
-    from .data.snowflake import fetch_file, resolve_session
-
-    session = resolve_session()
-    with tempfile.TemporaryDirectory(prefix="fissure-ckpt-") as tmp:
-        local = fetch_file(session, text, Path(tmp))
-        try:
-            return load_checkpoint(local, map_location="cpu")
-        except CheckpointError as exc:  # name the file the user gave, not our copy
-            raise CheckpointError(str(exc).replace(str(local), text)) from None
-
-
-def check_push_target(prefix: str, connection: str | None = None) -> str:
-    """``prefix`` (a stage folder such as ``@DB.SCHEMA.STAGE/models/run1/``) if it is safe
-    and a session to reach it exists; DataError or ConfigError otherwise."""
-    from .data.snowflake import is_stage_path, resolve_session, validate_stage_name
-
-    if not is_stage_path(prefix):
-        raise DataError(f"{prefix!r}: not a stage path (e.g. @DB.SCHEMA.STAGE/models/run1/)")
-    validate_stage_name(prefix.rstrip("/") + "/best.pt")
-    resolve_session(connection)
-    return prefix
-
-
-def push_run(run_dir: str | Path, prefix: str, *, connection: str | None = None,
-             log: Log = print) -> list[str]:
-    """Upload a run's ``best.pt``, ``config.yaml`` and metrics (:data:`PUSH_FILES`) under
-    ``prefix``; returns their stage paths. ``connection`` defaults to the run config's."""
-    from .data.snowflake import push_files, resolve_session
-
-    if not is_main_process():  # under torchrun every rank gets here; one upload is enough
-        return []
-    run_dir = Path(run_dir)
-    if not (run_dir / "best.pt").is_file():
-        raise CheckpointError(f"{run_dir}: no best.pt to push")
-    if connection is None and (run_dir / "config.yaml").is_file():
-        stored = read_yaml(run_dir / "config.yaml").get("data") or {}
-        connection = (stored.get("snowflake") or {}).get("connection")
-    files = [run_dir / name for name in PUSH_FILES if (run_dir / name).is_file()]
-    pushed = push_files(resolve_session(connection), files, check_push_target(prefix))
-    log(f"pushed {', '.join(f.name for f in files)} to {prefix.rstrip('/')}/")
-    return pushed
+# -- Snowflake stage paths as checkpoints, inputs and outputs (the rest is in .remote) ------
 
 
 def predict_with_stage(checkpoint: str | Path, inputs: Sequence[str | Path], out: str | Path,
@@ -385,52 +313,3 @@ def predict_with_stage(checkpoint: str | Path, inputs: Sequence[str | Path], out
                 file.write_text(staged(file.read_text("utf-8")), "utf-8")
         push_files(session, files, prefix)
     return [{k: staged(v) if isinstance(v, str) else v for k, v in r.items()} for r in records]
-
-
-def fetch_stage_image(stage_path: str, pattern: str = "**/*") -> list[InputImage]:
-    """A stage file named as a predict input (``@STAGE/photos/a.jpg.gz``), read on demand.
-
-    Listing a stage folder needs SQL (``LIST``), which Snowpark's local emulator lacks, so
-    inputs must name files; ``pattern`` does not apply to them.
-    """
-    import tempfile
-
-    from .data.image import is_image_name
-    from .data.snowflake import fetch_file, resolve_session
-
-    if not is_image_name(stage_path):
-        raise FissureError(f"{stage_path}: name stage images one by one (a stage folder "
-                           "cannot be listed here); or fetch them with `fissure snowflake pull`")
-    session = resolve_session()
-
-    def read() -> bytes:
-        with tempfile.TemporaryDirectory(prefix="fissure-input-") as tmp:
-            return fetch_file(session, stage_path, Path(tmp)).read_bytes()
-
-    return [InputImage(stage_path, read, PurePosixPath(stage_path.lstrip("@")))]
-
-
-def upload_data(data_dir: str | Path, *, connection: str | None = None,
-                database: str = "PROJET_FISSURES", schema: str = "STORAGE_SCHEMA",
-                stage: str = "MY_FISSURE_STAGE", manifest: str = "V_TRAINING_DATA",
-                replace_view: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Put a local dataset (any layout ``train`` reads) into a stage and build its manifest
-    view; idempotent. Returns ``uploaded``/``skipped`` file counts, manifest ``rows``, and
-    the fully qualified ``stage`` and ``manifest`` names."""
-    from .config import SnowflakeConfig
-    from .data.snowflake import qualified, resolve_session, stage_name
-    from .data.stage_upload import upload_dataset
-
-    cfg = SnowflakeConfig(connection=connection, database=database, schema=schema,
-                          stage=stage, manifest=manifest)
-    counts = upload_dataset(data_dir, resolve_session(connection), cfg, progress=progress,
-                            replace_view=replace_view)
-    return {**counts, "stage": stage_name(cfg), "manifest": qualified(cfg, manifest)}
-
-
-def pull(stage_path: str, out: str | Path = ".", *, connection: str | None = None) -> Path:
-    """Download one stage file (a model, a mask) into folder ``out``, gunzipped when it was
-    gzip; returns the local path (``best_model.pth.gz`` arrives as ``best_model.pth``)."""
-    from .data.snowflake import fetch_file, resolve_session
-
-    return fetch_file(resolve_session(connection), stage_path, Path(out))

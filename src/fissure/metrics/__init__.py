@@ -33,15 +33,18 @@ pixel lies within the same disk. Precision is ``matched_pred / n_pred``, recall 
 
 Modules
 -------
-:mod:`.functional` (counts, ratios, summaries, detection), :mod:`.tolerance` (disk matching)
-and :mod:`.sweep` (every threshold in one pass); everything public is importable from here.
+:mod:`.functional` (counts, ratios, summaries, detection), :mod:`.tolerance` (disk matching),
+:mod:`.sweep` (every threshold in one pass) and :mod:`.classification` (sklearn-style per-class
+report); everything public is importable from here.
 """
 
+from .classification import classification_report
 from .functional import (
     ConfusionMeter,
     Counts,
     accuracy,
     confusion_counts,
+    defined_ratio,
     detection_stats,
     f1,
     iou,
@@ -58,7 +61,9 @@ __all__ = [
     "Counts",
     "ThresholdSweep",
     "accuracy",
+    "classification_report",
     "confusion_counts",
+    "defined_ratio",
     "detection_stats",
     "f1",
     "iou",

@@ -90,7 +90,8 @@ def accuracy(tp: Tensor, fp: Tensor, fn: Tensor, tn: Tensor, empty: float = 1.0)
     return _ratio(tp + tn, tp + fp + fn + tn, _ALWAYS, empty)
 
 
-def _defined(num: float, den: float) -> float | None:
+def defined_ratio(num: float, den: float) -> float | None:
+    """``num / den`` as a float, or ``None`` when ``den`` is 0 (the dataset-level rule)."""
     return None if den == 0 else float(num) / float(den)
 
 
@@ -103,12 +104,12 @@ def _moments(tp: Tensor, fp: Tensor, fn: Tensor) -> Tensor:
 def _summary(sums: Tensor, moments: Tensor, n: int) -> dict[str, float | int | None]:
     tp, fp, fn, tn = (int(v) for v in sums)
     out: dict[str, float | int | None] = {"n_images": n, "tp": tp, "fp": fp, "fn": fn, "tn": tn}
-    out["iou"] = _defined(tp, tp + fp + fn)
-    out["precision"] = _defined(tp, tp + fp)
-    out["recall"] = _defined(tp, tp + fn)
-    out["f1"] = _defined(2 * tp, 2 * tp + fp + fn)
-    out["accuracy"] = _defined(tp + tn, tp + fp + fn + tn)
-    out["specificity"] = _defined(tn, tn + fp)
+    out["iou"] = defined_ratio(tp, tp + fp + fn)
+    out["precision"] = defined_ratio(tp, tp + fp)
+    out["recall"] = defined_ratio(tp, tp + fn)
+    out["f1"] = defined_ratio(2 * tp, 2 * tp + fp + fn)
+    out["accuracy"] = defined_ratio(tp + tn, tp + fp + fn + tn)
+    out["specificity"] = defined_ratio(tn, tn + fp)
     for k, name in enumerate(("iou", "f1")):
         mean = float(moments[2 * k]) / n if n else None
         # sum-of-squares can dip a hair below mean^2 in floating point
@@ -197,7 +198,7 @@ def detection_stats(pred_area: Tensor, true_area: Tensor, min_area: int = 1) -> 
     return {
         "tp": tp, "fp": fp, "fn": fn, "tn": tn, "min_area": min_area,
         "n_images": tp + fp + fn + tn, "n_cracked": tp + fn, "n_clean": fp + tn,
-        "precision": _defined(tp, tp + fp), "recall": _defined(tp, tp + fn),
-        "f1": _defined(2 * tp, 2 * tp + fp + fn), "fpr": _defined(fp, fp + tn),
-        "accuracy": _defined(tp + tn, tp + fp + fn + tn),
+        "precision": defined_ratio(tp, tp + fp), "recall": defined_ratio(tp, tp + fn),
+        "f1": defined_ratio(2 * tp, 2 * tp + fp + fn), "fpr": defined_ratio(fp, fp + tn),
+        "accuracy": defined_ratio(tp + tn, tp + fp + fn + tn),
     }  # fmt: skip

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .functional import _as_mask, _as_prob, _check_pair, _defined
+from .functional import _as_mask, _as_prob, _check_pair, defined_ratio
 from .tolerance import _disk_max, tolerance_f1
 
 
@@ -65,7 +65,7 @@ def _ois(mp: np.ndarray, npred: np.ndarray, mt: np.ndarray, ntrue: np.ndarray, t
     bmp, bnp, bmt = (int(a[rows, best].sum()) for a in (mp, npred, mt))
     snt = int(ntrue.sum())
     bf = float(tolerance_f1(*(torch.tensor(v) for v in (bmp, bmt, bnp, snt)), empty=math.nan))
-    values = (None if math.isnan(bf) else bf, _defined(bmp, bnp), _defined(bmt, snt),
+    values = (None if math.isnan(bf) else bf, defined_ratio(bmp, bnp), defined_ratio(bmt, snt),
               per.numpy()[rows, best], th[best])  # fmt: skip
     return dict(zip(keys, values, strict=True))
 

@@ -1,0 +1,26 @@
+"""Evaluation of a checkpoint on a split: one streaming pass, then the metrics document.
+
+:mod:`.streaming` runs the model once and keeps only counts (:class:`EvalResult`);
+:mod:`.document` turns those counts into ``metrics.json``, where every figure names its
+definition. The files a person reads are written by :mod:`fissure.report.evaluation`.
+"""
+
+from .document import metrics_document
+from .streaming import (
+    DEFAULT_THRESHOLD,
+    EvalResult,
+    SampleView,
+    ToleranceMeter,
+    evaluate_dataset,
+    reload_samples,
+)
+
+__all__ = [
+    "DEFAULT_THRESHOLD",
+    "EvalResult",
+    "SampleView",
+    "ToleranceMeter",
+    "evaluate_dataset",
+    "metrics_document",
+    "reload_samples",
+]
