@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from benchkit.common import cpu_model
 from PIL import Image
 
 from fissure.config import SnowflakeConfig
@@ -40,16 +41,6 @@ from fissure.data.image import decode_image, decode_mask
 from fissure.data.snowflake import StageSource
 from fissure.data.stage_upload import upload_dataset
 from fissure.data.synth import generate_dataset
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def timed(fn: Callable[[], object], repeat: int = 1) -> float:
