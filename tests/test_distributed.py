@@ -1,5 +1,7 @@
 """Data-parallel training: 2 CPU processes with gloo, launched by torchrun, on a tiny set."""
 
+import csv
+import shutil
 import subprocess
 import sys
 
@@ -47,13 +49,13 @@ def test_strip_option():
     assert strip_option(["train", "--devices=2"], "--devices") == ["train"]
 
 
-def fissure(args, nproc=None):
+def fissure(args, nproc=None, timeout=600):
     prefix = [sys.executable, "-m", "fissure"]
     if nproc:
         prefix = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                   f"--nproc-per-node={nproc}", "-m", "fissure"]
     done = subprocess.run(prefix + [str(a) for a in args], capture_output=True, text=True,
-                          timeout=600)
+                          timeout=timeout)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done.stdout
 
@@ -115,3 +117,26 @@ def test_resumed_ddp_run_continues_exactly(synth_root, tmp_path, config):
     b, ckpt_b = params(tmp_path / "split" / "last.pt")
     assert [r["epoch"] for r in ckpt_b["train_state"]["history"]] == [1, 2]
     assert torch.allclose(a, b, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_a_sample_skipped_in_one_process_is_skipped_by_both(synth_root, tmp_path, config):
+    """data.on_error=skip with 1 sample per process: a process whose batch is empty used to
+    skip its backward alone and leave the other waiting in the gradient all-reduce for ever.
+    Now both skip that step, and skipped.csv names every bad file, whichever process met it.
+    """
+    root = tmp_path / "data"
+    shutil.copytree(synth_root, root)
+    victims = sorted((root / "train" / "images").iterdir())[:3]
+    for victim in victims:
+        victim.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    extra = ["train.epochs=2", "train.batch_size=2", "data.on_error=skip",
+             "data.max_skip_fraction=0.5"]
+    out = fissure(train_args(root, tmp_path / "run", extra, config), nproc=2, timeout=300)
+    rows = list(csv.DictReader((tmp_path / "run" / "skipped.csv").read_text().splitlines()))
+    assert sorted(r["name"] for r in rows) == sorted(v.stem for v in victims)
+    assert all("not a readable image" in r["reason"] for r in rows)
+    for victim in victims:  # rank 0 logs each once, also those rank 1 met
+        assert out.count(f"skipped {victim.stem}:") == 1, out
+    history = list(csv.DictReader((tmp_path / "run" / "history.csv").read_text().splitlines()))
+    assert [int(r["epoch"]) for r in history] == [1, 2]

@@ -21,7 +21,7 @@ LAYERS = [
     {"config", "interruption", "distributed"},
     {"data"},
     {"model", "tiling", "tile_batches", "measurement"},
-    {"checkpoint", "inference", "losses", "metrics", "optim"},
+    {"checkpoint", "inference", "losses", "metrics", "optim", "train_state"},
     {"engine", "evaluation", "prediction", "prediction_files", "export"},
     {"report"},
     {"remote"},

@@ -17,6 +17,7 @@ from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 from .errors import ConfigError
 
@@ -69,6 +70,20 @@ def init_distributed(device: torch.device) -> tuple[Dist, torch.device]:
     return info, device
 
 
+def data_parallel(model: torch.nn.Module, info: Dist, device: torch.device,
+                  sync_bn: bool = False) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """``(model, forward)``: the model (its BatchNorms made synchronised if ``sync_bn``) and
+    the module to call in training, its DDP wrapper in a group or the model itself."""
+    if not info.active:
+        return model, model
+    if sync_bn:
+        if device.type != "cuda":
+            raise ConfigError("train.sync_bn: SyncBatchNorm needs CUDA devices")
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    ids = [device.index] if device.type == "cuda" else None
+    return model, DistributedDataParallel(model, device_ids=ids)
+
+
 def shard(indices: Sequence[int], batch_size: int, info: Dist) -> list[int]:
     """This rank's part of each global batch of ``batch_size`` (rank r takes the r-th slice)."""
     if not info.active:
@@ -86,18 +101,52 @@ def shard(indices: Sequence[int], batch_size: int, info: Dist) -> list[int]:
     return out
 
 
+def _on_backend(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` where the group's backend can reach it: NCCL takes only CUDA tensors, and
+    the counts reduced here live on the CPU."""
+    if dist.get_backend() == "nccl" and tensor.device.type != "cuda":
+        return tensor.to(torch.device("cuda", torch.cuda.current_device()))
+    return tensor
+
+
 def all_reduce_sum(tensor: torch.Tensor, info: Dist) -> torch.Tensor:
     """Sum ``tensor`` over ranks in place (a no-op for one process)."""
     if info.active:
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        moved = _on_backend(tensor)
+        dist.all_reduce(moved, op=dist.ReduceOp.SUM)
+        if moved is not tensor:
+            tensor.copy_(moved)
     return tensor
+
+
+def any_rank(flags: Sequence[bool], info: Dist) -> list[bool]:
+    """For each flag, whether any rank set it (one all-reduce; the flags as given for one
+    process). Ranks that must act together, e.g. all skip a backward pass, decide with this."""
+    if not info.active:
+        return [bool(f) for f in flags]
+    value = _on_backend(torch.tensor([int(bool(f)) for f in flags]))
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return [bool(v) for v in value.tolist()]
+
+
+def merge_dicts(mapping: dict, info: Dist) -> dict:
+    """The union of every rank's ``mapping``; on a shared key the lowest rank's value wins."""
+    if not info.active:
+        return dict(mapping)
+    parts: list[dict | None] = [None] * info.world
+    dist.all_gather_object(parts, mapping)
+    merged: dict = {}
+    for part in parts:
+        for key, value in (part or {}).items():
+            merged.setdefault(key, value)
+    return merged
 
 
 def broadcast_flag(flag: bool, info: Dist) -> bool:
     """Rank 0's decision, for every rank (early stopping, time budget)."""
     if not info.active:
         return flag
-    value = torch.tensor([int(flag)])
+    value = _on_backend(torch.tensor([int(flag)]))
     dist.broadcast(value, src=0)
     return bool(value.item())
 

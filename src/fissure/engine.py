@@ -11,13 +11,11 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from .checkpoint import load_checkpoint, make_checkpoint, model_from_checkpoint, save_atomic
@@ -25,17 +23,22 @@ from .config import Config
 from .data import CrackDataset, PairSource, crack_fraction, iter_groups
 from .data.loader import default_workers, epoch_indices, make_loader
 from .data.transforms import eval_transform, train_transform
-from .distributed import all_reduce_sum, broadcast_flag, init_distributed, shard
-from .errors import CheckpointError, ConfigError, FissureError
+from .distributed import (
+    all_reduce_sum,
+    any_rank,
+    broadcast_flag,
+    data_parallel,
+    init_distributed,
+    shard,
+)
+from .errors import CheckpointError, FissureError
 from .inference import InputPolicy, autocast_for, forward_logits, select_device
 from .interruption import Interrupt, TrainingInterrupted
 from .losses import build_loss
 from .metrics import ThresholdSweep, confusion_counts
 from .model import build_model
 from .optim import build_optimizer, build_scheduler
-
-HISTORY_FIELDS = ("epoch", "train_loss", "train_iou", "val_loss", "val_iou", "val_f1",
-                  "val_f1_tuned", "threshold", "lr", "seconds", "skipped")
+from .train_state import TrainState
 
 
 def _silent(message: str) -> None:
@@ -52,18 +55,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-@dataclass
-class TrainState:
-    """What survives a restart; stored in ``last.pt`` as plain values."""
-
-    epoch: int = 0
-    best: float | None = None
-    best_epoch: int = 0
-    bad_epochs: int = 0
-    history: list[dict[str, Any]] = field(default_factory=list)
-    skipped: dict[str, str] = field(default_factory=dict)
 
 
 class Trainer:
@@ -94,14 +85,9 @@ class Trainer:
         self.model.to(self.device)
         if cfg.train.channels_last:
             self.model.to(memory_format=torch.channels_last)
-        self.forward: torch.nn.Module = self.model
-        if self.dist.active:
-            if cfg.train.sync_bn:
-                if self.device.type != "cuda":
-                    raise ConfigError("train.sync_bn: SyncBatchNorm needs CUDA devices")
-                self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.forward = DistributedDataParallel(self.model, device_ids=ids)
+        # model holds the weights (saved, averaged by EMA); forward may be its DDP wrapper
+        self.model, self.forward = data_parallel(self.model, self.dist, self.device,
+                                                 cfg.train.sync_bn)
         if cfg.train.compile:
             self.forward = torch.compile(self.forward)
         self.batch_size = cfg.train.batch_size // self.dist.world
@@ -140,13 +126,8 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
-            "epoch": self.state.epoch,
             "step": step,
-            "best": self.state.best,
-            "best_epoch": self.state.best_epoch,
-            "bad_epochs": self.state.bad_epochs,
-            "history": self.state.history,
-            "skipped": self.state.skipped,
+            **self.state.to_dict(),
         }
 
     def save_last(self, step: int = 0) -> None:
@@ -177,25 +158,22 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         if self.ema is not None and state.get("ema") is not None:
             self.ema.load_state_dict(state["ema"])
-        self.state = TrainState(
-            epoch=state["epoch"], best=state["best"], best_epoch=state["best_epoch"],
-            bad_epochs=state["bad_epochs"], history=list(state["history"]),
-            skipped=dict(state.get("skipped", {})),
-        )
+        self.state = TrainState.from_dict(state)
         return int(state.get("step", 0))
 
     # -- one epoch -----------------------------------------------------------------------
 
     def _record_skipped(self, batch: dict[str, Any]) -> None:
-        for name, reason in batch["skipped"]:
-            if name not in self.state.skipped:
-                self.state.skipped[name] = reason
-                self.log(f"skipped {name}: {reason}")
+        self.state.record_skipped(batch["skipped"], self.log)
+        self._check_skipped()
+
+    def _pool_skipped(self) -> None:
+        self.state.pool_skipped(self.dist, self.log)
+        self._check_skipped()
+
+    def _check_skipped(self) -> None:
         total = len(self.train_set) + len(self.val_set)
-        if len(self.state.skipped) > self.cfg.data.max_skip_fraction * total:
-            raise FissureError(
-                f"{len(self.state.skipped)} of {total} samples skipped, more than "
-                f"data.max_skip_fraction={self.cfg.data.max_skip_fraction}; see skipped.csv")
+        self.state.check_skipped(total, self.cfg.data.max_skip_fraction)
 
     def _check_finite(self, loss: torch.Tensor, step: int) -> bool:
         if torch.isfinite(loss):
@@ -208,9 +186,26 @@ class Trainer:
         raise FissureError(f"non-finite loss at {where}; lower train.lr, set train.grad_clip, "
                            "or set train.nonfinite=skip")
 
-    def _train_batch(self, batch: dict[str, Any], step: int) -> tuple[float | None, torch.Tensor]:
-        """Forward and backward one micro-batch; returns (loss or None if skipped, tp/fp/fn)."""
+    def _train_batch(self, batch: dict[str, Any], step: int) -> tuple[float | None, torch.Tensor,
+                                                                     bool]:
+        """Forward and backward one micro-batch; returns (loss, or None when the step is void;
+        tp/fp/fn; whether to stop after it).
+
+        Under DDP, forward and backward are collectives, so the ranks act together: if any
+        has an empty batch, none runs the model; if any loss is not finite, all run the
+        backward and then all drop the gradients; if any was signalled, all stop after it.
+        A rank acting alone would leave the others waiting in a collective for ever.
+        """
         cfg = self.cfg
+        counts = torch.zeros(3, dtype=torch.int64)
+        empty, stop = not batch["name"], self.interrupt.signum is not None
+        if self.dist.active:
+            empty, stop = any_rank([empty, stop], self.dist)
+        if empty:
+            self.log(f"epoch {self.state.epoch + 1} step {step + 1}: skipped, a process "
+                     "had no readable sample")
+            self.optimizer.zero_grad(set_to_none=True)
+            return None, counts, stop
         images = batch["image"].to(self.device, non_blocking=True)
         masks = batch["mask"].to(self.device, non_blocking=True)
         if cfg.train.channels_last:
@@ -218,12 +213,19 @@ class Trainer:
         with autocast_for(self.device, cfg.train.amp):
             logits = self.forward(images)
         loss = self.loss_fn(logits.float(), masks)
-        ok = self._check_finite(loss, step)
-        if ok:
-            self.scaler.scale(loss / cfg.train.accumulate).backward()
         with torch.no_grad():
-            counts = confusion_counts(logits.detach().float(), masks, 0.5, from_logits=True)
-        return (loss.item() if ok else None), torch.stack([c.sum() for c in counts[:3]]).cpu()
+            found = confusion_counts(logits.detach().float(), masks, 0.5, from_logits=True)
+            counts = torch.stack([c.sum() for c in found[:3]]).cpu()
+        ok = self._check_finite(loss, step)
+        if ok or self.dist.active:
+            self.scaler.scale(loss / cfg.train.accumulate).backward()
+        if self.dist.active and any_rank([not ok], self.dist)[0]:
+            if ok:
+                self.log(f"epoch {self.state.epoch + 1} step {step + 1}: skipped, a non-finite "
+                         "loss in another process")
+            self.optimizer.zero_grad(set_to_none=True)
+            ok = False
+        return (loss.item() if ok else None), counts, stop
 
     def train_epoch(self, start_step: int = 0) -> dict[str, float]:
         cfg = self.cfg
@@ -241,14 +243,14 @@ class Trainer:
         bar = tqdm(loader, desc=f"epoch {self.state.epoch + 1}/{cfg.train.epochs} train",
                    leave=False, disable=not self.progress, dynamic_ncols=True)
         self.optimizer.zero_grad(set_to_none=True)
-        batches = 0
+        batches, stop = 0, False
         try:
             for batch in bar:
                 batches += 1
                 self._record_skipped(batch)
-                if not batch["name"]:
+                if not batch["name"] and not self.dist.active:
                     continue
-                loss, counts = self._train_batch(batch, step)
+                loss, counts, stop = self._train_batch(batch, step)
                 conf += counts
                 step_ok = step_ok and loss is not None
                 micro += 1
@@ -260,19 +262,23 @@ class Trainer:
                     total_loss += loss * len(batch["name"])
                     seen += len(batch["name"])
                     bar.set_postfix(loss=f"{loss:.4f}", iou=f"{_iou(conf):.4f}")
-                if self.interrupt.signum is not None:
+                if not self.dist.active:  # one process: no need to wait for the next batch
+                    stop = self.interrupt.signum is not None
+                if stop:
                     break
         except RuntimeError:
             # A signal sent to the whole process group also kills the loader's workers.
             if self.interrupt.signum is None:
                 raise
+            stop = True
         finally:
             bar.close()
         # A signal during the epoch's last batch finishes the epoch instead: fit() stops after
         # validation and the end-of-epoch last.pt, so no checkpoint points past the last step.
-        if self.interrupt.signum is not None and batches < len(loader):
+        if stop and batches < len(loader):
             self.save_last(step)
             raise self._interrupted(f"epoch {self.state.epoch + 1}, step {step}")
+        self._pool_skipped()
         total_loss, seen = self._reduce(conf, total_loss, seen)
         if seen == 0:
             raise FissureError("no training batch could be used this epoch")
@@ -320,6 +326,7 @@ class Trainer:
                 counts = confusion_counts(logits, masks, cfg.train.threshold, from_logits=True)
                 conf += torch.stack([c.sum() for c in counts[:3]]).cpu()
                 sweep.update(torch.sigmoid(logits).cpu(), masks.cpu())
+        self._pool_skipped()
         total_loss, seen = self._reduce(conf, total_loss, seen)
         if self.dist.active:
             sweep.reduce_(lambda t: all_reduce_sum(t, self.dist))
@@ -366,7 +373,7 @@ class Trainer:
                     f"  {row['seconds']:.1f}s" + ("  * best" if improved else ""))
                 if self.on_epoch_end is not None and self.dist.main:
                     self.on_epoch_end(self.state.history)
-                if self.interrupt.signum is not None:
+                if any_rank([self.interrupt.signum is not None], self.dist)[0]:
                     raise self._interrupted(f"end of epoch {self.state.epoch}")
                 reason = self._stop_reason(started)
                 if broadcast_flag(reason is not None, self.dist):
