@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fissure.checkpoint import load_checkpoint
-from fissure.distributed import Dist, shard, strip_option
+from fissure.distributed import Dist, any_rank, data_parallel, merge_dicts, shard, strip_option
 from fissure.errors import ConfigError
 from fissure.model import build_model
 
@@ -29,6 +29,14 @@ def test_shard_splits_each_global_batch():
     assert shard(indices, 4, Dist(0, 1)) == indices
     with pytest.raises(ConfigError, match="divisible"):
         shard(indices, 3, Dist(0, 2))
+
+
+def test_one_process_needs_no_group():
+    """Without torchrun the helpers are plain values and the model is not wrapped."""
+    assert any_rank([True, False], Dist()) == [True, False]
+    assert merge_dicts({"a": "why"}, Dist()) == {"a": "why"}
+    model = torch.nn.Linear(2, 1)
+    assert data_parallel(model, Dist(), torch.device("cpu"), sync_bn=True) == (model, model)
 
 
 def test_more_processes_than_gpus_is_a_clear_error(monkeypatch):
