@@ -11,7 +11,8 @@ Sections (``--only``):
 
 * ``train``   training step throughput, fissure's ResNetUNet (contiguous and channels_last)
   against ``segmentation_models_pytorch.Unet("resnet34")``: same Adam 1e-4, same
-  BCEWithLogits, same batch.
+  BCEWithLogits, same batch. On the CPU also fissure under bf16 autocast, which its training
+  does not use there, against fp32.
 * ``util``    training GFLOP/s (FlopCounterMode on one forward+backward) over the GFLOP/s of
   a large matmul measured in the same repetitions.
 * ``loader``  DataLoader samples/s (gzip PNG -> decode -> crop -> augment -> tensor) for 0, 1

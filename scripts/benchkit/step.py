@@ -19,6 +19,7 @@ class StepRunner:
         channels_last: bool,
         device: torch.device,
         st: Settings,
+        cpu_bf16: bool = False,
     ) -> None:
         from fissure.inference import autocast_for
 
@@ -34,6 +35,8 @@ class StepRunner:
         self.loss_fn = torch.nn.BCEWithLogitsLoss()
         self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-4)
         self.autocast = lambda: autocast_for(device, True)
+        if cpu_bf16:  # what fissure does not do on the CPU, measured to show why
+            self.autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16)
         self.flops = 0
 
     def forward_backward(self) -> torch.Tensor:
@@ -87,6 +90,10 @@ def build_train_runners(st: Settings, device: torch.device, notes: list[str]) ->
         StepRunner("fissure contiguous", ResNetUNet(), False, device, st),
         StepRunner("fissure channels_last", ResNetUNet(), True, device, st),
     ]
+    if device.type == "cpu":
+        runners.append(
+            StepRunner("fissure channels_last bf16", ResNetUNet(), True, device, st, True)
+        )
     smp = load_smp()
     if smp is None:
         notes.append(
@@ -176,6 +183,20 @@ def bench_train(st: Settings, device: torch.device, want_util: bool) -> tuple[Se
                     "not measured",
                 )
             )
+    if "fissure channels_last bf16" in rates:
+        fp32, bf16 = step_times["fissure channels_last"], step_times["fissure channels_last bf16"]
+        ratio = median([a / b for a, b in zip(fp32, bf16, strict=True)])
+        sec.rows.append(
+            Row(
+                "train",
+                f"{what} (fissure channels_last: CPU bf16 autocast vs fp32)",
+                fmt(rates["fissure channels_last bf16"]),
+                fmt(rates["fissure channels_last"]),
+                f"{ratio:.2f}x",
+                "info",
+                "-",
+            )
+        )
     if have_smp:
         ratio = median(
             [
