@@ -63,13 +63,14 @@ def test_train_evaluate_predict(trained, synth_root, tmp_path):
     for name in ("best.pt", "last.pt", "history.csv", "curves.png", "config.yaml"):
         assert (trained / name).is_file()
     result = run("evaluate", trained / "best.pt", "--data", synth_root, "--split", "test",
-                 "--out", tmp_path / "eval", "--quiet")
+                 "--out", tmp_path / "eval", "--quiet", "--no-amp")
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
-    assert metrics["split"] == "test"
+    assert metrics["split"] == "test" and metrics["compute_dtype"] == "float32"
     assert "iou" in result.output
     images = synth_root / "test" / "images"
-    result = run("predict", trained / "best.pt", images, "--out", tmp_path / "pred", "--quiet")
+    result = run("predict", trained / "best.pt", images, "--out", tmp_path / "pred", "--quiet",
+                 "--amp")
     assert result.exit_code == 0, result.output
     for path in images.iterdir():
         mask = Image.open(tmp_path / "pred" / path.name)

@@ -287,3 +287,12 @@ def test_samples_are_repredicted_like_the_stream(random_ckpt: Path, data_root: P
         # batching may move a probability by float rounding; allow a pixel or two
         assert abs(int(pred.sum()) - view.row["pred_px"]) <= 2
         assert int(view.mask.sum()) == view.row["true_px"]
+
+
+def test_the_compute_dtype_is_recorded(random_ckpt: Path) -> None:
+    from fissure.inference import cpu_has_bf16
+
+    quiet = {"split": "test", "device": "cpu", "progress": False}
+    assert workflow.evaluate(random_ckpt, amp=False, **quiet)["compute_dtype"] == "float32"
+    expected = "bfloat16" if cpu_has_bf16() else "float32"
+    assert workflow.evaluate(random_ckpt, **quiet)["compute_dtype"] == expected

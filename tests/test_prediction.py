@@ -89,21 +89,25 @@ def test_one_tile_matches_the_untiled_model_away_from_the_borders() -> None:
     model, image = _model(), _rgb(192, 192)
     with torch.no_grad():
         untiled = torch.sigmoid(model(image_to_tensor(image)[None]))[0, 0].numpy()
+    fp32 = Predictor(model, amp=False)  # the reference above runs in fp32
     # overlap 64 pads 32 px per side, so the 32-px grid of the encoder stays aligned.
-    padded = predict_image(model, image, tile=256, overlap=64)
+    padded = predict_image(fp32, image, tile=256, overlap=64)
     assert padded.tiles == 1 and padded.probability.shape == (192, 192)
     margin = 48
     interior = np.s_[margin:-margin, margin:-margin]
     np.testing.assert_allclose(padded.probability[interior], untiled[interior], atol=1e-5)
-    exact = predict_image(model, image, tile=192, overlap=0)
+    exact = predict_image(fp32, image, tile=192, overlap=0)
     np.testing.assert_allclose(exact.probability, untiled, atol=1e-6)
+    # the default, mixed precision where the CPU has bf16, stays close to it
+    mixed = predict_image(model, image, tile=192, overlap=0)
+    np.testing.assert_allclose(mixed.probability, untiled, atol=0.02)
 
 
 @pytest.mark.parametrize("tta", [False, True])
 def test_tiles_of_several_images_share_batches(tta: bool) -> None:
     """Batching across images changes nothing: each result equals predict_tiled's."""
     recorder = _Recorder(bias=0.0)
-    predictor = Predictor(recorder, InputPolicy("crop", 64))
+    predictor = Predictor(recorder, InputPolicy("crop", 64), amp=False)
     sizes = [(100, 150), (50, 40), (64, 64), (130, 70)]
     images = [_rgb(h, w, seed=i) for i, (h, w) in enumerate(sizes)]
     results = dict(predict_many(predictor, enumerate(images), tta=tta, batch_size=5, overlap=16))
@@ -324,3 +328,28 @@ def test_cli_predict_options_and_errors(tmp_path: Path) -> None:
     assert bad.exit_code == 1 and "--tile must be a positive multiple of 32" in bad.output
     missing = runner.invoke(cli, ["predict", str(ckpt), str(tmp_path / "nope"), "--out", str(out)])
     assert missing.exit_code == 1 and "no such file or folder" in missing.output
+
+
+def test_mixed_precision_follows_the_hardware(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fissure import inference
+
+    cpu, x, conv = torch.device("cpu"), torch.randn(1, 3, 8, 8), nn.Conv2d(3, 1, 3)
+    monkeypatch.setattr(inference, "cpu_has_bf16", lambda: False)
+    assert inference.autocast_dtype(cpu) == torch.float32  # emulated bf16 is slower
+    monkeypatch.setattr(inference, "cpu_has_bf16", lambda: True)
+    assert inference.autocast_dtype(cpu) == torch.bfloat16
+    assert inference.autocast_dtype(cpu, enabled=False) == torch.float32
+    with inference.autocast_for(cpu):
+        assert conv(x).dtype == torch.bfloat16
+    with inference.autocast_for(cpu, enabled=False):
+        assert conv(x).dtype == torch.float32
+
+
+def test_precision_comes_from_the_checkpoint(tmp_path: Path) -> None:
+    assert InputPolicy.from_checkpoint({}).amp
+    assert not InputPolicy.from_checkpoint({"config": {"train": {"amp": False}}}).amp
+    cfg = config_from_dict({"model": {"encoder": "resnet18"}, "train": {"amp": False}})
+    path = tmp_path / "fp32.pt"
+    save_atomic(make_checkpoint(_model(), cfg, epoch=0), path)
+    assert not Predictor.from_checkpoint(path, "cpu").amp
+    assert Predictor.from_checkpoint(_checkpoint(tmp_path), "cpu").amp

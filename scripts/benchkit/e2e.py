@@ -43,6 +43,7 @@ def bench_e2e(st: Settings, device: torch.device, workdir: Path) -> Section:
     import fissure.engine as engine
     from fissure.config import load_config
     from fissure.data import build_source
+    from fissure.inference import autocast_dtype
     from fissure.workflow import train
 
     sys.path.insert(0, str(SCRIPTS))
@@ -79,8 +80,8 @@ def bench_e2e(st: Settings, device: torch.device, workdir: Path) -> Section:
     fis_loads: list[dict[str, float]] = []
     fis_epochs: list[dict[str, float]] = []
     nb_epochs: list[dict[str, Any]] = []
-    w0_loads: list[dict[str, float]] = []
-    w0_epochs: list[dict[str, float]] = []
+    fp32_loads: list[dict[str, float]] = []
+    fp32_epochs: list[dict[str, float]] = []
     sink = {"loads": fis_loads}
     clock = {"last": time.perf_counter()}
     original_loader = engine.make_loader
@@ -90,27 +91,28 @@ def bench_e2e(st: Settings, device: torch.device, workdir: Path) -> Section:
         kind = "val" if sys._getframe(1).f_code.co_name == "validate" else "train"
         return _TimedLoader(original_loader(*args, **kwargs), kind, sink["loads"])
 
-    # The same defaults with train.num_workers=0, driven epoch by epoch through the Trainer
+    # The same defaults in fp32 (train.amp=false: what a CPU without native bf16 runs, and
+    # fissure's CPU default before bf16), driven epoch by epoch through the Trainer
     # (train_epoch + validate + save_last, as fit does, without best.pt and plots).
-    cfg_w0 = load_config(None, [*cfg_overrides, "train.num_workers=0"])
-    w0 = engine.Trainer(
-        cfg_w0,
-        build_source(cfg_w0.data),
-        workdir / "e2e-run-w0",
+    cfg_fp32 = load_config(None, [*cfg_overrides, "train.amp=false"])
+    fp32 = engine.Trainer(
+        cfg_fp32,
+        build_source(cfg_fp32.data),
+        workdir / "e2e-run-fp32",
         progress=False,
         log=lambda m: None,
     )
 
-    def w0_epoch() -> dict[str, float]:
-        sink["loads"] = w0_loads
+    def fp32_epoch() -> dict[str, float]:
+        sink["loads"] = fp32_loads
         t = time.perf_counter()
-        w0.train_epoch()
-        w0.validate()
-        w0.state.epoch += 1
-        w0.save_last()
+        fp32.train_epoch()
+        fp32.validate()
+        fp32.state.epoch += 1
+        fp32.save_last()
         seconds = time.perf_counter() - t
         sink["loads"] = fis_loads
-        loads = {d["kind"]: d for d in w0_loads[-2:]}
+        loads = {d["kind"]: d for d in fp32_loads[-2:]}
         return {
             "seconds": seconds,
             "train_seconds": loads["train"]["span"],
@@ -135,16 +137,16 @@ def bench_e2e(st: Settings, device: torch.device, workdir: Path) -> Section:
         )
         # Alternate the order of the other two so neither always follows fissure's epoch.
         if len(nb_epochs) % 2:
-            w0_epochs.append(w0_epoch())
+            fp32_epochs.append(fp32_epoch())
             nb_epochs.append(notebook.epoch())
         else:
             nb_epochs.append(notebook.epoch())
-            w0_epochs.append(w0_epoch())
+            fp32_epochs.append(fp32_epoch())
         k = len(nb_epochs)
         log(
             f"e2e epoch {k}/{epochs}{' (warm-up)' if k == 1 else ''}: fissure "
             f"{fis_epochs[-1]['seconds']:.1f}s, notebook {nb_epochs[-1]['seconds']:.1f}s, "
-            f"fissure num_workers=0 {w0_epochs[-1]['seconds']:.1f}s"
+            f"fissure fp32 {fp32_epochs[-1]['seconds']:.1f}s"
         )
         clock["last"] = time.perf_counter()
 
@@ -154,8 +156,8 @@ def bench_e2e(st: Settings, device: torch.device, workdir: Path) -> Section:
     finally:
         engine.make_loader = original_loader
     n_train = len(train_pairs)
-    fis, nb, fw0 = fis_epochs[1:], nb_epochs[1:], w0_epochs[1:]
-    ratios_w0 = [a["seconds"] / b["seconds"] for a, b in zip(nb, fw0, strict=True)]
+    fis, nb, ffp32 = fis_epochs[1:], nb_epochs[1:], fp32_epochs[1:]
+    ratios_fp32 = [a["seconds"] / b["seconds"] for a, b in zip(nb, ffp32, strict=True)]
     ratios = [a["seconds"] / b["seconds"] for a, b in zip(nb, fis, strict=True)]
     ratio = median(ratios)
     f_med, n_med = (median([e["seconds"] for e in x]) for x in (fis, nb))
@@ -176,13 +178,13 @@ def bench_e2e(st: Settings, device: torch.device, workdir: Path) -> Section:
     sec.rows.append(
         Row(
             "e2e",
-            "the same epoch with fissure's train.num_workers=0 (Trainer epoch, same process); "
+            "the same epoch with fissure in fp32, train.amp=false (Trainer epoch, same process); "
             "ratio = notebook / fissure",
-            f"{median([e['seconds'] for e in fw0]):.1f} s",
+            f"{median([e['seconds'] for e in ffp32]):.1f} s",
             f"{n_med:.1f} s (notebook)",
-            f"{median(ratios_w0):.2f}x",
+            f"{median(ratios_fp32):.2f}x",
             ">= 1.5x" if device.type == "cpu" else "info",
-            verdict(median(ratios_w0), 1.5) if device.type == "cpu" else "info",
+            verdict(median(ratios_fp32), 1.5) if device.type == "cpu" else "info",
         )
     )
 
@@ -193,7 +195,7 @@ def bench_e2e(st: Settings, device: torch.device, workdir: Path) -> Section:
         out["other"] = out["seconds"] - out["train_seconds"] - out["val_seconds"]
         return out
 
-    fs, ns, ws = split(fis), split(nb), split(fw0)
+    fs, ns, ws = split(fis), split(nb), split(ffp32)
     sec.raw = {
         "train_pairs": n_train,
         "val_pairs": len(val_pairs),
@@ -202,21 +204,22 @@ def bench_e2e(st: Settings, device: torch.device, workdir: Path) -> Section:
         "notebook_epochs": nb_epochs,
         "ratio_per_epoch": ratios,
         "fissure_split": fs,
-        "fissure_workers0_epochs": w0_epochs,
-        "fissure_workers0_split": ws,
-        "ratio_per_epoch_workers0": ratios_w0,
+        "fissure_fp32_epochs": fp32_epochs,
+        "fissure_fp32_split": ws,
+        "ratio_per_epoch_fp32": ratios_fp32,
         "notebook_split": ns,
         "fissure_history_seconds": [h["seconds"] for h in result.history],
         "fissure_config": [
             f"train.num_workers={cfg.train.num_workers}",
             f"train.channels_last={cfg.train.channels_last}",
             f"data.mode={cfg.data.mode}",
+            f"train.amp={cfg.train.amp} (compute dtype {autocast_dtype(device, cfg.train.amp)})",
         ],
     }
     for label, s in (
         ("notebook", ns),
-        (f"fissure (num_workers={cfg.train.num_workers})", fs),
-        ("fissure (num_workers=0)", ws),
+        ("fissure defaults", fs),
+        ("fissure fp32 (train.amp=false)", ws),
     ):
         sec.notes.append(
             f"{label}: epoch {s['seconds']:.1f} s = train {s['train_seconds']:.1f} s (waiting "

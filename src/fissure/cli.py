@@ -107,9 +107,14 @@ def train(config_path, out, overrides, resume_dir, overwrite, device, quiet, con
               help="Tuned decision threshold (default: the checkpoint's); 0.5 is always shown too.")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--workers", default=0, show_default=True, help="DataLoader workers.")
+@click.option("--amp/--no-amp", default=None,
+              help="Mixed precision where the hardware has it (bf16 on CPUs with AVX512-BF16 "
+                   "or AMX; bf16/fp16 on CUDA). Default: as the checkpoint was trained. "
+                   "--no-amp: fp32, the same figures on every machine.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--connection", help="Snowflake connection name for a stage checkpoint or data.")
-def evaluate(checkpoint, data, split, out, threshold, device, workers, quiet, connection) -> None:
+def evaluate(checkpoint, data, split, out, threshold, device, workers, amp, quiet,
+             connection) -> None:
     """Score a checkpoint on a split with streaming, empty-mask-aware metrics.
 
     \b
@@ -127,7 +132,8 @@ def evaluate(checkpoint, data, split, out, threshold, device, workers, quiet, co
     """
     remote.connect(connection)
     metrics = workflow.evaluate(checkpoint, data, split, out, threshold=threshold,
-                                device=device, num_workers=workers, progress=not quiet)
+                                device=device, num_workers=workers, amp=amp,
+                                progress=not quiet)
     click.echo(metrics_table(metrics))
     if out:
         click.echo(f"wrote {', '.join(EVAL_FILES)} to {Path(out).resolve()}")
@@ -154,10 +160,14 @@ def evaluate(checkpoint, data, split, out, threshold, device, workers, quiet, co
                    "(default: the checkpoint's eval.min_area).")
 @click.option("--px-per-mm", type=float, help="Image scale; adds mm and mm2 measurements.")
 @click.option("--device", default="auto", show_default=True)
+@click.option("--amp/--no-amp", default=None,
+              help="Mixed precision where the hardware has it (bf16 on CPUs with AVX512-BF16 "
+                   "or AMX; bf16/fp16 on CUDA). Default: as the checkpoint was trained. "
+                   "--no-amp: fp32, the same figures on every machine.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option("--connection", help="Snowflake connection name for a stage checkpoint or --out.")
 def predict(checkpoint, inputs, out, pattern, threshold, tile, overlap, tta, batch_size,
-            save_prob, overlay, min_area, px_per_mm, device, quiet, connection) -> None:
+            save_prob, overlay, min_area, px_per_mm, device, amp, quiet, connection) -> None:
     """Find cracks in photos of any size: masks, overlays and measurements.
 
     INPUTS are image files (gzip too) and folders. Writes <stem>.png (0/255 mask of
@@ -175,7 +185,7 @@ def predict(checkpoint, inputs, out, pattern, threshold, tile, overlap, tta, bat
     records = workflow.predict_with_stage(
         checkpoint, inputs, out, threshold=threshold, tile=tile, overlap=overlap, tta=tta,
         batch_size=batch_size, glob=pattern, save_prob=save_prob, overlay=overlay,
-        min_area=min_area, px_per_mm=px_per_mm, device=device, progress=not quiet)
+        min_area=min_area, px_per_mm=px_per_mm, device=device, amp=amp, progress=not quiet)
     cracked = sum(1 for r in records if r["n_segments"])
     click.echo(f"{cracked} of {len(records)} image(s) with cracks; "
                f"wrote masks and {Path(out) / 'predictions.csv'}")

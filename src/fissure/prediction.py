@@ -131,15 +131,17 @@ class Predictor:
         # NHWC lets cuDNN and oneDNN pick faster convolutions (~30 % per tile on CPU too).
         model = model.to(memory_format=torch.channels_last)
         eval_cfg = ckpt.get("config", {}).get("eval", {})
+        policy = InputPolicy.from_checkpoint(ckpt)
         return cls(
             model,
-            InputPolicy.from_checkpoint(ckpt),
+            policy,
             float(ckpt.get("threshold", 0.5)),
             int(eval_cfg.get("min_area", EvalConfig.min_area)),
+            policy.amp,
         )
 
     def forward(self, tiles: Tensor) -> Tensor:
-        """Logits ``(B, 1, t, t)`` for tiles ``(B, 3, t, t)``; AMP on CUDA."""
+        """Logits ``(B, 1, t, t)`` for tiles ``(B, 3, t, t)``, in mixed precision if ``amp``."""
         return forward_logits(self.model, tiles, InputPolicy("crop", tiles.shape[-1]), self.amp)
 
 

@@ -18,7 +18,7 @@ import csv
 import json
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -237,16 +237,19 @@ def predict_files(
     save_prob: bool = False,
     overlay: bool = True,
     device: str = "auto",
+    amp: bool | None = None,
     fetch: Fetch | None = None,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
     """Predict every image in ``inputs`` and write the outputs of the module docstring.
 
     ``checkpoint`` is anything :func:`fissure.prediction.as_predictor` takes; the inference
-    options are those of :func:`fissure.prediction.predict_many`. Returns the records, in
-    input order.
+    options are those of :func:`fissure.prediction.predict_many`; ``amp`` overrides the
+    checkpoint's mixed precision. Returns the records, in input order.
     """
     predictor = as_predictor(checkpoint, device)
+    if amp is not None:
+        predictor = replace(predictor, amp=amp)
     out_dir = Path(out)
     images = find_inputs(inputs, glob, fetch=fetch, exclude=out_dir)
     names = output_names(images)

@@ -25,7 +25,7 @@ from .distributed import is_main_process
 from .engine import Trainer
 from .errors import CheckpointError, ConfigError, DataError, FissureError
 from .evaluation import evaluate_dataset, metrics_document, reload_samples
-from .inference import InputPolicy, select_device
+from .inference import InputPolicy, autocast_dtype, select_device
 from .prediction_files import Fetch, InputImage, find_inputs, predict_files
 from .remote import check_push_target, fetch_stage_image, push_run, read_checkpoint
 from .report import (
@@ -181,15 +181,18 @@ def evaluate(
     device: str = "auto",
     num_workers: int = 0,
     samples_per_group: int = 2,
+    amp: bool | None = None,
     progress: bool = True,
     log: Log = print,
 ) -> dict[str, Any]:
     """Score a checkpoint on a split in one streaming pass; returns the metrics document.
 
     The tuned threshold is the checkpoint's unless ``threshold`` is given; every figure is also
-    reported at 0.5. With ``out``, writes ``metrics.json``, ``per_image.csv``,
-    ``confusion_matrix.png``, ``pr_curve.png`` and ``samples.png`` there (the worst, median and
-    best ``samples_per_group`` images by per-image IoU, re-read and predicted again).
+    reported at 0.5. ``amp`` (default: as the checkpoint was trained) runs the model in mixed
+    precision where the hardware has it; ``False`` gives fp32 figures on every machine.
+    With ``out``, writes ``metrics.json``, ``per_image.csv``, ``confusion_matrix.png``,
+    ``pr_curve.png`` and ``samples.png`` there (the worst, median and best
+    ``samples_per_group`` images by per-image IoU, re-read and predicted again).
     """
     model, ckpt = load_model(checkpoint, device)
     ckpt_cfg = checkpoint_config(ckpt, str(checkpoint))
@@ -206,9 +209,13 @@ def evaluate(
         raise ConfigError(f"--threshold: must be within (0, 1), got {thr}")
     dev = next(model.parameters()).device
     policy = InputPolicy.from_checkpoint(ckpt)
+    if amp is not None:
+        policy = replace(policy, amp=amp)
     result = evaluate_dataset(model, dataset, policy, thr, ckpt_cfg.eval, dev, num_workers,
                               progress)
+    dtype = str(autocast_dtype(dev, policy.amp)).removeprefix("torch.")
     header = {"checkpoint": str(checkpoint), "data": source.description, "split": split,
+              "device": str(dev), "compute_dtype": dtype,
               "thresholds": {"tuned_source": origin}}
     metrics = metrics_document(result, header)
     if out is not None:
@@ -239,6 +246,7 @@ def predict(
     min_area: int | None = None,
     px_per_mm: float | None = None,
     device: str = "auto",
+    amp: bool | None = None,
     fetch: Fetch | None = None,
     progress: bool = True,
     log: Log = print,
@@ -252,7 +260,7 @@ def predict(
     return predict_files(checkpoint, inputs, out, glob=glob, threshold=threshold, tile=tile,
                          overlap=overlap, tta=tta, batch_size=batch_size, min_area=min_area,
                          px_per_mm=px_per_mm, save_prob=save_prob, overlay=overlay,
-                         device=device, fetch=fetch, progress=progress)
+                         device=device, amp=amp, fetch=fetch, progress=progress)
 
 
 def demo(cfg: Config, out: str | Path = "runs/demo", *, count: int = 120, seed: int = 0,
