@@ -112,6 +112,12 @@ def median(values: list[float]) -> float:
     return float(statistics.median(values)) if values else float("nan")
 
 
+def paired_ratio(slower: list[float], faster: list[float]) -> float:
+    """Median over repetitions of ``slower[k] / faster[k]``: each ratio pairs two variants
+    timed in the same repetition, so the load of that moment cancels out."""
+    return median([a / b for a, b in zip(slower, faster, strict=True)])
+
+
 def verdict(ratio: float, target: float, higher_is_better: bool = True) -> str:
     if ratio != ratio:  # NaN
         return "not measured"

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from .common import Row, Section, Settings, fmt, load_smp, log, median, rotate, sync
+from .common import Row, Section, Settings, fmt, load_smp, log, median, paired_ratio, rotate, sync
 from .evaluation import peak_rss_bytes, rss_bytes, run_child
 
 
@@ -71,7 +71,7 @@ def bench_predict(st: Settings, device: torch.device) -> Section:
     rates = {k: b / median(t) for k, t in times.items()}
     fname = variants[0].name
     for other in [v.name for v in variants[1:]]:
-        ratio = median([o / f for o, f in zip(times[other], times[fname], strict=True)])
+        ratio = paired_ratio(times[other], times[fname])
         sec.rows.append(
             Row(
                 "predict",

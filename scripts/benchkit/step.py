@@ -6,7 +6,19 @@ import time
 
 import torch
 
-from .common import Row, Section, Settings, fmt, load_smp, log, median, rotate, sync, verdict
+from .common import (
+    Row,
+    Section,
+    Settings,
+    fmt,
+    load_smp,
+    log,
+    median,
+    paired_ratio,
+    rotate,
+    sync,
+    verdict,
+)
 
 
 class StepRunner:
@@ -184,8 +196,8 @@ def bench_train(st: Settings, device: torch.device, want_util: bool) -> tuple[Se
                 )
             )
     if "fissure channels_last bf16" in rates:
-        fp32, bf16 = step_times["fissure channels_last"], step_times["fissure channels_last bf16"]
-        ratio = median([a / b for a, b in zip(fp32, bf16, strict=True)])
+        ratio = paired_ratio(step_times["fissure channels_last"],
+                             step_times["fissure channels_last bf16"])
         sec.rows.append(
             Row(
                 "train",
@@ -198,16 +210,7 @@ def bench_train(st: Settings, device: torch.device, want_util: bool) -> tuple[Se
             )
         )
     if have_smp:
-        ratio = median(
-            [
-                a / b
-                for a, b in zip(
-                    step_times["smp channels_last"],
-                    step_times["fissure channels_last"],
-                    strict=True,
-                )
-            ]
-        )
+        ratio = paired_ratio(step_times["smp channels_last"], step_times["fissure channels_last"])
         sec.rows.append(
             Row(
                 "train",
@@ -239,7 +242,7 @@ def bench_train(st: Settings, device: torch.device, want_util: bool) -> tuple[Se
         q = {name: [step_times[name][k] for k in quiet] for name in step_times}
 
         def qratio(a: str, b: str) -> float:
-            return median([x / y for x, y in zip(q[a], q[b], strict=True)])
+            return paired_ratio(q[a], q[b])
 
         sec.notes.append(
             f"Only the {len(quiet)} of {len(mm)} least contended repetitions (matmul >= 80 % of "
@@ -250,14 +253,7 @@ def bench_train(st: Settings, device: torch.device, want_util: bool) -> tuple[Se
             f"{qratio('smp channels_last', 'fissure channels_last'):.2f}x; fissure "
             f"{st.batch / median(q['fissure channels_last']):.2f} img/s channels_last."
         )
-    cl_gain = median(
-        [
-            a / b
-            for a, b in zip(
-                step_times["fissure contiguous"], step_times["fissure channels_last"], strict=True
-            )
-        ]
-    )
+    cl_gain = paired_ratio(step_times["fissure contiguous"], step_times["fissure channels_last"])
     sec.notes.append(
         "GFLOP per training step (FlopCounterMode, forward+backward): "
         + ", ".join(f"{k} {v / 1e9:.0f}" for k, v in ((r.name, r.flops) for r in runners))

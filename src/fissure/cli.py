@@ -30,6 +30,14 @@ class FissureGroup(click.Group):
             raise click.ClickException("interrupted") from None
 
 
+# evaluate and predict run a trained model the same way
+AMP_OPTION = click.option(
+    "--amp/--no-amp", default=None,
+    help="Mixed precision where the hardware has it (bf16 on CPUs with AVX512-BF16 or AMX; "
+         "bf16/fp16 on CUDA). Default: as the checkpoint was trained. "
+         "--no-amp: fp32, the same figures on every machine.")
+
+
 @click.group(cls=FissureGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="fissure")
 @click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
@@ -107,10 +115,7 @@ def train(config_path, out, overrides, resume_dir, overwrite, device, quiet, con
               help="Tuned decision threshold (default: the checkpoint's); 0.5 is always shown too.")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--workers", default=0, show_default=True, help="DataLoader workers.")
-@click.option("--amp/--no-amp", default=None,
-              help="Mixed precision where the hardware has it (bf16 on CPUs with AVX512-BF16 "
-                   "or AMX; bf16/fp16 on CUDA). Default: as the checkpoint was trained. "
-                   "--no-amp: fp32, the same figures on every machine.")
+@AMP_OPTION
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--connection", help="Snowflake connection name for a stage checkpoint or data.")
 def evaluate(checkpoint, data, split, out, threshold, device, workers, amp, quiet,
@@ -160,10 +165,7 @@ def evaluate(checkpoint, data, split, out, threshold, device, workers, amp, quie
                    "(default: the checkpoint's eval.min_area).")
 @click.option("--px-per-mm", type=float, help="Image scale; adds mm and mm2 measurements.")
 @click.option("--device", default="auto", show_default=True)
-@click.option("--amp/--no-amp", default=None,
-              help="Mixed precision where the hardware has it (bf16 on CPUs with AVX512-BF16 "
-                   "or AMX; bf16/fp16 on CUDA). Default: as the checkpoint was trained. "
-                   "--no-amp: fp32, the same figures on every machine.")
+@AMP_OPTION
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option("--connection", help="Snowflake connection name for a stage checkpoint or --out.")
 def predict(checkpoint, inputs, out, pattern, threshold, tile, overlap, tta, batch_size,
