@@ -38,9 +38,9 @@ from PIL import Image
 from fissure.config import SnowflakeConfig
 from fissure.data import load_pair
 from fissure.data.image import decode_image, decode_mask
-from fissure.data.snowflake import StageSource
-from fissure.data.stage_upload import upload_dataset
 from fissure.data.synth import generate_dataset
+from fissure.snowflake.source import StageSource
+from fissure.snowflake.upload import upload_dataset
 
 
 def timed(fn: Callable[[], object], repeat: int = 1) -> float:

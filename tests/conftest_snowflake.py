@@ -16,8 +16,8 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-from fissure.data.snowflake import StageSource
 from fissure.data.synth import generate_dataset
+from fissure.snowflake.source import StageSource
 
 STAGE = "@PROJET_FISSURES.STORAGE_SCHEMA.MY_FISSURE_STAGE"
 MANIFEST = "PROJET_FISSURES.STORAGE_SCHEMA.V_TRAINING_DATA"

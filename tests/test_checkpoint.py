@@ -5,12 +5,7 @@ import pickle
 import pytest
 import torch
 
-from fissure.checkpoint import (
-    load_checkpoint,
-    make_checkpoint,
-    model_from_checkpoint,
-    save_atomic,
-)
+from fissure.checkpoint import Checkpoint, checkpoint_from_dict, load_checkpoint, make_checkpoint
 from fissure.config import config_from_dict
 from fissure.errors import CheckpointError
 from fissure.model import build_model
@@ -24,30 +19,38 @@ def small():
 
 def test_round_trip_describes_itself(tmp_path, small):
     model, cfg = small
-    save_atomic(make_checkpoint(model, cfg, epoch=3, metrics={"val_iou": 0.5}, threshold=0.4),
-                tmp_path / "best.pt")
+    ckpt = make_checkpoint(model, cfg, epoch=3, metrics={"val_iou": 0.5}, threshold=0.4)
+    ckpt.save(tmp_path / "best.pt")
+    raw = torch.load(tmp_path / "best.pt", weights_only=True)
+    assert raw["model"] == {"arch": "ResNetUNet", "encoder": "resnet18", "n_classes": 1}
+    assert raw["input"] == {"mode": "resize", "size": 64}
+    assert raw["normalization"]["mean"] == [0.485, 0.456, 0.406]
+    assert raw["config"]["model"]["encoder"] == "resnet18" and "fissure_version" in raw
     ckpt = load_checkpoint(tmp_path / "best.pt")
-    assert ckpt["model"] == {"arch": "ResNetUNet", "encoder": "resnet18", "n_classes": 1}
-    assert ckpt["threshold"] == 0.4 and ckpt["epoch"] == 3 and ckpt["metrics"]["val_iou"] == 0.5
-    assert ckpt["input"] == {"mode": "resize", "size": 64}
-    assert ckpt["normalization"]["mean"] == [0.485, 0.456, 0.406]
-    assert ckpt["config"]["model"]["encoder"] == "resnet18" and "fissure_version" in ckpt
-    again = model_from_checkpoint(ckpt)
+    assert isinstance(ckpt, Checkpoint) and ckpt.encoder == "resnet18"
+    assert ckpt.threshold == 0.4 and ckpt.epoch == 3 and ckpt.metrics["val_iou"] == 0.5
+    assert (ckpt.policy.mode, ckpt.policy.size, ckpt.policy.amp) == ("resize", 64, True)
+    assert ckpt.mean == (0.485, 0.456, 0.406) and ckpt.config == cfg
+    assert ckpt.origin == str(tmp_path / "best.pt")
+    again = ckpt.build_model()
+    assert not again.training
     for key, value in model.state_dict().items():
         assert torch.equal(value, again.state_dict()[key])
 
 
 def test_gzip_compressed_checkpoint_loads(tmp_path, small):
     model, cfg = small
-    save_atomic(make_checkpoint(model, cfg, epoch=0), tmp_path / "best.pt")
+    make_checkpoint(model, cfg, epoch=0).save(tmp_path / "best.pt")
     (tmp_path / "best.pt.gz").write_bytes(gzip.compress((tmp_path / "best.pt").read_bytes()))
-    assert load_checkpoint(tmp_path / "best.pt.gz")["epoch"] == 0
+    assert load_checkpoint(tmp_path / "best.pt.gz").epoch == 0
 
 
 def test_notebook_state_dict_is_accepted(tmp_path):
     torch.save(build_model("resnet34").state_dict(), tmp_path / "best_model.pth")
     ckpt = load_checkpoint(tmp_path / "best_model.pth")
-    assert ckpt["model"]["encoder"] == "resnet34" and ckpt["threshold"] == 0.5
+    assert ckpt.encoder == "resnet34" and ckpt.threshold == 0.5
+    assert (ckpt.policy.mode, ckpt.policy.size) == ("resize", 256)
+    ckpt.build_model()
 
 
 class Payload:
@@ -97,16 +100,17 @@ def test_other_encoder_is_refused(tmp_path, small):
     model, cfg = small
     ckpt = make_checkpoint(model, cfg, epoch=0)
     with pytest.raises(CheckpointError, match="made for encoder resnet18, but resnet34"):
-        model_from_checkpoint(ckpt, "x.pt", encoder="resnet34")
-    ckpt["model"]["encoder"] = "resnet34"  # label says 34, weights are 18
-    with pytest.raises(CheckpointError, match="weights do not fit"):
-        model_from_checkpoint(ckpt, "x.pt")
+        ckpt.check_encoder("resnet34")
+    raw = ckpt.to_dict()
+    raw["model"]["encoder"] = "resnet34"  # label says 34, weights are 18
+    with pytest.raises(CheckpointError, match="x.pt: weights do not fit"):
+        checkpoint_from_dict(raw, "x.pt").build_model()
 
 
 def test_failed_write_keeps_the_old_file(tmp_path, small, monkeypatch):
     model, cfg = small
     path = tmp_path / "last.pt"
-    save_atomic(make_checkpoint(model, cfg, epoch=1), path)
+    make_checkpoint(model, cfg, epoch=1).save(path)
     before = path.read_bytes()
 
     def disk_full(*args, **kwargs):
@@ -114,13 +118,56 @@ def test_failed_write_keeps_the_old_file(tmp_path, small, monkeypatch):
 
     monkeypatch.setattr(torch, "save", disk_full)
     with pytest.raises(OSError, match="No space"):
-        save_atomic(make_checkpoint(model, cfg, epoch=2), path)
+        make_checkpoint(model, cfg, epoch=2).save(path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
 
 
 def test_cuda_checkpoint_maps_to_cpu(tmp_path, small):
     model, cfg = small
-    save_atomic(make_checkpoint(model, cfg, epoch=0), tmp_path / "a.pt")
+    make_checkpoint(model, cfg, epoch=0).save(tmp_path / "a.pt")
     ckpt = load_checkpoint(tmp_path / "a.pt", map_location="cpu")
-    assert all(t.device.type == "cpu" for t in ckpt["state_dict"].values())
+    assert all(t.device.type == "cpu" for t in ckpt.state_dict.values())
+
+
+def _todays_dict(model, threshold=0.3):
+    """A checkpoint as today's code writes it, spelled out key by key (format version 1)."""
+    cfg = {"data": {"size": 96, "mode": "crop"}, "model": {"encoder": "resnet18"},
+           "train": {"amp": False}, "eval": {"min_area": 7}}
+    return {
+        "format": "fissure-checkpoint", "format_version": 1, "fissure_version": "0.1.0",
+        "model": {"arch": "ResNetUNet", "encoder": "resnet18", "n_classes": 1},
+        "state_dict": model.state_dict(), "threshold": threshold,
+        "normalization": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+        "input": {"mode": "crop", "size": 96}, "config": cfg, "epoch": 4,
+        "metrics": {"val_iou": 0.25},
+    }
+
+
+def test_todays_format_loads_with_its_key_names(tmp_path):
+    model = build_model("resnet18")
+    assert {"encoder0.0.weight", "final.weight"} <= set(model.state_dict())
+    torch.save(_todays_dict(model), tmp_path / "today.pt")
+    ckpt = load_checkpoint(tmp_path / "today.pt")
+    assert (ckpt.policy.mode, ckpt.policy.size, ckpt.policy.amp) == ("crop", 96, False)
+    assert ckpt.threshold == 0.3 and ckpt.epoch == 4 and ckpt.config.eval.min_area == 7
+    rebuilt = ckpt.build_model()
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, rebuilt.state_dict()[key])
+    again = checkpoint_from_dict(ckpt.to_dict(), "again")
+    assert again.to_dict()["input"] == {"mode": "crop", "size": 96}
+
+
+@pytest.mark.parametrize("threshold", [0.0, 1.0, 1.5])
+def test_stored_threshold_outside_zero_one_is_named(tmp_path, threshold):
+    torch.save(_todays_dict(build_model("resnet18"), threshold), tmp_path / "t.pt")
+    with pytest.raises(CheckpointError, match=r"t.pt: .*threshold: must be within \(0, 1\)"):
+        load_checkpoint(tmp_path / "t.pt")
+
+
+def test_more_than_one_class_is_refused(tmp_path):
+    raw = _todays_dict(build_model("resnet18"))
+    raw["model"]["n_classes"] = 3
+    torch.save(raw, tmp_path / "n.pt")
+    with pytest.raises(CheckpointError, match="n_classes"):
+        load_checkpoint(tmp_path / "n.pt")

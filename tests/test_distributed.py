@@ -9,9 +9,16 @@ import pytest
 import torch
 
 from fissure.checkpoint import load_checkpoint
-from fissure.distributed import Dist, any_rank, data_parallel, merge_dicts, shard, strip_option
 from fissure.errors import ConfigError
 from fissure.model import build_model
+from fissure.training.distributed import (
+    Dist,
+    any_rank,
+    data_parallel,
+    merge_dicts,
+    shard,
+    strip_option,
+)
 
 # Augmentations off so both runs see identical pixels; BCE because Dice over a batch does
 # not split into per-rank means.
@@ -41,8 +48,8 @@ def test_one_process_needs_no_group():
 
 
 def test_more_processes_than_gpus_is_a_clear_error(monkeypatch):
-    from fissure import distributed
     from fissure.errors import ConfigError
+    from fissure.training import distributed
 
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")
@@ -85,7 +92,7 @@ def config(tmp_path):
 
 def params(path):
     names = [n for n, _ in build_model("resnet18").named_parameters()]
-    state = load_checkpoint(path)["state_dict"]
+    state = load_checkpoint(path).state_dict
     return torch.cat([state[n].flatten() for n in names]), load_checkpoint(path)
 
 
@@ -106,8 +113,8 @@ def test_two_processes_equal_one_with_the_same_global_batch(synth_root, tmp_path
     b, ckpt_b = params(tmp_path / "two" / "last.pt")
     close = ((a - b).abs() <= 1e-4).float().mean().item()
     assert close > 0.999, close
-    loss_a = ckpt_a["train_state"]["history"][0]["train_loss"]
-    loss_b = ckpt_b["train_state"]["history"][0]["train_loss"]
+    loss_a = ckpt_a.train_state["history"][0]["train_loss"]
+    loss_b = ckpt_b.train_state["history"][0]["train_loss"]
     assert loss_a == pytest.approx(loss_b, rel=1e-5)
     # only rank 0 wrote; the run folder holds one set of files
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == [
@@ -124,7 +131,7 @@ def test_resumed_ddp_run_continues_exactly(synth_root, tmp_path, config):
             nproc=2)
     a, ckpt_a = params(tmp_path / "straight" / "last.pt")
     b, ckpt_b = params(tmp_path / "split" / "last.pt")
-    assert [r["epoch"] for r in ckpt_b["train_state"]["history"]] == [1, 2]
+    assert [r["epoch"] for r in ckpt_b.train_state["history"]] == [1, 2]
     assert torch.allclose(a, b, atol=1e-6)
 
 

@@ -7,13 +7,13 @@ import time
 import pytest
 import torch
 
-from fissure import workflow
+from fissure import api as workflow
 from fissure.checkpoint import load_checkpoint
 from fissure.config import load_config, save_config
 from fissure.data import build_source
-from fissure.engine import Trainer
 from fissure.errors import CheckpointError, FissureError
-from fissure.optim import lr_factor
+from fissure.training.loop import Trainer
+from fissure.training.optim import lr_factor
 
 
 def test_training_writes_the_run_folder(tmp_path, tiny_overrides):
@@ -25,8 +25,8 @@ def test_training_writes_the_run_folder(tmp_path, tiny_overrides):
     assert [r["epoch"] for r in rows] == ["1", "2"]
     assert {"train_loss", "train_iou", "val_loss", "val_iou", "threshold"} <= rows[0].keys()
     best = load_checkpoint(result.best)
-    assert best["config"]["train"]["epochs"] == 2 and 0 < best["threshold"] < 1
-    assert load_checkpoint(result.last)["train_state"]["epoch"] == 2
+    assert best.config.train.epochs == 2 and 0 < best.threshold < 1
+    assert load_checkpoint(result.last).train_state["epoch"] == 2
     assert load_config(tmp_path / "run" / "config.yaml") == cfg
 
 
@@ -60,28 +60,28 @@ def test_resume_equals_uninterrupted_training(tmp_path, tiny_overrides):
                       log=lambda m: None, on_epoch_end=stop_after_first)
     with pytest.raises(Stop):
         trainer.fit()
-    assert load_checkpoint(tmp_path / "split" / "last.pt")["train_state"]["epoch"] == 1
+    assert load_checkpoint(tmp_path / "split" / "last.pt").train_state["epoch"] == 1
     workflow.resume(tmp_path / "split", **quiet)
     a = load_checkpoint(tmp_path / "straight" / "last.pt")
     b = load_checkpoint(tmp_path / "split" / "last.pt")
-    for key in a["state_dict"]:
-        assert torch.allclose(a["state_dict"][key].float(), b["state_dict"][key].float(),
+    for key in a.state_dict:
+        assert torch.allclose(a.state_dict[key].float(), b.state_dict[key].float(),
                               atol=1e-6), key
-    assert a["train_state"]["history"][-1]["val_loss"] == pytest.approx(
-        b["train_state"]["history"][-1]["val_loss"], rel=1e-5)
+    assert a.train_state["history"][-1]["val_loss"] == pytest.approx(
+        b.train_state["history"][-1]["val_loss"], rel=1e-5)
 
 
 def _weights_match(a_path, b_path):
     a, b = load_checkpoint(a_path), load_checkpoint(b_path)
-    for key in a["state_dict"]:
-        assert torch.allclose(a["state_dict"][key].float(), b["state_dict"][key].float(),
+    for key in a.state_dict:
+        assert torch.allclose(a.state_dict[key].float(), b.state_dict[key].float(),
                               atol=1e-6), key
 
 
 def test_signal_in_the_last_batch_finishes_the_epoch(tmp_path, tiny_overrides, monkeypatch):
     """A stop asked for during an epoch's final batch saves at the epoch's end, and resumes."""
-    from fissure import engine
-    from fissure.interruption import TrainingInterrupted
+    from fissure.training import loop as engine
+    from fissure.training.interruption import TrainingInterrupted
 
     quiet = {"progress": False, "log": lambda m: None}
     cfg = load_config(None, tiny_overrides + ["train.epochs=2", "train.batch_size=2",
@@ -100,7 +100,7 @@ def test_signal_in_the_last_batch_finishes_the_epoch(tmp_path, tiny_overrides, m
     with pytest.raises(TrainingInterrupted, match="end of epoch 1"):
         workflow.train(cfg, tmp_path / "split", **quiet)
     monkeypatch.undo()
-    state = load_checkpoint(tmp_path / "split" / "last.pt")["train_state"]
+    state = load_checkpoint(tmp_path / "split" / "last.pt").train_state
     assert state["epoch"] == 1 and state.get("step", 0) == 0 and len(state["history"]) == 1
     workflow.resume(tmp_path / "split", **quiet)
     _weights_match(tmp_path / "straight" / "last.pt", tmp_path / "split" / "last.pt")
@@ -116,7 +116,7 @@ def test_resume_from_a_step_past_the_epoch_end(tmp_path, tiny_overrides):
                       log=lambda m: None)
     trainer.save_last(step=3)
     workflow.resume(tmp_path / "run", progress=False, log=lambda m: None)
-    history = load_checkpoint(tmp_path / "run" / "last.pt")["train_state"]["history"]
+    history = load_checkpoint(tmp_path / "run" / "last.pt").train_state["history"]
     assert [row["epoch"] for row in history] == [1, 2]
     assert history[0]["train_loss"] != history[0]["train_loss"]  # NaN: no step was left
     assert history[1]["train_loss"] == history[1]["train_loss"]
@@ -136,7 +136,7 @@ def test_early_stopping_stops(tmp_path, tiny_overrides):
 
 
 def test_nonfinite_loss_stops_with_a_clear_message(tmp_path, tiny_overrides, monkeypatch):
-    import fissure.engine as engine
+    import fissure.training.loop as engine
 
     cfg = load_config(None, tiny_overrides)
     real = engine.build_loss
@@ -184,7 +184,7 @@ def test_sigterm_mid_epoch_saves_and_resumes(tmp_path, tiny_overrides):
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode != 0 and "fissure train --resume" in out, out
-    state = load_checkpoint(run / "last.pt")["train_state"]
+    state = load_checkpoint(run / "last.pt").train_state
     assert state["epoch"] < 4
     done = subprocess.run([sys.executable, "-m", "fissure", "train", "--resume", str(run),
                            "--quiet"], capture_output=True, text=True, timeout=300)
@@ -205,19 +205,19 @@ def test_kill_9_leaves_a_valid_last_pt(tmp_path, tiny_overrides):
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and proc.poll() is None:
-        if (run / "last.pt").exists() and load_checkpoint(run / "last.pt")["epoch"] >= 1:
+        if (run / "last.pt").exists() and load_checkpoint(run / "last.pt").epoch >= 1:
             break
         time.sleep(0.1)
     time.sleep(0.7)  # somewhere inside the next epoch, perhaps inside a save
     proc.kill()
     proc.wait(timeout=60)
-    epoch = load_checkpoint(run / "last.pt")["train_state"]["epoch"]
+    epoch = load_checkpoint(run / "last.pt").train_state["epoch"]
     assert epoch >= 1
     done = subprocess.run([sys.executable, "-m", "fissure", "train", "--resume", str(run),
                            "--quiet", "--set", f"train.epochs={epoch + 1}"],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert load_checkpoint(run / "last.pt")["train_state"]["epoch"] == epoch + 1
+    assert load_checkpoint(run / "last.pt").train_state["epoch"] == epoch + 1
     assert not list(run.glob(".*.tmp"))
 
 

@@ -19,17 +19,17 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from fissure import workflow
-from fissure.checkpoint import make_checkpoint, save_atomic
+from fissure import api as workflow
+from fissure.checkpoint import make_checkpoint
 from fissure.cli import cli
 from fissure.config import EvalConfig, load_config
 from fissure.data import CrackDataset, FolderSource
 from fissure.data.synth import generate_dataset
 from fissure.data.transforms import eval_transform
 from fissure.evaluation import evaluate_dataset, reload_samples
-from fissure.inference import InputPolicy
 from fissure.model import build_model
 from fissure.report import EVAL_FILES, pick_samples
+from fissure.runtime import InputPolicy
 
 SIZE = 64
 CONST_PROB = 0.6
@@ -72,7 +72,7 @@ def _save(tmp: Path, data_root: Path, threshold: float, constant: bool, name: st
             model.final.weight.zero_()
             model.final.bias.fill_(math.log(CONST_PROB / (1 - CONST_PROB)))
     path = tmp / name
-    save_atomic(make_checkpoint(model, cfg, epoch=1, threshold=threshold), path)
+    make_checkpoint(model, cfg, epoch=1, threshold=threshold).save(path)
     return path
 
 
@@ -290,7 +290,7 @@ def test_samples_are_repredicted_like_the_stream(random_ckpt: Path, data_root: P
 
 
 def test_the_compute_dtype_is_recorded(random_ckpt: Path) -> None:
-    from fissure.inference import cpu_has_bf16
+    from fissure.runtime import cpu_has_bf16
 
     quiet = {"split": "test", "device": "cpu", "progress": False}
     assert workflow.evaluate(random_ckpt, amp=False, **quiet)["compute_dtype"] == "float32"

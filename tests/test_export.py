@@ -11,12 +11,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from fissure.checkpoint import load_checkpoint, make_checkpoint, model_from_checkpoint, save_atomic
+from fissure.checkpoint import load_checkpoint, make_checkpoint
 from fissure.cli import cli
 from fissure.config import config_from_dict
 from fissure.errors import FissureError
-from fissure.export import export_model
 from fissure.model import build_model
+from fissure.prediction.export import export_model
 
 # (N, H, W): two sizes prove dynamic shapes; 70x45 and 20x33 are no multiple of 32.
 SIZES = [(1, 64, 96), (2, 96, 128), (1, 70, 45), (1, 20, 33)]
@@ -27,12 +27,12 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     cfg = config_from_dict({"model": {"encoder": "resnet18"}, "data": {"size": 64, "mode": "crop"}})
     path = tmp_path_factory.mktemp("export") / "tiny.pt"
-    save_atomic(make_checkpoint(build_model("resnet18"), cfg, epoch=0, threshold=0.4), path)
+    make_checkpoint(build_model("resnet18"), cfg, epoch=0, threshold=0.4).save(path)
     return path
 
 
 def _reference(checkpoint: Path, x: torch.Tensor) -> np.ndarray:
-    model = model_from_checkpoint(load_checkpoint(checkpoint)).eval()
+    model = load_checkpoint(checkpoint).build_model()
     with torch.no_grad():
         return torch.sigmoid(model(x)).numpy()
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from fissure.errors import DataError, FissureError
-from fissure.measurement import CrackMeasurements, measure_cracks, remove_small_components
+from fissure.prediction.measure import CrackMeasurements, measure_cracks, remove_small_components
 
 
 def _horizontal_crack(length: int, width: int, shape: tuple[int, int] = (60, 300)) -> np.ndarray:

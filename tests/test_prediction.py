@@ -15,17 +15,17 @@ from click.testing import CliRunner
 from PIL import Image
 from torch import Tensor, nn
 
-from fissure.checkpoint import make_checkpoint, save_atomic
+from fissure.checkpoint import make_checkpoint
 from fissure.cli import cli
 from fissure.config import config_from_dict
 from fissure.data.transforms import image_to_tensor
 from fissure.errors import FissureError
-from fissure.inference import InputPolicy, predict_probs
-from fissure.measurement import measure_cracks
 from fissure.model import build_model
-from fissure.prediction import Predictor, default_tiling, predict_image, predict_many
-from fissure.prediction_files import InputImage, find_inputs, output_names
-from fissure.tiling import plan_tiles, predict_tiled
+from fissure.prediction.files import InputImage, find_inputs, output_names
+from fissure.prediction.measure import measure_cracks
+from fissure.prediction.predictor import Predictor, default_tiling, predict_image, predict_many
+from fissure.prediction.tiling import plan_tiles, predict_tiled
+from fissure.runtime import InputPolicy, predict_probs
 
 
 def _model(seed: int = 0, all_crack: bool = False) -> nn.Module:
@@ -42,7 +42,7 @@ def _model(seed: int = 0, all_crack: bool = False) -> nn.Module:
 def _checkpoint(tmp_path: Path, mode: str = "crop", size: int = 64, **kw) -> Path:
     cfg = config_from_dict({"model": {"encoder": "resnet18"}, "data": {"size": size, "mode": mode}})
     path = tmp_path / f"{mode}{size}.pt"
-    save_atomic(make_checkpoint(_model(**kw), cfg, epoch=0), path)
+    make_checkpoint(_model(**kw), cfg, epoch=0).save(path)
     return path
 
 
@@ -331,7 +331,7 @@ def test_cli_predict_options_and_errors(tmp_path: Path) -> None:
 
 
 def test_mixed_precision_follows_the_hardware(monkeypatch: pytest.MonkeyPatch) -> None:
-    from fissure import inference
+    from fissure import runtime as inference
 
     cpu, x, conv = torch.device("cpu"), torch.randn(1, 3, 8, 8), nn.Conv2d(3, 1, 3)
     monkeypatch.setattr(inference, "cpu_has_bf16", lambda: False)
@@ -350,6 +350,6 @@ def test_precision_comes_from_the_checkpoint(tmp_path: Path) -> None:
     assert not InputPolicy.from_checkpoint({"config": {"train": {"amp": False}}}).amp
     cfg = config_from_dict({"model": {"encoder": "resnet18"}, "train": {"amp": False}})
     path = tmp_path / "fp32.pt"
-    save_atomic(make_checkpoint(_model(), cfg, epoch=0), path)
+    make_checkpoint(_model(), cfg, epoch=0).save(path)
     assert not Predictor.from_checkpoint(path, "cpu").amp
     assert Predictor.from_checkpoint(_checkpoint(tmp_path), "cpu").amp

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fissure import workflow
+from fissure import api as workflow
 from fissure.config import config_from_dict, load_config
 from fissure.data import decode_image, decode_mask
 from fissure.data.sources import FolderSource
@@ -126,7 +126,7 @@ def test_non_image_files_are_ignored_when_pairing(synth_root, tmp_path):
 def test_nonfinite_skip_mode_never_saves_nan_weights(tmp_path, tiny_overrides, monkeypatch):
     import torch
 
-    import fissure.engine as engine
+    import fissure.training.loop as engine
     from fissure.checkpoint import load_checkpoint
 
     cfg = load_config(None, tiny_overrides + ["train.nonfinite=skip", "train.epochs=2"])
@@ -146,5 +146,5 @@ def test_nonfinite_skip_mode_never_saves_nan_weights(tmp_path, tiny_overrides, m
     monkeypatch.setattr(engine, "build_loss", flaky)
     workflow.train(cfg, tmp_path / "run", **QUIET)
     for name in ("best.pt", "last.pt"):
-        state = load_checkpoint(tmp_path / "run" / name)["state_dict"]
+        state = load_checkpoint(tmp_path / "run" / name).state_dict
         assert all(torch.isfinite(t.float()).all() for t in state.values())

@@ -37,11 +37,14 @@ from conftest_snowflake import (
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from fissure.api import build_source
 from fissure.config import DataConfig, SnowflakeConfig
-from fissure.data import build_source, load_pair
-from fissure.data import snowflake as sf
+from fissure.data import load_pair
 from fissure.data.image import decode_image, decode_mask
-from fissure.data.snowflake import (
+from fissure.errors import ConfigError, DataError
+from fissure.snowflake import source as sf
+from fissure.snowflake.files import is_transient, with_retries
+from fissure.snowflake.source import (
     StageSource,
     fetch_file,
     is_stage_path,
@@ -50,8 +53,6 @@ from fissure.data.snowflake import (
     upload_dataset,
     validate_stage_name,
 )
-from fissure.data.stage_files import is_transient, with_retries
-from fissure.errors import ConfigError, DataError
 
 
 @pytest.fixture(scope="module")

@@ -21,10 +21,10 @@ from click.testing import CliRunner
 from conftest_snowflake import MANIFEST, STAGE, CountingGets, gzip_dataset, staged_names
 from PIL import Image
 
-from fissure import workflow
+from fissure import api as workflow
 from fissure.cli import cli
 from fissure.config import load_config
-from fissure.data import snowflake as sf
+from fissure.snowflake import source as sf
 
 MODELS = f"{STAGE}/models/run1"
 OVERRIDES = [

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from fissure.errors import FissureError
-from fissure.tiling import blend_window, plan_tiles, predict_tiled, tile_origins
+from fissure.prediction.tiling import blend_window, plan_tiles, predict_tiled, tile_origins
 
 # Half the receptive field of _toy_net: output pixels this far from any edge see no padding.
 TOY_HALF_RF = 4

@@ -40,11 +40,10 @@ class _TimedLoader:
 
 
 def bench_e2e(st: Settings, device: torch.device, workdir: Path) -> Section:
-    import fissure.engine as engine
+    import fissure.training.loop as engine
+    from fissure.api import build_source, train
     from fissure.config import load_config
-    from fissure.data import build_source
-    from fissure.inference import autocast_dtype
-    from fissure.workflow import train
+    from fissure.runtime import autocast_dtype
 
     sys.path.insert(0, str(SCRIPTS))
     from notebook_baseline import NotebookPipeline, folder_pairs

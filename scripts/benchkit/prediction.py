@@ -19,8 +19,8 @@ class _InferVariant:
 
 
 def bench_predict(st: Settings, device: torch.device) -> Section:
-    from fissure.inference import InputPolicy, forward_logits
     from fissure.model import ResNetUNet
+    from fissure.runtime import InputPolicy, forward_logits
 
     sec = Section("predict")
     px, b = st.predict_px, st.predict_batch
@@ -124,7 +124,7 @@ def child_photo(width: int, height: int, tile: int, device_type: str) -> dict[st
     from fissure.checkpoint import make_checkpoint
     from fissure.config import Config
     from fissure.model import ResNetUNet
-    from fissure.prediction import Predictor, default_tiling, predict_image
+    from fissure.prediction.predictor import Predictor, default_tiling, predict_image
 
     device = torch.device(device_type)
     torch.manual_seed(0)

@@ -33,7 +33,7 @@ class StepRunner:
         st: Settings,
         cpu_bf16: bool = False,
     ) -> None:
-        from fissure.inference import autocast_for
+        from fissure.runtime import autocast_for
 
         self.name, self.device = name, device
         self.model = model.to(device).train()

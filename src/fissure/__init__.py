@@ -23,7 +23,7 @@ _EXPORTS = {
     "build_model": "model",
     "ResNetUNet": "model",
     "load_checkpoint": "checkpoint",
-    "build_source": "data",
+    "build_source": "api",
     "train": "workflow",
     "resume": "workflow",
     "evaluate": "workflow",

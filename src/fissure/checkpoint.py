@@ -1,9 +1,19 @@
-"""Self-describing checkpoints, written atomically and read with ``weights_only=True``.
+"""Self-describing checkpoints: one typed :class:`Checkpoint`, written atomically and read
+with ``weights_only=True``.
 
-A checkpoint is a plain dict of tensors and primitives, so it loads without unpickling
-code. It carries everything ``evaluate`` and ``predict`` need: model configuration,
-weights, decision threshold, input normalisation and size policy, the resolved config,
-epoch, metrics and the package version. ``last.pt`` adds the training state for resume.
+On disk a checkpoint is a plain dict of tensors and primitives (format version 1), so it
+loads without unpickling code::
+
+    format, format_version, fissure_version
+    model       {arch, encoder, n_classes}
+    state_dict  the weights, on the CPU
+    threshold   the decision threshold (probability > threshold is crack)
+    normalization {mean, std}, input {mode, size}
+    config      the resolved config; epoch; metrics
+    train_state (last.pt only) optimiser, scheduler, scaler, EMA and run state for resume
+
+Every reader goes through :func:`load_checkpoint`, which also accepts the original
+notebook's bare ``state_dict`` (resnet34, 256 px, threshold 0.5) and gzip-compressed files.
 """
 
 from __future__ import annotations
@@ -15,19 +25,131 @@ import pickle
 import re
 import tempfile
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from . import __version__
-from .config import Config, config_from_dict, config_to_dict
+from .config import (
+    DEFAULT_THRESHOLD,
+    Config,
+    ModelConfig,
+    check_threshold,
+    config_from_dict,
+    config_to_dict,
+)
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from .errors import CheckpointError, FissureError
 from .model import ENCODERS, ResNetUNet, build_model, load_weights
+from .runtime import InputPolicy, select_device
 
 FORMAT = "fissure-checkpoint"
 FORMAT_VERSION = 1
+NOTEBOOK_SIZE = 256
+"""The original notebook resized every image to 256 x 256."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A trained model and what ``evaluate`` and ``predict`` need to use it.
+
+    ``policy`` says how images are fed to the model (training mode, size, mixed
+    precision); ``mean``/``std`` their normalisation; ``threshold`` the decision
+    threshold. ``train_state`` is set in ``last.pt`` only. ``origin`` names the file in
+    error messages.
+    """
+
+    model: ModelConfig
+    state_dict: dict[str, torch.Tensor]
+    threshold: float
+    policy: InputPolicy
+    config: Config
+    epoch: int = 0
+    metrics: dict[str, Any] = field(default_factory=dict)
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    fissure_version: str = __version__
+    train_state: dict[str, Any] | None = None
+    origin: str = "checkpoint"
+
+    @property
+    def encoder(self) -> str:
+        return self.model.encoder
+
+    @classmethod
+    def create(
+        cls,
+        model: torch.nn.Module,
+        cfg: Config,
+        *,
+        epoch: int,
+        metrics: dict[str, Any] | None = None,
+        threshold: float = DEFAULT_THRESHOLD,
+        train_state: dict[str, Any] | None = None,
+    ) -> Checkpoint:
+        """From a model being trained with ``cfg``; weights are copied to the CPU so that
+        any machine can load the file."""
+        return cls(
+            model=cfg.model,
+            state_dict={k: v.detach().cpu() for k, v in model.state_dict().items()},
+            threshold=check_threshold(threshold),
+            policy=InputPolicy(cfg.data.mode, cfg.data.size, cfg.train.amp),
+            config=cfg,
+            epoch=int(epoch),
+            metrics=dict(metrics or {}),
+            train_state=train_state,
+        )
+
+    def build_model(
+        self, device: str | torch.device = "cpu", *, channels_last: bool = False
+    ) -> ResNetUNet:
+        """The model with these weights, in eval mode on ``device`` (``auto`` picks one).
+
+        ``channels_last`` (NHWC) lets cuDNN and oneDNN choose faster convolutions; it is
+        the caller's choice because it may change the last bits of a result.
+        """
+        model = build_model(self.model.encoder, pretrained=False, n_classes=self.model.n_classes)
+        load_weights(model, self.state_dict, self.origin)
+        model = model.to(select_device(str(device))).eval()
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        return model
+
+    def check_encoder(self, encoder: str) -> None:
+        """CheckpointError unless the weights were made for ``encoder``."""
+        if encoder != self.model.encoder:
+            raise CheckpointError(
+                f"{self.origin}: made for encoder {self.model.encoder}, but {encoder} was asked for"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The on-disk form (format version 1): plain values and CPU tensors."""
+        obj: dict[str, Any] = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "fissure_version": self.fissure_version,
+            "model": {
+                "arch": "ResNetUNet",
+                "encoder": self.model.encoder,
+                "n_classes": self.model.n_classes,
+            },
+            "state_dict": self.state_dict,
+            "threshold": float(self.threshold),
+            "normalization": {"mean": list(self.mean), "std": list(self.std)},
+            "input": {"mode": self.policy.mode, "size": self.policy.size},
+            "config": config_to_dict(self.config),
+            "epoch": int(self.epoch),
+            "metrics": dict(self.metrics),
+        }
+        if self.train_state is not None:
+            obj["train_state"] = self.train_state
+        return obj
+
+    def save(self, path: str | Path) -> None:
+        """Write atomically to ``path`` (see :func:`save_atomic`)."""
+        save_atomic(self.to_dict(), path)
 
 
 def make_checkpoint(
@@ -36,32 +158,17 @@ def make_checkpoint(
     *,
     epoch: int,
     metrics: dict[str, Any] | None = None,
-    threshold: float = 0.5,
+    threshold: float = DEFAULT_THRESHOLD,
     train_state: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Assemble the checkpoint dict; tensors are moved to CPU so any machine can load it."""
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    ckpt: dict[str, Any] = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "fissure_version": __version__,
-        "model": {"arch": "ResNetUNet", "encoder": cfg.model.encoder,
-                  "n_classes": cfg.model.n_classes},
-        "state_dict": state,
-        "threshold": float(threshold),
-        "normalization": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
-        "input": {"mode": cfg.data.mode, "size": cfg.data.size},
-        "config": config_to_dict(cfg),
-        "epoch": int(epoch),
-        "metrics": dict(metrics or {}),
-    }
-    if train_state is not None:
-        ckpt["train_state"] = train_state
-    return ckpt
+) -> Checkpoint:
+    """:meth:`Checkpoint.create`, as a function."""
+    return Checkpoint.create(
+        model, cfg, epoch=epoch, metrics=metrics, threshold=threshold, train_state=train_state
+    )
 
 
-def save_atomic(obj: dict[str, Any], path: str | Path) -> None:
-    """Write to a temporary file beside ``path``, fsync, then rename over it.
+def save_atomic(obj: Any, path: str | Path) -> None:
+    """``torch.save`` to a temporary file beside ``path``, fsync, then rename over it.
 
     A crash, ``kill -9`` or full disk at any moment leaves either the old file or the new
     one, never a torn mix.
@@ -94,17 +201,16 @@ def _is_notebook_state_dict(obj: Any) -> bool:
     return isinstance(obj, dict) and "encoder0.0.weight" in obj and "final.weight" in obj
 
 
-def _from_notebook(state: dict[str, torch.Tensor], origin: str) -> dict[str, Any]:
-    """Wrap the original notebook's bare ``best_model.pth`` (resnet34, 256 px, threshold 0.5)."""
-    cfg = config_from_dict({"data": {"size": 256}, "model": {"encoder": "resnet34"}})
+def _from_notebook(state: dict[str, torch.Tensor], origin: str) -> Checkpoint:
+    """The original notebook's bare ``best_model.pth``: resnet34, 256 px, threshold 0.5."""
+    cfg = config_from_dict({"data": {"size": NOTEBOOK_SIZE}, "model": {"encoder": "resnet34"}})
     model = build_model("resnet34")
-    load_weights(model, state, origin)
-    return make_checkpoint(model, cfg, epoch=0, metrics={"source": "notebook state_dict"})
+    load_weights(model, state, origin)  # a clear error now, not at first use
+    return Checkpoint.create(model, cfg, epoch=0, metrics={"source": "notebook state_dict"})
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read and validate a checkpoint (plain or gzip-compressed) without running any code."""
-    path = Path(path)
+def _read(path: Path, map_location: str | torch.device) -> Any:
+    """The unpickled object in ``path`` (plain or gzip), loaded with ``weights_only=True``."""
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -119,7 +225,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # protocol notes from the restricted unpickler
-            obj = torch.load(io.BytesIO(raw), map_location=map_location, weights_only=True)
+            return torch.load(io.BytesIO(raw), map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         # torch words a blocked class as "... GLOBAL x.y ..."; anything else is just garbage.
         found = re.search(r"GLOBAL (\S+)", str(exc))
@@ -130,34 +236,50 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     except Exception as exc:  # torch raises many types for garbage input; none is useful
         reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path}: not a readable torch checkpoint ({reason})") from None
+
+
+def checkpoint_from_dict(obj: Any, origin: str = "checkpoint") -> Checkpoint:
+    """Validate an unpickled checkpoint (format 1, or a notebook state dict) and type it."""
     if _is_notebook_state_dict(obj):
-        return _from_notebook(obj, str(path))
+        return _from_notebook(obj, origin)
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a fissure checkpoint")
+        raise CheckpointError(f"{origin}: not a fissure checkpoint")
     if obj.get("format_version", 0) > FORMAT_VERSION:
-        raise CheckpointError(f"{path}: written by a newer fissure "
+        raise CheckpointError(f"{origin}: written by a newer fissure "
                               f"({obj.get('fissure_version')}); upgrade to read it")
-    encoder = obj.get("model", {}).get("encoder")
-    if encoder not in ENCODERS:
-        raise CheckpointError(f"{path}: unknown encoder {encoder!r} in checkpoint")
-    return obj
-
-
-def checkpoint_config(ckpt: dict[str, Any], origin: str = "checkpoint") -> Config:
+    spec = obj.get("model") or {}
+    if spec.get("encoder") not in ENCODERS:
+        raise CheckpointError(f"{origin}: unknown encoder {spec.get('encoder')!r} in checkpoint")
     try:
-        return config_from_dict(ckpt["config"])
-    except (KeyError, FissureError) as exc:
-        raise CheckpointError(f"{origin}: stored config is unusable ({exc})") from None
+        cfg = config_from_dict(obj.get("config") or {})
+        model_cfg = ModelConfig(encoder=spec["encoder"], n_classes=int(spec.get("n_classes", 1)))
+        if model_cfg.n_classes != 1:
+            raise FissureError(f"model.n_classes is {model_cfg.n_classes}, fissure needs 1")
+        threshold = check_threshold(obj.get("threshold", DEFAULT_THRESHOLD), "threshold")
+    except FissureError as exc:
+        raise CheckpointError(f"{origin}: stored values are unusable ({exc})") from None
+    spec_in = obj.get("input") or {}
+    norm = obj.get("normalization") or {}
+    return Checkpoint(
+        model=model_cfg,
+        state_dict=obj["state_dict"],
+        threshold=threshold,
+        policy=InputPolicy(
+            str(spec_in.get("mode", "resize")), int(spec_in.get("size", NOTEBOOK_SIZE)),
+            cfg.train.amp,
+        ),
+        config=cfg,
+        epoch=int(obj.get("epoch", 0)),
+        metrics=dict(obj.get("metrics") or {}),
+        mean=tuple(norm.get("mean") or IMAGENET_MEAN),
+        std=tuple(norm.get("std") or IMAGENET_STD),
+        fissure_version=str(obj.get("fissure_version", "unknown")),
+        train_state=obj.get("train_state"),
+        origin=origin,
+    )
 
 
-def model_from_checkpoint(
-    ckpt: dict[str, Any], origin: str = "checkpoint", encoder: str | None = None
-) -> ResNetUNet:
-    """Rebuild the model; ``encoder``, when given, must match the one the weights are for."""
-    spec = ckpt["model"]
-    if encoder is not None and encoder != spec["encoder"]:
-        raise CheckpointError(f"{origin}: made for encoder {spec['encoder']}, "
-                              f"but {encoder} was asked for")
-    model = build_model(spec["encoder"], pretrained=False, n_classes=spec.get("n_classes", 1))
-    load_weights(model, ckpt["state_dict"], origin)
-    return model
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:
+    """Read and validate a checkpoint file (plain or gzip-compressed) without running code."""
+    path = Path(path)
+    return checkpoint_from_dict(_read(path, map_location), str(path))

@@ -8,11 +8,13 @@ from pathlib import Path
 
 import click
 
-from . import __version__, remote, workflow
+from . import __version__
+from . import api as workflow
 from .config import load_config
-from .distributed import is_main_process, launch, strip_option
 from .errors import FissureError
 from .report import EVAL_FILES, fmt, metrics_table
+from .snowflake import runs as remote
+from .training.distributed import is_main_process, launch, strip_option
 
 
 class FissureGroup(click.Group):
@@ -257,7 +259,7 @@ def export(checkpoint, fmt, out, opset, no_verify) -> None:
     Example:
       fissure export runs/demo/best.pt --format onnx --out crack.onnx
     """
-    from .export import export_model
+    from .prediction.export import export_model
 
     result = export_model(checkpoint, out, fmt, opset=opset, verify=not no_verify)
     checked = ("" if result.max_abs_diff is None

@@ -24,6 +24,22 @@ import yaml
 from .errors import ConfigError
 
 SPLITS = ("train", "val", "test")
+"""The dataset splits, in the order every listing uses."""
+
+DEFAULT_THRESHOLD = 0.5
+"""Decision threshold when nothing was tuned: a checkpoint that stores none, a bare model."""
+
+
+def check_threshold(value: float, key: str = "threshold") -> float:
+    """``value`` as a float if it lies strictly within (0, 1); a ConfigError naming ``key``.
+
+    A pixel is crack where its probability is ``> threshold``, so 0 and 1 would make every
+    pixel, or none, crack.
+    """
+    number = float(value)
+    if not 0.0 < number < 1.0:
+        raise ConfigError(f"{key}: must be within (0, 1), got {value}")
+    return number
 
 
 def _choice(default: Any, *choices: Any) -> Any:
@@ -87,6 +103,7 @@ class AugmentConfig:
 class ModelConfig:
     encoder: str = _choice("resnet34", "resnet18", "resnet34", "resnet50")
     pretrained: bool = False
+    # One logit per pixel (crack against background); kept as a key for the notebook's name.
     n_classes: int = 1
 
 
@@ -126,7 +143,7 @@ class TrainConfig:
     max_minutes: float | None = None
     tensorboard: bool = False  # also log history to <run>/tensorboard (needs tensorboard)
     tune_threshold: bool = True
-    threshold: float = 0.5
+    threshold: float = DEFAULT_THRESHOLD
     loss: LossConfig = field(default_factory=LossConfig)
 
 
@@ -247,8 +264,10 @@ def _check(cfg: Config) -> None:
             raise ConfigError(f"data.{key}: must be within [0, 1], got {value}")
     if cfg.data.val_fraction + cfg.data.test_fraction >= 1.0:
         raise ConfigError("data.val_fraction + data.test_fraction must be below 1")
-    if not 0.0 < cfg.train.threshold < 1.0:
-        raise ConfigError(f"train.threshold: must be within (0, 1), got {cfg.train.threshold}")
+    check_threshold(cfg.train.threshold, "train.threshold")
+    if cfg.model.n_classes != 1:
+        raise ConfigError(f"model.n_classes: fissure segments one class (crack against "
+                          f"background), so it must be 1, got {cfg.model.n_classes}")
     if cfg.train.ema is not None and not 0.0 < cfg.train.ema < 1.0:
         raise ConfigError(f"train.ema: must be within (0, 1), got {cfg.train.ema}")
     if cfg.data.split_files is not None:

@@ -1,11 +1,14 @@
-"""Data: sources of image/mask pairs, decoding, transforms and the torch Dataset."""
+"""Local data: sources of image/mask pairs, decoding, transforms, the torch Dataset and
+loader, and the synthetic set. A Snowflake stage plugs in through the same
+:class:`PairSource` interface from :mod:`fissure.snowflake`."""
 
 from __future__ import annotations
 
 from ..config import DataConfig
+from ..errors import ConfigError
 from .dataset import CrackDataset, collate, crack_fraction, iter_groups, load_pair
 from .image import decode_image, decode_mask, load_image, load_mask
-from .sources import FolderSource, PairSource, Sample
+from .sources import FolderSource, PairSource, Sample, is_stage_path
 
 __all__ = [
     "CrackDataset",
@@ -13,6 +16,7 @@ __all__ = [
     "PairSource",
     "Sample",
     "build_source",
+    "is_stage_path",
     "collate",
     "crack_fraction",
     "iter_groups",
@@ -24,16 +28,15 @@ __all__ = [
 ]
 
 
-def build_source(data: DataConfig, refresh: bool = False, progress: bool = True) -> PairSource:
-    """The source that ``data.source`` names: local folders or a Snowflake stage.
+def build_source(data: DataConfig) -> FolderSource:
+    """The local folders ``data`` names (``data.source: folder``).
 
-    ``refresh`` and ``progress`` concern the stage's local cache (fetch again; show a bar).
+    A stage (``data.source: stage``) is read by :class:`fissure.snowflake.source.StageSource`,
+    which :func:`fissure.api.build_source` builds; this layer knows only local data.
     """
-    if data.source == "stage":
-        # Imported here: Snowpark is heavy and only stage users pay for it.
-        from .snowflake import StageSource
-
-        return StageSource.from_config(data.snowflake, refresh=refresh, progress=progress)
+    if data.source != "folder":
+        raise ConfigError(f"data.source: {data.source!r} data is read through fissure.api."
+                          "build_source, not fissure.data.build_source")
     return FolderSource(
         data.root,
         split_files=data.split_files,

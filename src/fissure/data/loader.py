@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..config import TrainConfig
-from ..interruption import ignore_sigint
+from ..training.interruption import ignore_sigint
 from .dataset import collate
 
 

@@ -2,7 +2,7 @@
 
 A source lists :class:`Sample` records per split and reads the raw bytes behind a
 locator. Decoding, gzip included, happens in :mod:`fissure.data.image`, so every source
-(local folders here, a Snowflake stage in :mod:`fissure.data.snowflake`) behaves alike.
+(local folders here, a Snowflake stage in :mod:`fissure.snowflake.source`) behaves alike.
 """
 
 from __future__ import annotations
@@ -14,10 +14,17 @@ from typing import Protocol
 
 import numpy as np
 
+from ..config import SPLITS
 from ..errors import DataError
 from .image import image_stem, is_image_name, read_bytes
 
-SPLITS = ("train", "val", "test")
+STAGE_PREFIX = "@"
+"""What starts a Snowflake stage location (``@DB.SCHEMA.STAGE/path``), as opposed to a path."""
+
+
+def is_stage_path(text: object) -> bool:
+    """Whether ``text`` names a stage location (``@STAGE/...``) rather than a local path."""
+    return isinstance(text, str) and text.startswith(STAGE_PREFIX)
 
 
 @dataclass(frozen=True)

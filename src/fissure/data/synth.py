@@ -16,9 +16,9 @@ import numpy as np
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
+from fissure.config import SPLITS
 from fissure.errors import DataError
 
-SPLITS = ("train", "val", "test")
 MIN_SIZE = 32
 MIN_COUNT = 3
 MAX_WIDTH = 6.0

@@ -20,7 +20,6 @@ from tqdm.auto import tqdm
 from ..config import EvalConfig
 from ..data import CrackDataset, collate, iter_groups, load_pair
 from ..data.transforms import image_to_tensor
-from ..inference import InputPolicy, predict_probs
 from ..metrics import (
     ConfusionMeter,
     ThresholdSweep,
@@ -30,6 +29,7 @@ from ..metrics import (
     tolerance_f1,
 )
 from ..model import ResNetUNet
+from ..runtime import InputPolicy, predict_probs
 
 DEFAULT_THRESHOLD = 0.5
 OUTCOMES = ("TP", "FP", "FN", "TN")

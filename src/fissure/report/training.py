@@ -15,7 +15,7 @@ matplotlib.use("Agg")  # files only; no display on servers or in CI
 import matplotlib.pyplot as plt  # noqa: E402
 
 from ..errors import ConfigError  # noqa: E402
-from ..train_state import HISTORY_FIELDS  # noqa: E402
+from ..training.state import HISTORY_FIELDS  # noqa: E402
 
 
 def write_history(history: Sequence[dict[str, Any]], path: str | Path) -> None:

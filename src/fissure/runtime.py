@@ -1,4 +1,4 @@
-"""Running a trained model on images of any size.
+"""How a model runs: on which device, in which precision, and at which input size.
 
 Shapes: ``images`` (N, 3, H, W) normalised float; probabilities (N, 1, H, W) in [0, 1]
 at the input's resolution. A model trained on whole images shrunk to ``size`` (``resize``
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -20,18 +19,12 @@ from .model import ResNetUNet
 
 @dataclass(frozen=True)
 class InputPolicy:
-    """How images are fed to a model: its training mode and size (from the checkpoint)."""
+    """How images are fed to a model: its training mode and size, and whether it runs in
+    mixed precision (a checkpoint's :attr:`~fissure.checkpoint.Checkpoint.policy`)."""
 
     mode: str = "resize"
     size: int = 256
     amp: bool = True  # mixed precision where the hardware has it (see autocast_for)
-
-    @classmethod
-    def from_checkpoint(cls, ckpt: dict[str, Any]) -> InputPolicy:
-        """The checkpoint's input mode and size, and mixed precision as it was trained."""
-        spec = ckpt.get("input", {})
-        amp = bool(ckpt.get("config", {}).get("train", {}).get("amp", True))
-        return cls(mode=spec.get("mode", "resize"), size=int(spec.get("size", 256)), amp=amp)
 
 
 def select_device(name: str = "auto") -> torch.device:

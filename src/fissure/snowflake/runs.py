@@ -11,11 +11,11 @@ from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from .checkpoint import load_checkpoint
-from .config import read_yaml
-from .distributed import is_main_process
-from .errors import CheckpointError, DataError, FissureError
-from .prediction_files import InputImage
+from ..checkpoint import Checkpoint, load_checkpoint
+from ..config import read_yaml
+from ..errors import CheckpointError, DataError, FissureError
+from ..prediction.files import InputImage
+from ..training.distributed import is_main_process
 
 # What --push uploads from a run folder, those that exist; best.pt must.
 PUSH_FILES = ("best.pt", "config.yaml", "history.csv", "metrics.json", "curves.png")
@@ -31,13 +31,13 @@ def connect(connection: str | None = None) -> Any:
     """
     if not connection:
         return None
-    from .data.snowflake import connect as open_session
+    from .source import connect as open_session
 
     return open_session(connection)
 
 
-def read_checkpoint(checkpoint: str | Path) -> dict[str, Any]:
-    """The checkpoint dict from a file or a stage path (plain or gzip: ``best_model.pth.gz``).
+def read_checkpoint(checkpoint: str | Path) -> Checkpoint:
+    """The checkpoint from a file or a stage path (plain or gzip: ``best_model.pth.gz``).
 
     A stage checkpoint is fetched into a private temporary folder and removed once read, so
     a model pushed again under the same name is never served stale from a cache.
@@ -47,7 +47,7 @@ def read_checkpoint(checkpoint: str | Path) -> dict[str, Any]:
         return load_checkpoint(checkpoint, map_location="cpu")
     import tempfile
 
-    from .data.snowflake import fetch_file, resolve_session
+    from .source import fetch_file, resolve_session
 
     session = resolve_session()
     with tempfile.TemporaryDirectory(prefix="fissure-ckpt-") as tmp:
@@ -61,7 +61,7 @@ def read_checkpoint(checkpoint: str | Path) -> dict[str, Any]:
 def check_push_target(prefix: str, connection: str | None = None) -> str:
     """``prefix`` (a stage folder such as ``@DB.SCHEMA.STAGE/models/run1/``) if it is safe
     and a session to reach it exists; DataError or ConfigError otherwise."""
-    from .data.snowflake import is_stage_path, resolve_session, validate_stage_name
+    from .source import is_stage_path, resolve_session, validate_stage_name
 
     if not is_stage_path(prefix):
         raise DataError(f"{prefix!r}: not a stage path (e.g. @DB.SCHEMA.STAGE/models/run1/)")
@@ -74,7 +74,7 @@ def push_run(run_dir: str | Path, prefix: str, *, connection: str | None = None,
              log: Callable[[str], None] = print) -> list[str]:
     """Upload a run's ``best.pt``, ``config.yaml`` and metrics (:data:`PUSH_FILES`) under
     ``prefix``; returns their stage paths. ``connection`` defaults to the run config's."""
-    from .data.snowflake import push_files, resolve_session
+    from .source import push_files, resolve_session
 
     if not is_main_process():  # under torchrun every rank gets here; one upload is enough
         return []
@@ -98,8 +98,8 @@ def fetch_stage_image(stage_path: str, pattern: str = "**/*") -> list[InputImage
     """
     import tempfile
 
-    from .data.image import is_image_name
-    from .data.snowflake import fetch_file, resolve_session
+    from ..data.image import is_image_name
+    from .source import fetch_file, resolve_session
 
     if not is_image_name(stage_path):
         raise FissureError(f"{stage_path}: name stage images one by one (a stage folder "
@@ -120,9 +120,9 @@ def upload_data(data_dir: str | Path, *, connection: str | None = None,
     """Put a local dataset (any layout ``train`` reads) into a stage and build its manifest
     view; idempotent. Returns ``uploaded``/``skipped`` file counts, manifest ``rows``, and
     the fully qualified ``stage`` and ``manifest`` names."""
-    from .config import SnowflakeConfig
-    from .data.snowflake import qualified, resolve_session, stage_name
-    from .data.stage_upload import upload_dataset
+    from ..config import SnowflakeConfig
+    from .source import qualified, resolve_session, stage_name
+    from .upload import upload_dataset
 
     cfg = SnowflakeConfig(connection=connection, database=database, schema=schema,
                           stage=stage, manifest=manifest)
@@ -134,6 +134,6 @@ def upload_data(data_dir: str | Path, *, connection: str | None = None,
 def pull(stage_path: str, out: str | Path = ".", *, connection: str | None = None) -> Path:
     """Download one stage file (a model, a mask) into folder ``out``, gunzipped when it was
     gzip; returns the local path (``best_model.pth.gz`` arrives as ``best_model.pth``)."""
-    from .data.snowflake import fetch_file, resolve_session
+    from .source import fetch_file, resolve_session
 
     return fetch_file(resolve_session(connection), stage_path, Path(out))

@@ -18,11 +18,16 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoint import load_checkpoint, make_checkpoint, model_from_checkpoint, save_atomic
-from .config import Config
-from .data import CrackDataset, PairSource, crack_fraction, iter_groups
-from .data.loader import default_workers, epoch_indices, make_loader
-from .data.transforms import eval_transform, train_transform
+from ..checkpoint import load_checkpoint, make_checkpoint
+from ..config import Config
+from ..data import CrackDataset, PairSource, crack_fraction, iter_groups
+from ..data.loader import default_workers, epoch_indices, make_loader
+from ..data.transforms import eval_transform, train_transform
+from ..errors import CheckpointError, FissureError
+from ..losses import build_loss
+from ..metrics import ThresholdSweep, confusion_counts
+from ..model import build_model, load_weights
+from ..runtime import InputPolicy, autocast_for, forward_logits, select_device
 from .distributed import (
     all_reduce_sum,
     any_rank,
@@ -31,14 +36,9 @@ from .distributed import (
     init_distributed,
     shard,
 )
-from .errors import CheckpointError, FissureError
-from .inference import InputPolicy, autocast_for, forward_logits, select_device
 from .interruption import Interrupt, TrainingInterrupted
-from .losses import build_loss
-from .metrics import ThresholdSweep, confusion_counts
-from .model import build_model
 from .optim import build_optimizer, build_scheduler
-from .train_state import TrainState
+from .state import TrainState
 
 
 def _silent(message: str) -> None:
@@ -137,7 +137,7 @@ class Trainer:
         ckpt = make_checkpoint(self.model, self.cfg, epoch=self.state.epoch, metrics=metrics,
                                threshold=metrics.get("threshold", self.cfg.train.threshold),
                                train_state=self._train_state(step))
-        save_atomic(ckpt, self.run_dir / "last.pt")
+        ckpt.save(self.run_dir / "last.pt")
 
     def resume(self) -> int:
         """Restore from ``run_dir/last.pt``; returns the step to continue from in the epoch."""
@@ -148,11 +148,11 @@ class Trainer:
         if self.dist.main:  # half-written files of a run killed with SIGKILL mid-save
             for stale in self.run_dir.glob(".*.pt.*.tmp"):
                 stale.unlink(missing_ok=True)
-        state = ckpt.get("train_state")
+        state = ckpt.train_state
         if not state:
             raise CheckpointError(f"{path}: holds no training state to resume")
-        weights = model_from_checkpoint(ckpt, str(path), encoder=self.cfg.model.encoder)
-        self.model.load_state_dict(weights.state_dict())
+        ckpt.check_encoder(self.cfg.model.encoder)
+        load_weights(self.model, ckpt.state_dict, str(path))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -412,5 +412,5 @@ class Trainer:
         ckpt = make_checkpoint(weights, self.cfg, epoch=row["epoch"], metrics=row,
                                threshold=row["threshold"] if self.cfg.train.tune_threshold
                                else self.cfg.train.threshold)
-        save_atomic(ckpt, self.run_dir / "best.pt")
+        ckpt.save(self.run_dir / "best.pt")
         return True

@@ -11,8 +11,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..errors import FissureError
 from .distributed import Dist, merge_dicts
-from .errors import FissureError
 
 HISTORY_FIELDS = ("epoch", "train_loss", "train_iou", "val_loss", "val_iou", "val_f1",
                   "val_f1_tuned", "threshold", "lr", "seconds", "skipped")

@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..config import SnowflakeConfig
+from ..data.image import image_stem
+from ..data.sources import SPLITS, Sample
 from ..errors import ConfigError, DataError
-from . import stage_files
-from .image import image_stem
-from .sources import SPLITS, Sample
-from .stage_cache import StageCache
-from .stage_files import (
+from . import files as stage_files
+from .cache import StageCache
+from .files import (
     Sleep,
     is_local_testing,
     is_missing_error,
@@ -46,7 +46,7 @@ put_bytes, with_retries = stage_files.put_bytes, stage_files.with_retries
 def __getattr__(name: str) -> Any:
     # upload_dataset lives in stage_upload, which imports this module: loaded on first use.
     if name == "upload_dataset":
-        from .stage_upload import upload_dataset
+        from .upload import upload_dataset
 
         return upload_dataset
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -10,7 +10,7 @@ import signal
 from contextlib import contextmanager
 from typing import Any
 
-from .errors import FissureError
+from ..errors import FissureError
 
 
 class Interrupt:

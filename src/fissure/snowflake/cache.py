@@ -17,7 +17,7 @@ from typing import Any
 
 from filelock import FileLock
 
-from .stage_files import Sleep, StageFileMissing, download, listed, run_threads
+from .files import Sleep, StageFileMissing, download, listed, run_threads
 
 # Serialises index appends from fill threads; module-level so that caches still pickle.
 _INDEX_LOCK = threading.Lock()

@@ -17,17 +17,15 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import checkpoint_config, model_from_checkpoint
-from .config import Config, DataConfig, load_config, read_yaml, save_config
-from .data import CrackDataset, PairSource, build_source
+from .checkpoint import Checkpoint
+from .config import Config, DataConfig, check_threshold, load_config, read_yaml, save_config
+from .data import CrackDataset, PairSource
+from .data import build_source as folder_source
 from .data.transforms import eval_transform
-from .distributed import is_main_process
-from .engine import Trainer
 from .errors import CheckpointError, ConfigError, DataError, FissureError
 from .evaluation import evaluate_dataset, metrics_document, reload_samples
-from .inference import InputPolicy, autocast_dtype, select_device
-from .prediction_files import Fetch, InputImage, find_inputs, predict_files
-from .remote import check_push_target, fetch_stage_image, push_run, read_checkpoint
+from .model import ResNetUNet
+from .prediction.files import Fetch, InputImage, find_inputs, predict_files
 from .report import (
     TensorBoardLog,
     pick_samples,
@@ -36,6 +34,10 @@ from .report import (
     write_history,
     write_skipped,
 )
+from .runtime import autocast_dtype
+from .snowflake.runs import check_push_target, fetch_stage_image, push_run, read_checkpoint
+from .training.distributed import is_main_process
+from .training.loop import Trainer
 
 # A folder holding any of these has made progress worth keeping; config.yaml alone has not.
 RUN_FILES = ("last.pt", "best.pt", "history.csv")
@@ -50,6 +52,23 @@ class TrainResult:
     best_epoch: int
     best_score: float | None
     history: list[dict[str, Any]]
+
+
+def build_source(
+    data: DataConfig, refresh: bool = False, progress: bool = True, session: Any = None
+) -> PairSource:
+    """The pairs ``data.source`` names: local folders, or a Snowflake stage and its manifest.
+
+    For a stage, ``session`` is the Snowpark session to read it with (default: the one
+    ``data.snowflake.connection`` names, else the active one); ``refresh`` fetches the
+    files again instead of using the local cache, ``progress`` shows its bar.
+    """
+    if data.source != "stage":
+        return folder_source(data)
+    from .snowflake.source import StageSource  # Snowpark is heavy; only stage users pay
+
+    return StageSource.from_config(data.snowflake, refresh=refresh, session=session,
+                                   progress=progress)
 
 
 def prepare_run_dir(out: str | Path | None, overwrite: bool = False) -> Path:
@@ -163,12 +182,10 @@ def data_config_for(ckpt_cfg: Config, data: str | Path | None) -> DataConfig:
                    split_files=ckpt_cfg.data.split_files if same_root else None)
 
 
-def load_model(checkpoint: str | Path, device: str = "auto"):
-    """(model in eval mode on ``device``, checkpoint dict) from a checkpoint file or stage path."""
-    dev = select_device(device)
+def load_model(checkpoint: str | Path, device: str = "auto") -> tuple[ResNetUNet, Checkpoint]:
+    """(model in eval mode on ``device``, checkpoint) from a checkpoint file or stage path."""
     ckpt = read_checkpoint(checkpoint)  # a stage path too
-    model = model_from_checkpoint(ckpt, str(checkpoint)).to(dev).eval()
-    return model, ckpt
+    return ckpt.build_model(device), ckpt
 
 
 def evaluate(
@@ -195,20 +212,16 @@ def evaluate(
     ``samples_per_group`` images by per-image IoU, re-read and predicted again).
     """
     model, ckpt = load_model(checkpoint, device)
-    ckpt_cfg = checkpoint_config(ckpt, str(checkpoint))
+    ckpt_cfg = ckpt.config
     data_cfg = data_config_for(ckpt_cfg, data)
     source = build_source(data_cfg, progress=progress)
     dataset = CrackDataset(source, source.samples(split), eval_transform(), data_cfg.on_error)
     if threshold is not None:
-        thr, origin = float(threshold), "given with --threshold"
-    elif "threshold" in ckpt:
-        thr, origin = float(ckpt["threshold"]), "stored in the checkpoint"
+        thr, origin = check_threshold(threshold, "--threshold"), "given with --threshold"
     else:
-        thr, origin = 0.5, "default 0.5: the checkpoint stores none"
-    if not 0.0 < thr < 1.0:
-        raise ConfigError(f"--threshold: must be within (0, 1), got {thr}")
+        thr, origin = ckpt.threshold, "stored in the checkpoint"
     dev = next(model.parameters()).device
-    policy = InputPolicy.from_checkpoint(ckpt)
+    policy = ckpt.policy
     if amp is not None:
         policy = replace(policy, amp=amp)
     result = evaluate_dataset(model, dataset, policy, thr, ckpt_cfg.eval, dev, num_workers,
@@ -305,7 +318,7 @@ def predict_with_stage(checkpoint: str | Path, inputs: Sequence[str | Path], out
         return predict(ckpt, inputs, out, **options)
     import tempfile
 
-    from .data.snowflake import push_files, resolve_session
+    from .snowflake.source import push_files, resolve_session
 
     prefix = check_push_target(str(out)).rstrip("/")
     session = resolve_session()

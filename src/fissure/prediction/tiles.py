@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .errors import FissureError
+from ..errors import FissureError
 from .tiling import blend_window, pad_to_plan, plan_tiles
 
 

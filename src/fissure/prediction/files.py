@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .data.image import decode_image, image_stem, is_image_name, read_bytes
-from .errors import DataError, FissureError
-from .prediction import Prediction, as_predictor, predict_many
+from ..data.image import decode_image, image_stem, is_image_name, read_bytes
+from ..errors import DataError, FissureError
+from .predictor import Prediction, as_predictor, predict_many
 
 OVERLAY_COLOR = (255, 0, 255)
 """Magenta: rare on concrete, unlike red, which rust stains and markings share."""

@@ -15,12 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from ..config import SnowflakeConfig
+from ..data.image import gunzip, image_stem
+from ..data.sources import SPLITS, FolderSource
 from ..errors import ConfigError, DataError
-from . import stage_files
-from .image import gunzip, image_stem
-from .snowflake import IMAGE_SHA, MASK_SHA, _rel, qualified, stage_name
-from .sources import SPLITS, FolderSource
-from .stage_files import (
+from . import files as stage_files
+from .files import (
     Sleep,
     is_local_testing,
     is_null,
@@ -30,6 +29,7 @@ from .stage_files import (
     read_table,
     reason,
 )
+from .source import IMAGE_SHA, MASK_SHA, _rel, qualified, stage_name
 
 
 def _local_file(path: str) -> tuple[str, bytes]:

@@ -18,17 +18,16 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import __version__
-from .checkpoint import load_checkpoint, model_from_checkpoint
-from .errors import FissureError
-from .model import STRIDE, ResNetUNet
+from .. import __version__
+from ..checkpoint import Checkpoint, load_checkpoint
+from ..errors import FissureError
+from ..model import STRIDE, ResNetUNet
 
 FORMATS = ("onnx", "torchscript")
 OPSET = 18
@@ -120,19 +119,17 @@ class ExportResult:
     max_abs_diff: float | None
 
 
-def export_metadata(ckpt: dict[str, Any]) -> dict[str, str]:
+def export_metadata(ckpt: Checkpoint) -> dict[str, str]:
     """What a deployment needs besides the graph, as strings (ONNX metadata is str -> str)."""
-    norm = ckpt.get("normalization", {})
-    spec = ckpt.get("input", {})
     return {
         "fissure.version": __version__,
         "fissure.output": "probability",
-        "fissure.threshold": str(float(ckpt.get("threshold", 0.5))),
-        "fissure.mean": json.dumps(norm.get("mean")),
-        "fissure.std": json.dumps(norm.get("std")),
-        "fissure.input_mode": str(spec.get("mode", "resize")),
-        "fissure.input_size": str(spec.get("size", 256)),
-        "fissure.encoder": str(ckpt.get("model", {}).get("encoder")),
+        "fissure.threshold": str(float(ckpt.threshold)),
+        "fissure.mean": json.dumps(list(ckpt.mean)),
+        "fissure.std": json.dumps(list(ckpt.std)),
+        "fissure.input_mode": ckpt.policy.mode,
+        "fissure.input_size": str(ckpt.policy.size),
+        "fissure.encoder": ckpt.encoder,
     }
 
 
@@ -217,7 +214,7 @@ def check_export(
 
 
 def export_model(
-    checkpoint: str | Path | dict[str, Any],
+    checkpoint: str | Path | Checkpoint,
     out: str | Path,
     fmt: str = "onnx",
     *,
@@ -233,9 +230,8 @@ def export_model(
         raise FissureError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if fmt == "onnx" and opset < 17:
         raise FissureError(f"--opset must be at least 17, got {opset}")
-    ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
-    origin = "checkpoint" if isinstance(checkpoint, dict) else str(checkpoint)
-    model = model_from_checkpoint(ckpt, origin).eval()
+    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
+    model = ckpt.build_model("cpu")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     metadata = export_metadata(ckpt)

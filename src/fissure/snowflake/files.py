@@ -26,8 +26,8 @@ from typing import Any, TypeVar
 
 from tqdm.auto import tqdm
 
+from ..data.image import GZIP_MAGIC
 from ..errors import DataError
-from .image import GZIP_MAGIC
 
 T = TypeVar("T")
 Sleep = Callable[[float], Any]
