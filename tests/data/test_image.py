@@ -1,0 +1,74 @@
+"""Tests for image decoding: gzip by magic, formats, EXIF, JPEG masks (fissure.data.image)."""
+
+import gzip
+import io
+
+import numpy as np
+import pytest
+from pairs import png_bytes
+from PIL import Image
+
+from fissure.data import decode_image, decode_mask
+from fissure.data.image import image_stem
+from fissure.errors import DataError
+
+
+def test_gzip_is_detected_by_magic_not_name():
+    raw = png_bytes(np.zeros((4, 5, 3), np.uint8))
+    assert decode_image(gzip.compress(raw), "x.png").shape == (4, 5, 3)
+    assert decode_image(raw, "plain-named.gz").shape == (4, 5, 3)
+
+
+def test_image_stem_strips_gz():
+    assert image_stem("a/b/001.png.gz") == "001"
+    assert image_stem("001.jpg") == "001"
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"", "empty file"),
+        (b"not an image at all", "not a readable image"),
+        (gzip.compress(b"\x89PNG garbage", mtime=0), "not a readable image"),
+        (gzip.compress(png_bytes(np.zeros((8, 8, 3), np.uint8)), mtime=0)[:-12], "truncated gzip"),
+        (png_bytes(np.zeros((64, 64, 3), np.uint8))[:60], "not a readable image"),
+    ],
+    # readable ids that are the same in every process (pytest-xdist compares them)
+    ids=["empty", "text", "gzip-garbage", "truncated-gzip", "truncated-png"],
+)
+def test_bad_bytes_give_a_data_error_naming_the_file(data, reason):
+    with pytest.raises(DataError) as info:
+        decode_image(data, "dir/bad.png.gz")
+    assert str(info.value).startswith("dir/bad.png.gz: ")
+    assert reason in str(info.value)
+
+
+def test_channel_and_depth_conversions():
+    gray = png_bytes(np.full((4, 4), 200, np.uint8))
+    rgba = png_bytes(np.full((4, 4, 4), 200, np.uint8))
+    deep = Image.fromarray(np.full((4, 4), 65535, np.uint16))
+    buf = io.BytesIO()
+    deep.save(buf, format="PNG")
+    for data in (gray, rgba, buf.getvalue()):
+        out = decode_image(data, "x")
+        assert out.shape == (4, 4, 3) and out.dtype == np.uint8
+    assert decode_image(buf.getvalue(), "x").max() == 255
+
+
+def test_exif_orientation_is_applied():
+    img = Image.fromarray(np.zeros((10, 20, 3), np.uint8))
+    exif = img.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise on display
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", exif=exif)
+    assert decode_image(buf.getvalue(), "x.jpg").shape == (20, 10, 3)
+
+
+def test_jpeg_masks_are_binarised_at_127():
+    mask = np.zeros((16, 16), np.uint8)
+    mask[4:12, 4:12] = 255
+    decoded = decode_mask(png_bytes(mask, "JPEG", quality=50), "m.jpg")
+    assert decoded.dtype == bool
+    assert decoded[6:10, 6:10].all() and not decoded[:2, :2].any()
+    assert decode_mask(png_bytes(np.array([[127, 128]], np.uint8)), "m").tolist() == [[False, True]]
+
