@@ -72,8 +72,12 @@ def test_missing_folder_and_empty_split(tmp_path):
     write_pair(tmp_path, "train", "a")
     write_pair(tmp_path, "train", "b")
     src = FolderSource(tmp_path, val_fraction=0.5)
-    with pytest.raises(DataError, match="split 'test' is empty"):
+    with pytest.raises(DataError, match=r"has no 'test' split \(it has train, val\)"):
         src.samples("test")
+    for sub in ("images", "masks"):
+        (tmp_path / "test" / sub).mkdir(parents=True)
+    with pytest.raises(DataError, match="split 'test' is empty"):
+        FolderSource(tmp_path, val_fraction=0.5).samples("test")
 
 
 def test_duplicate_stems_are_an_error(tmp_path):
@@ -103,3 +107,21 @@ def test_cfd_config_reads_the_koenig_split(cfd_root):
         if line.strip()}
 
 
+
+def test_a_folder_with_only_test_is_a_dataset(tmp_path):
+    for i in range(3):
+        write_pair(tmp_path, "test", f"s{i}")
+    src = FolderSource(tmp_path)
+    assert [s.name for s in src.samples("test")] == ["s0", "s1", "s2"]
+    assert len(src.samples("all")) == 3
+    with pytest.raises(DataError, match=r"has no 'train' split \(it has test\)"):
+        src.samples("train")
+
+
+def test_val_and_test_without_train(tmp_path):
+    write_pair(tmp_path, "val", "v0")
+    write_pair(tmp_path, "test", "t0")
+    src = FolderSource(tmp_path)
+    assert [s.name for s in src.samples("val")] == ["v0"]
+    with pytest.raises(DataError, match=r"has no 'train' split \(it has val, test\)"):
+        src.samples("train")

@@ -137,8 +137,9 @@ def find_split_files(root: Path) -> dict[str, str] | None:
 class FolderSource:
     """Local image/mask folders in one of three layouts.
 
-    * ``root/{train,val,test}/{images,masks}`` (the public crack_segmentation_dataset has
-      train and test only; a missing val split is carved from train with a fixed seed);
+    * ``root/{train,val,test}/{images,masks}``, any subset of the three (the public
+      crack_segmentation_dataset has train and test only: a missing val split is carved from
+      train with a fixed seed; a held-out set may hold test/ alone);
     * ``root/{images,masks}`` with ``split_files`` naming the ids of each split (CFD); such
       files are also found on their own when named ``*_train.txt``, ``*_val.txt``, ...;
     * ``root/{images,masks}`` alone, split by ``val_fraction`` / ``test_fraction``.
@@ -174,12 +175,11 @@ class FolderSource:
                                     f"in {root}: {_names(unknown)}")
                 splits[split] = sorted((pool[i] for i in set(ids)), key=lambda s: s.name)
             return splits
-        if (root / "train").is_dir():
-            splits = {}
-            for split in SPLITS:
-                if (root / split).is_dir():
-                    splits[split] = pair_folder(root / split / "images", root / split / "masks")
-            if "val" not in splits:
+        present = [split for split in SPLITS if (root / split).is_dir()]
+        if present:
+            # Any subset: a held-out inspection set is often test/ alone.
+            splits = {s: pair_folder(root / s / "images", root / s / "masks") for s in present}
+            if "val" not in splits and "train" in splits:
                 carved = split_by_ratio(splits["train"], {"val": val_fraction}, seed)
                 splits["train"], splits["val"] = carved["train"], carved["val"]
             return splits
@@ -193,7 +193,10 @@ class FolderSource:
         if split == "all":
             found = [s for name in SPLITS for s in self._splits.get(name, [])]
         elif split in SPLITS:
-            found = self._splits.get(split, [])
+            if split not in self._splits:
+                here = ", ".join(s for s in SPLITS if s in self._splits)
+                raise DataError(f"{self.root}: has no '{split}' split (it has {here})")
+            found = self._splits[split]
         else:
             raise DataError(f"unknown split '{split}' (use train, val, test or all)")
         if not found:
