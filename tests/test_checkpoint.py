@@ -4,11 +4,12 @@ import pickle
 
 import pytest
 import torch
+from flat_unet import FlatUNet
 
 from fissure.checkpoint import Checkpoint, checkpoint_from_dict, load_checkpoint, make_checkpoint
 from fissure.config import config_from_dict
 from fissure.errors import CheckpointError
-from fissure.model import build_model
+from fissure.model import build_model, rename_legacy_keys
 
 
 @pytest.fixture()
@@ -46,7 +47,7 @@ def test_gzip_compressed_checkpoint_loads(tmp_path, small):
 
 
 def test_notebook_state_dict_is_accepted(tmp_path):
-    torch.save(build_model("resnet34").state_dict(), tmp_path / "best_model.pth")
+    torch.save(FlatUNet("resnet34").state_dict(), tmp_path / "best_model.pth")
     ckpt = load_checkpoint(tmp_path / "best_model.pth")
     assert ckpt.encoder == "resnet34" and ckpt.threshold == 0.5
     assert (ckpt.policy.mode, ckpt.policy.size) == ("resize", 256)
@@ -131,7 +132,8 @@ def test_cuda_checkpoint_maps_to_cpu(tmp_path, small):
 
 
 def _todays_dict(model, threshold=0.3):
-    """A checkpoint as today's code writes it, spelled out key by key (format version 1)."""
+    """A checkpoint as the code before the model's split into parts wrote it, spelled out key
+    by key (format version 1, weights under the flat names ``encoder0.*`` ... ``final.*``)."""
     cfg = {"data": {"size": 96, "mode": "crop"}, "model": {"encoder": "resnet18"},
            "train": {"amp": False}, "eval": {"min_area": 7}}
     return {
@@ -145,29 +147,43 @@ def _todays_dict(model, threshold=0.3):
 
 
 def test_todays_format_loads_with_its_key_names(tmp_path):
-    model = build_model("resnet18")
-    assert {"encoder0.0.weight", "final.weight"} <= set(model.state_dict())
-    torch.save(_todays_dict(model), tmp_path / "today.pt")
+    flat = FlatUNet("resnet18")
+    assert {"encoder0.0.weight", "final.weight"} <= set(flat.state_dict())
+    torch.save(_todays_dict(flat), tmp_path / "today.pt")
     ckpt = load_checkpoint(tmp_path / "today.pt")
     assert (ckpt.policy.mode, ckpt.policy.size, ckpt.policy.amp) == ("crop", 96, False)
     assert ckpt.threshold == 0.3 and ckpt.epoch == 4 and ckpt.config.eval.min_area == 7
     rebuilt = ckpt.build_model()
-    for key, value in model.state_dict().items():
+    renamed = rename_legacy_keys(flat.state_dict())
+    assert list(renamed) == list(rebuilt.state_dict())
+    for key, value in renamed.items():
         assert torch.equal(value, rebuilt.state_dict()[key])
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(flat.eval()(x), rebuilt(x))
     again = checkpoint_from_dict(ckpt.to_dict(), "again")
     assert again.to_dict()["input"] == {"mode": "crop", "size": 96}
 
 
 @pytest.mark.parametrize("threshold", [0.0, 1.0, 1.5])
 def test_stored_threshold_outside_zero_one_is_named(tmp_path, threshold):
-    torch.save(_todays_dict(build_model("resnet18"), threshold), tmp_path / "t.pt")
+    torch.save(_todays_dict(FlatUNet("resnet18"), threshold), tmp_path / "t.pt")
     with pytest.raises(CheckpointError, match=r"t.pt: .*threshold: must be within \(0, 1\)"):
         load_checkpoint(tmp_path / "t.pt")
 
 
 def test_more_than_one_class_is_refused(tmp_path):
-    raw = _todays_dict(build_model("resnet18"))
+    raw = _todays_dict(FlatUNet("resnet18"))
     raw["model"]["n_classes"] = 3
     torch.save(raw, tmp_path / "n.pt")
     with pytest.raises(CheckpointError, match="n_classes"):
         load_checkpoint(tmp_path / "n.pt")
+
+
+def test_a_newer_format_asks_for_an_upgrade(tmp_path, small):
+    model, cfg = small
+    raw = make_checkpoint(model, cfg, epoch=0).to_dict()
+    raw["format_version"] += 1
+    torch.save(raw, tmp_path / "new.pt")
+    with pytest.raises(CheckpointError, match="newer fissure"):
+        load_checkpoint(tmp_path / "new.pt")

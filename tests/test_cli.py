@@ -225,3 +225,14 @@ def test_debug_shows_the_traceback(tmp_path):
     result = CliRunner().invoke(cli, ["--debug", "train", "--resume", str(tmp_path)])
     assert result.exit_code != 0
     assert "Traceback" in result.output or result.exc_info is not None
+
+
+def test_evaluate_a_folder_that_holds_only_test(trained, synth_root, tmp_path):
+    site = tmp_path / "site7"
+    shutil.copytree(synth_root / "test", site / "test")
+    result = run("evaluate", trained / "best.pt", "--data", site, "--split", "test", "--quiet",
+                 "--out", tmp_path / "eval")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "eval" / "metrics.json").is_file()
+    assert_one_line_error(run("evaluate", trained / "best.pt", "--data", site, "--split", "val"),
+                          "site7", "has no 'val' split (it has test)")

@@ -1,7 +1,10 @@
+import string
 from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from fissure.config import (
     Config,
@@ -97,3 +100,20 @@ def test_shipped_configs_load(name):
     values = yaml.safe_load((CONFIGS / name).read_text())
     cfg = config_from_dict(values)
     assert cfg.model.encoder == "resnet34"
+
+
+keys = st.sampled_from(["data", "train", "model", "augment", "eval", "root", "size", "epochs",
+                        "lr", "loss", "name", "params", "snowflake", "encoder", "x", ""])
+leaves = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(),
+                   st.text(string.printable, max_size=8), st.lists(st.integers(), max_size=3))
+configs = st.recursive(leaves, lambda kids: st.dictionaries(keys, kids, max_size=4), max_leaves=12)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(configs)
+def test_any_garbage_config_is_a_config_error_or_valid(values):
+    try:
+        config_from_dict(values)
+    except ConfigError as exc:
+        assert "\n" not in str(exc)
+

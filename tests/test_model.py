@@ -1,8 +1,30 @@
+import warnings
+
 import pytest
 import torch
+import torchvision.models as tvm
+from flat_unet import FlatUNet
 
 from fissure.errors import CheckpointError, ConfigError
-from fissure.model import ResNetUNet, build_model, load_weights
+from fissure.model import (
+    LEGACY_PREFIXES,
+    ResNetUNet,
+    build_model,
+    load_weights,
+    rename_legacy_keys,
+)
+
+
+def _trained_pair(encoder):
+    """The flat reference and the model in parts from one seed, after one training step."""
+    pair = []
+    for cls in (FlatUNet, lambda e: build_model(e)):
+        torch.manual_seed(3)
+        model = cls(encoder)
+        x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+        model(x).square().mean().backward()
+        pair.append(model.eval())
+    return pair
 
 
 @pytest.mark.parametrize("encoder", ["resnet18", "resnet34", "resnet50"])
@@ -23,18 +45,20 @@ def test_sizes_not_a_multiple_of_32_and_tiny_inputs():
 
 def test_notebook_structure_for_resnet34():
     model = ResNetUNet()
-    assert [m for m in ("encoder0", "pool0", "encoder1", "encoder4", "up4", "dec1", "final")
-            if hasattr(model, m)] == ["encoder0", "pool0", "encoder1", "encoder4", "up4", "dec1",
-                                      "final"]
-    assert model.up4.in_channels == 512 and model.up4.out_channels == 256
-    assert model.dec4.double_conv[0].in_channels == 512
-    assert model.dec1.double_conv[0].in_channels == 128
-    assert model.final.in_channels == 64
+    assert [name for name, _ in model.named_children()] == ["encoder", "decoder", "head"]
+    assert [name for name, _ in model.encoder.named_children()] == [
+        "stem", "pool", "layer1", "layer2", "layer3", "layer4"]
+    assert model.encoder.channels == (64, 64, 128, 256, 512)
+    assert model.decoder.up4.in_channels == 512 and model.decoder.up4.out_channels == 256
+    assert model.decoder.dec4.double_conv[0].in_channels == 512
+    assert model.decoder.dec1.double_conv[0].in_channels == 128
+    assert model.head.conv.in_channels == 64
 
 
 def test_channel_counts_come_from_the_encoder():
     model = build_model("resnet50")
-    assert model.up4.in_channels == 2048 and model.dec4.double_conv[0].in_channels == 256 + 1024
+    assert model.decoder.up4.in_channels == 2048
+    assert model.decoder.dec4.double_conv[0].in_channels == 256 + 1024
 
 
 def test_forward_backward_on_64x64():
@@ -46,7 +70,7 @@ def test_forward_backward_on_64x64():
     loss.backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
-    assert model.encoder0[0].weight.grad.abs().sum() > 0
+    assert model.encoder.stem[0].weight.grad.abs().sum() > 0
 
 
 def test_channels_last_gives_the_same_result():
@@ -68,8 +92,6 @@ def test_unknown_encoder_and_mismatched_weights():
 
 
 def test_pretrained_without_network_is_a_clear_error(monkeypatch, tmp_path):
-    import torchvision.models as tvm
-
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
 
     def offline(*args, **kwargs):
@@ -78,3 +100,84 @@ def test_pretrained_without_network_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setattr(tvm.ResNet18_Weights.IMAGENET1K_V1, "get_state_dict", offline)
     with pytest.raises(ConfigError, match="model.pretrained: cannot load"):
         build_model("resnet18", pretrained=True)
+
+
+@pytest.mark.parametrize("encoder", ["resnet18", "resnet50"])
+def test_same_seed_same_weights_and_bit_identical_forward_as_the_flat_model(encoder):
+    flat, parts = _trained_pair(encoder)
+    # same draws in the same order, and parameters in the same order (optimiser state)
+    for a, b in zip(flat.parameters(), parts.parameters(), strict=True):
+        assert torch.equal(a, b) and torch.equal(a.grad, b.grad)
+    for a, b in zip(flat.buffers(), parts.buffers(), strict=True):
+        assert torch.equal(a, b)
+    with torch.no_grad():
+        for size in [(64, 64), (70, 45), (5, 7), (96, 130)]:
+            x = torch.randn(2, 3, *size)
+            assert torch.equal(flat(x), parts(x)), size
+
+
+def test_weights_under_todays_key_names_load():
+    flat, parts = _trained_pair("resnet18")
+    old = flat.state_dict()
+    assert {"encoder0.0.weight", "encoder4.0.conv1.weight", "up4.weight", "final.weight"} <= set(
+        old)
+    renamed = rename_legacy_keys(old)
+    assert list(renamed) == list(parts.state_dict())
+    for path in ("load_weights", "load_state_dict"):
+        model = build_model("resnet18")
+        if path == "load_weights":
+            load_weights(model, old, "today.pt")
+        else:
+            model.load_state_dict(old)
+        for key, value in parts.state_dict().items():
+            assert torch.equal(value, model.state_dict()[key]), (path, key)
+    assert set(old) == set(flat.state_dict())  # the caller's dict is left as it was
+
+
+def test_an_ema_copy_and_optimiser_state_under_todays_names_resume():
+    flat, parts = _trained_pair("resnet18")
+    ema_old = torch.optim.swa_utils.AveragedModel(flat)
+    ema = torch.optim.swa_utils.AveragedModel(build_model("resnet18"))
+    ema.load_state_dict(ema_old.state_dict())
+    for key, value in parts.state_dict().items():
+        assert torch.equal(value, ema.module.state_dict()[key]), key
+    opt_old = torch.optim.Adam(flat.parameters())
+    opt_old.step()
+    opt = torch.optim.Adam(parts.parameters())
+    opt.load_state_dict(opt_old.state_dict())
+    for a, b in zip(flat.parameters(), parts.parameters(), strict=True):
+        assert torch.equal(opt_old.state[a]["exp_avg"], opt.state[b]["exp_avg"])
+
+
+def test_rename_legacy_keys_under_a_prefix_only():
+    state = {"module.final.weight": 1, "module.head.conv.bias": 2, "final.weight": 3, "n": 4}
+    assert rename_legacy_keys(state, "module.") == {
+        "module.head.conv.weight": 1, "module.head.conv.bias": 2, "final.weight": 3, "n": 4}
+    keys = list(build_model("resnet18").state_dict())
+    assert all(any(k.startswith(new) for k in keys) for new in LEGACY_PREFIXES.values())
+
+
+def test_the_model_scripts_as_it_is():
+    model = build_model("resnet18").eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        scripted = torch.jit.script(model)
+    with torch.no_grad():
+        for size in [(64, 96), (70, 45), (5, 7)]:
+            x = torch.randn(1, 3, *size)
+            assert torch.equal(scripted(x), model(x)), size
+
+
+def test_checkpoint_files_under_todays_key_names_load(tmp_path):
+    from fissure.checkpoint import load_checkpoint
+
+    torch.manual_seed(0)
+    flat = FlatUNet("resnet34").eval()
+    torch.save(flat.state_dict(), tmp_path / "best_model.pth")  # the notebook's bare file
+    torch.save({"format": "fissure-checkpoint", "format_version": 1,
+                "model": {"arch": "ResNetUNet", "encoder": "resnet34", "n_classes": 1},
+                "state_dict": flat.state_dict(), "threshold": 0.3}, tmp_path / "today.pt")
+    x = torch.randn(1, 3, 40, 72)
+    for name in ("best_model.pth", "today.pt"):
+        with torch.no_grad():
+            assert torch.equal(load_checkpoint(tmp_path / name).build_model()(x), flat(x)), name

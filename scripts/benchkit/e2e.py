@@ -44,6 +44,8 @@ def bench_e2e(st: Settings, device: torch.device, workdir: Path) -> Section:
     from fissure.api import build_source, train
     from fissure.config import load_config
     from fissure.runtime import autocast_dtype
+    from fissure.training import RunKeeper, build_setup
+    from fissure.training.interruption import Interrupt
 
     sys.path.insert(0, str(SCRIPTS))
     from notebook_baseline import NotebookPipeline, folder_pairs
@@ -86,29 +88,27 @@ def bench_e2e(st: Settings, device: torch.device, workdir: Path) -> Section:
     original_loader = engine.make_loader
 
     def timed_loader(*args, **kwargs):
-        # Called by Trainer.train_epoch and Trainer.validate; the caller names the pass.
+        # Called by train_one_epoch and validate; the caller names the pass.
         kind = "val" if sys._getframe(1).f_code.co_name == "validate" else "train"
         return _TimedLoader(original_loader(*args, **kwargs), kind, sink["loads"])
 
     # The same defaults in fp32 (train.amp=false: what a CPU without native bf16 runs, and
-    # fissure's CPU default before bf16), driven epoch by epoch through the Trainer
-    # (train_epoch + validate + save_last, as fit does, without best.pt and plots).
+    # fissure's CPU default before bf16), driven epoch by epoch through the training loop's
+    # functions (train_one_epoch + validate + save_last, as fit does, without best.pt and
+    # plots).
     cfg_fp32 = load_config(None, [*cfg_overrides, "train.amp=false"])
-    fp32 = engine.Trainer(
-        cfg_fp32,
-        build_source(cfg_fp32.data),
-        workdir / "e2e-run-fp32",
-        progress=False,
-        log=lambda m: None,
-    )
+    fp32 = build_setup(cfg_fp32, build_source(cfg_fp32.data))
+    fp32_keeper = RunKeeper(fp32, workdir / "e2e-run-fp32")
+    (workdir / "e2e-run-fp32").mkdir(parents=True, exist_ok=True)
+    quiet = {"log": lambda m: None, "progress": False}
 
     def fp32_epoch() -> dict[str, float]:
         sink["loads"] = fp32_loads
         t = time.perf_counter()
-        fp32.train_epoch()
-        fp32.validate()
-        fp32.state.epoch += 1
-        fp32.save_last()
+        engine.train_one_epoch(fp32, fp32_keeper.state, Interrupt(), **quiet)
+        engine.validate(fp32, fp32_keeper.state, **quiet)
+        fp32_keeper.state.epoch += 1
+        fp32_keeper.save_last()
         seconds = time.perf_counter() - t
         sink["loads"] = fis_loads
         loads = {d["kind"]: d for d in fp32_loads[-2:]}
@@ -177,7 +177,7 @@ def bench_e2e(st: Settings, device: torch.device, workdir: Path) -> Section:
     sec.rows.append(
         Row(
             "e2e",
-            "the same epoch with fissure in fp32, train.amp=false (Trainer epoch, same process); "
+            "the same epoch with fissure in fp32, train.amp=false (loop functions, same process); "
             "ratio = notebook / fissure",
             f"{median([e['seconds'] for e in ffp32]):.1f} s",
             f"{n_med:.1f} s (notebook)",

@@ -124,6 +124,7 @@ def child_photo(width: int, height: int, tile: int, device_type: str) -> dict[st
     from fissure.checkpoint import make_checkpoint
     from fissure.config import Config
     from fissure.model import ResNetUNet
+    from fissure.prediction import PredictOptions
     from fissure.prediction.predictor import Predictor, default_tiling, predict_image
 
     device = torch.device(device_type)
@@ -132,7 +133,7 @@ def child_photo(width: int, height: int, tile: int, device_type: str) -> dict[st
     with torch.no_grad():
         # A trained model on a mostly crack-free photo: next to no predicted crack, so the
         # crack measurement does little and the figure is the network, tiling and blending.
-        model.final.bias.fill_(-10.0)
+        model.head.conv.bias.fill_(-10.0)
     predictor = Predictor.from_checkpoint(make_checkpoint(model, Config(), epoch=0), device_type)
     del model
     rng = np.random.default_rng(0)
@@ -141,11 +142,11 @@ def child_photo(width: int, height: int, tile: int, device_type: str) -> dict[st
     rss0 = rss_bytes()
     sync(device)
     t = time.perf_counter()
-    pred = predict_image(predictor, image, tile=tile or None)
+    pred = predict_image(predictor, image, PredictOptions(tile=tile or None))
     sync(device)
     seconds = time.perf_counter() - t
     peak = peak_rss_bytes()
-    tiling = default_tiling(predictor.policy, tile or None)
+    tiling = default_tiling(predictor.policy, PredictOptions(tile=tile or None))
     # Reference: the bare network on batches of 8 tiles of the same size.
     tiles = torch.randn(8, 3, tiling.tile, tiling.tile).to(device)
     ref = []

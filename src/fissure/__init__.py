@@ -6,7 +6,7 @@ The notebook API mirrors the CLI::
     cfg = fissure.load_config("configs/default.yaml", ["train.epochs=2"])
     run = fissure.train(cfg, "runs/demo")
     metrics = fissure.evaluate(run.best, split="test", out="runs/demo/eval")
-    fissure.predict(run.best, ["photos/"], out="runs/demo/pred")
+    fissure.predict(run.best, ["photos/"], "runs/demo/pred")
 """
 
 from __future__ import annotations
@@ -24,16 +24,20 @@ _EXPORTS = {
     "ResNetUNet": "model",
     "load_checkpoint": "checkpoint",
     "build_source": "api",
-    "train": "workflow",
-    "resume": "workflow",
-    "evaluate": "workflow",
-    "predict": "workflow",
-    "load_model": "workflow",
-    "demo": "workflow",
+    "Checkpoint": "checkpoint",
+    "train": "api",
+    "resume": "api",
+    "evaluate": "api",
+    "predict": "api",
+    "load_model": "api",
+    "demo": "api",
+    "EvaluateOptions": "api",
+    "PredictOptions": "prediction",
+    "OutputOptions": "prediction",
     "predict_image": "prediction",
     "Prediction": "prediction",
     "Predictor": "prediction",
-    "export_model": "export",
+    "export_model": "prediction.export",
 }
 
 

@@ -1,16 +1,23 @@
-"""The library API behind the CLI: train, resume, evaluate and predict on run folders.
+"""The library API: what every ``fissure`` command calls, for notebooks and scripts alike.
 
-Every function here is what a ``fissure`` command calls, so a notebook gets the same
-behaviour as the command line::
+::
 
-    from fissure import load_config, train, evaluate, predict
-    cfg = load_config("configs/default.yaml", ["train.epochs=2"])
-    run = train(cfg, "runs/demo")
-    metrics = evaluate(run.best, split="test", out="runs/demo/eval")
+    import fissure
+    cfg = fissure.load_config("configs/default.yaml", ["train.epochs=2"])
+    run = fissure.train(cfg, "runs/demo")
+    metrics = fissure.evaluate(run.best, split="test", out="runs/demo/eval")
+    fissure.predict(run.best, ["photos/"], "runs/demo/pred")
+
+Checkpoints, inputs and outputs may be Snowflake stage paths (``@DB.SCHEMA.STAGE/...``).
+A call opens the session it needs once and passes it down: ``connection`` (a
+``connections.toml`` name, what ``--connection`` gives) comes first, then the name a config
+or checkpoint holds (``data.snowflake.connection``), then the active session (a Snowflake
+notebook's).
 """
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -18,14 +25,22 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoint import Checkpoint
-from .config import Config, DataConfig, check_threshold, load_config, read_yaml, save_config
-from .data import CrackDataset, PairSource
+from .config import (
+    Config,
+    DataConfig,
+    SnowflakeConfig,
+    check_threshold,
+    load_config,
+    read_yaml,
+    save_config,
+)
+from .data import CrackDataset, PairSource, is_stage_path
 from .data import build_source as folder_source
 from .data.transforms import eval_transform
 from .errors import CheckpointError, ConfigError, DataError, FissureError
-from .evaluation import evaluate_dataset, metrics_document, reload_samples
+from .evaluation import EvaluateOptions, evaluate_dataset, metrics_document, reload_samples
 from .model import ResNetUNet
-from .prediction.files import Fetch, InputImage, find_inputs, predict_files
+from .prediction import OutputOptions, PredictOptions, predict_files
 from .report import (
     TensorBoardLog,
     pick_samples,
@@ -35,9 +50,29 @@ from .report import (
     write_skipped,
 )
 from .runtime import autocast_dtype
-from .snowflake.runs import check_push_target, fetch_stage_image, push_run, read_checkpoint
-from .training.distributed import is_main_process
-from .training.loop import Trainer
+from .snowflake import runs as stage_runs
+from .snowflake.runs import check_push_target, push_outputs, read_checkpoint, stage_fetcher
+from .snowflake.session import Sessions
+from .snowflake.source import StageSource
+from .snowflake.upload import upload_data as upload_dataset
+from .training import RunKeeper, build_setup, fit, is_main_process, process_group
+
+__all__ = [
+    "EvaluateOptions",
+    "OutputOptions",
+    "PredictOptions",
+    "TrainResult",
+    "build_source",
+    "demo",
+    "evaluate",
+    "load_model",
+    "predict",
+    "pull",
+    "push_run",
+    "resume",
+    "train",
+    "upload_data",
+]
 
 # A folder holding any of these has made progress worth keeping; config.yaml alone has not.
 RUN_FILES = ("last.pt", "best.pt", "history.csv")
@@ -46,6 +81,8 @@ Log = Callable[[str], None]
 
 @dataclass(frozen=True)
 class TrainResult:
+    """A finished (or early-stopped) run: its folder, checkpoints, best epoch and history."""
+
     run_dir: Path
     best: Path
     last: Path
@@ -59,15 +96,14 @@ def build_source(
 ) -> PairSource:
     """The pairs ``data.source`` names: local folders, or a Snowflake stage and its manifest.
 
-    For a stage, ``session`` is the Snowpark session to read it with (default: the one
-    ``data.snowflake.connection`` names, else the active one); ``refresh`` fetches the
-    files again instead of using the local cache, ``progress`` shows its bar.
+    For a stage, ``session`` reads it (default: the session ``data.snowflake.connection``
+    names, else the active one); ``refresh`` fetches its files again instead of using the
+    local cache, and ``progress`` shows the cache's bar.
     """
     if data.source != "stage":
         return folder_source(data)
-    from .snowflake.source import StageSource  # Snowpark is heavy; only stage users pay
-
-    return StageSource.from_config(data.snowflake, refresh=refresh, session=session,
+    session = session or Sessions().get(data.snowflake.connection)
+    return StageSource.from_config(data.snowflake, session=session, refresh=refresh,
                                    progress=progress)
 
 
@@ -90,23 +126,50 @@ def prepare_run_dir(out: str | Path | None, overwrite: bool = False) -> Path:
     return run_dir
 
 
-def _run(trainer: Trainer, start_step: int = 0) -> TrainResult:
-    run_dir = trainer.run_dir
+def _fit(cfg: Config, source: PairSource, run_dir: Path, *, resuming: bool, progress: bool,
+         log: Log) -> TrainResult:
+    """Build the run from ``cfg``, train it (continuing ``last.pt`` when ``resuming``) and
+    write history, curves and skipped files after every epoch."""
+    board = TensorBoardLog(run_dir) if cfg.train.tensorboard else None
+    with process_group():
+        setup = build_setup(cfg, source)
+        keeper = RunKeeper(setup, run_dir)
+        step = 0
+        if resuming:
+            step = keeper.resume()
+            log(f"resuming {run_dir} after epoch {keeper.state.epoch}"
+                + (f", step {step}" if step else ""))
+        else:
+            log(f"device {setup.device}; {len(setup.train_set)} train / {len(setup.val_set)} "
+                f"val images from {source.description}; {setup.workers} loader workers")
 
-    board = TensorBoardLog(run_dir) if trainer.cfg.train.tensorboard else None
+        def after_epoch(history: list[dict[str, Any]]) -> None:
+            if board is not None:
+                board.log(history[-1])
+            write_history(history, run_dir / "history.csv")
+            plot_curves(history, run_dir / "curves.png", iou_threshold=cfg.train.threshold)
+            if keeper.state.skipped:
+                write_skipped(keeper.state.skipped, run_dir / "skipped.csv")
 
-    def after_epoch(history: list[dict[str, Any]]) -> None:
-        if board is not None:
-            board.log(history[-1])
-        write_history(history, run_dir / "history.csv")
-        plot_curves(history, run_dir / "curves.png")
-        if trainer.state.skipped:
-            write_skipped(trainer.state.skipped, run_dir / "skipped.csv")
-
-    trainer.on_epoch_end = after_epoch
-    state = trainer.fit(start_step)
+        state = fit(setup, keeper, start_step=step, progress=progress, log=log,
+                    on_epoch_end=after_epoch)
     return TrainResult(run_dir, run_dir / "best.pt", run_dir / "last.pt", state.best_epoch,
                        state.best, state.history)
+
+
+def _stage_session(cfg: Config, push: str | None, sessions: Sessions) -> Any:
+    """The session a run needs (stage data, or ``push``), opened before training starts so
+    that a missing one fails now rather than after hours."""
+    if push:
+        check_push_target(push)
+    if push or cfg.data.source == "stage":
+        return sessions.get(cfg.data.snowflake.connection)
+    return None
+
+
+def _push(session: Any, run_dir: Path, push: str | None, log: Log) -> None:
+    if push and is_main_process():  # under torchrun every rank gets here; one upload is enough
+        stage_runs.push_run(session, run_dir, push, log=log)
 
 
 def train(
@@ -114,9 +177,9 @@ def train(
     out: str | Path | None = None,
     *,
     overwrite: bool = False,
-    source: PairSource | None = None,
-    refresh: bool = False,
     push: str | None = None,
+    connection: str | None = None,
+    refresh: bool = False,
     progress: bool = True,
     log: Log = print,
 ) -> TrainResult:
@@ -125,47 +188,50 @@ def train(
     ``refresh`` fetches a stage source's files again instead of using the local cache;
     ``push`` (``@STAGE/models/RUN/``) uploads the run's results there at the end.
     """
-    if push:
-        check_push_target(push, cfg.data.snowflake.connection)  # before training, not after
-    source = source or build_source(cfg.data, refresh, progress)
+    with Sessions(connection) as sessions:
+        session = _stage_session(cfg, push, sessions)
+        source = build_source(cfg.data, refresh, progress, session=session)
+        run_dir = _new_run_dir(cfg, out, overwrite, log)
+        result = _fit(cfg, source, run_dir, resuming=False, progress=progress, log=log)
+        _push(session, run_dir, push, log)
+    return result
+
+
+def _new_run_dir(cfg: Config, out: str | Path | None, overwrite: bool, log: Log) -> Path:
+    """The run folder, made and given ``config.yaml`` by rank 0 only."""
     if is_main_process():
         run_dir = prepare_run_dir(out, overwrite)
         save_config(cfg, run_dir / "config.yaml")
         log(f"run folder: {run_dir}")
-    elif out is None:
+        return run_dir
+    if out is None:
         raise ConfigError("--out: give the run folder explicitly when training under torchrun")
-    else:  # rank 0 of a torchrun group owns the folder; the others never write to it
-        run_dir = Path(out)
-    trainer = Trainer(cfg, source, run_dir, progress=progress, log=log)
-    log(f"device {trainer.device}; {len(trainer.train_set)} train / {len(trainer.val_set)} val "
-        f"images from {source.description}; {trainer.workers} loader workers")
-    result = _run(trainer)
-    if push and is_main_process():
-        push_run(run_dir, push, log=log)
-    return result
+    return Path(out)  # rank 0 of a torchrun group owns the folder; the others never write it
 
 
 def resume(
     run_dir: str | Path,
     overrides: Sequence[str] = (),
     *,
-    source: PairSource | None = None,
+    push: str | None = None,
+    connection: str | None = None,
     progress: bool = True,
     log: Log = print,
 ) -> TrainResult:
-    """Continue the run in ``run_dir`` from its ``last.pt`` (``train.epochs=N`` may extend it)."""
+    """Continue the run in ``run_dir`` from its ``last.pt`` (``train.epochs=N`` may extend it);
+    ``push`` uploads its results to a stage folder at the end, as :func:`train` does."""
     run_dir = Path(run_dir)
     if not (run_dir / "last.pt").is_file():
         raise CheckpointError(f"{run_dir}: no last.pt to resume from")
     cfg = load_config(None, overrides, base=read_yaml(run_dir / "config.yaml"))
-    source = source or build_source(cfg.data, progress=progress)
-    trainer = Trainer(cfg, source, run_dir, progress=progress, log=log)
-    step = trainer.resume()
-    if overrides and is_main_process():
-        save_config(cfg, run_dir / "config.yaml")
-    log(f"resuming {run_dir} after epoch {trainer.state.epoch}"
-        + (f", step {step}" if step else ""))
-    return _run(trainer, step)
+    with Sessions(connection) as sessions:
+        session = _stage_session(cfg, push, sessions)
+        source = build_source(cfg.data, progress=progress, session=session)
+        if overrides and is_main_process():
+            save_config(cfg, run_dir / "config.yaml")
+        result = _fit(cfg, source, run_dir, resuming=True, progress=progress, log=log)
+        _push(session, run_dir, push, log)
+    return result
 
 
 def data_config_for(ckpt_cfg: Config, data: str | Path | None) -> DataConfig:
@@ -182,98 +248,114 @@ def data_config_for(ckpt_cfg: Config, data: str | Path | None) -> DataConfig:
                    split_files=ckpt_cfg.data.split_files if same_root else None)
 
 
-def load_model(checkpoint: str | Path, device: str = "auto") -> tuple[ResNetUNet, Checkpoint]:
+def _checkpoint(checkpoint: str | Path | Checkpoint, sessions: Sessions) -> Checkpoint:
+    """A loaded checkpoint, a file, or a stage path (plain or gzip) read through a session."""
+    if isinstance(checkpoint, Checkpoint):
+        return checkpoint
+    session = sessions.get() if is_stage_path(str(checkpoint)) else None
+    return read_checkpoint(checkpoint, session)
+
+
+def load_model(
+    checkpoint: str | Path, device: str = "auto", *, connection: str | None = None
+) -> tuple[ResNetUNet, Checkpoint]:
     """(model in eval mode on ``device``, checkpoint) from a checkpoint file or stage path."""
-    ckpt = read_checkpoint(checkpoint)  # a stage path too
+    with Sessions(connection) as sessions:
+        ckpt = _checkpoint(checkpoint, sessions)
     return ckpt.build_model(device), ckpt
 
 
 def evaluate(
-    checkpoint: str | Path,
+    checkpoint: str | Path | Checkpoint,
     data: str | Path | None = None,
     split: str = "test",
     out: str | Path | None = None,
+    options: EvaluateOptions | None = None,
     *,
-    threshold: float | None = None,
-    device: str = "auto",
-    num_workers: int = 0,
-    samples_per_group: int = 2,
-    amp: bool | None = None,
+    connection: str | None = None,
     progress: bool = True,
-    log: Log = print,
 ) -> dict[str, Any]:
     """Score a checkpoint on a split in one streaming pass; returns the metrics document.
 
-    The tuned threshold is the checkpoint's unless ``threshold`` is given; every figure is also
-    reported at 0.5. ``amp`` (default: as the checkpoint was trained) runs the model in mixed
-    precision where the hardware has it; ``False`` gives fp32 figures on every machine.
-    With ``out``, writes ``metrics.json``, ``per_image.csv``, ``confusion_matrix.png``,
-    ``pr_curve.png`` and ``samples.png`` there (the worst, median and best
-    ``samples_per_group`` images by per-image IoU, re-read and predicted again).
+    ``data`` is a dataset folder or YAML config (default: the checkpoint's data). The tuned
+    threshold is the checkpoint's unless ``options.threshold`` is given; every figure is also
+    reported at 0.5. With ``out``, writes ``metrics.json``, ``per_image.csv``,
+    ``confusion_matrix.png``, ``pr_curve.png`` and ``samples.png`` there.
     """
-    model, ckpt = load_model(checkpoint, device)
-    ckpt_cfg = ckpt.config
-    data_cfg = data_config_for(ckpt_cfg, data)
-    source = build_source(data_cfg, progress=progress)
+    with Sessions(connection) as sessions:
+        return _evaluate(checkpoint, data, split, out, options or EvaluateOptions(), sessions,
+                         progress)
+
+
+def _evaluate(checkpoint: str | Path | Checkpoint, data: str | Path | None, split: str,
+              out: str | Path | None, opts: EvaluateOptions, sessions: Sessions,
+              progress: bool) -> dict[str, Any]:
+    """:func:`evaluate`, with the call's sessions."""
+    ckpt = _checkpoint(checkpoint, sessions)
+    model = ckpt.build_model(opts.device)
+    data_cfg = data_config_for(ckpt.config, data)
+    session = sessions.get(data_cfg.snowflake.connection) if data_cfg.source == "stage" else None
+    source = build_source(data_cfg, progress=progress, session=session)
     dataset = CrackDataset(source, source.samples(split), eval_transform(), data_cfg.on_error)
-    if threshold is not None:
-        thr, origin = check_threshold(threshold, "--threshold"), "given with --threshold"
+    if opts.threshold is not None:
+        thr, origin = check_threshold(opts.threshold, "--threshold"), "given with --threshold"
     else:
         thr, origin = ckpt.threshold, "stored in the checkpoint"
     dev = next(model.parameters()).device
-    policy = ckpt.policy
-    if amp is not None:
-        policy = replace(policy, amp=amp)
-    result = evaluate_dataset(model, dataset, policy, thr, ckpt_cfg.eval, dev, num_workers,
-                              progress)
+    policy = ckpt.policy if opts.amp is None else replace(ckpt.policy, amp=opts.amp)
+    result = evaluate_dataset(model, dataset, policy, thr, ckpt.config.eval, dev,
+                              opts.num_workers, progress)
     dtype = str(autocast_dtype(dev, policy.amp)).removeprefix("torch.")
-    header = {"checkpoint": str(checkpoint), "data": source.description, "split": split,
-              "device": str(dev), "compute_dtype": dtype,
-              "thresholds": {"tuned_source": origin}}
+    header = {"checkpoint": str(checkpoint if not isinstance(checkpoint, Checkpoint)
+                                else checkpoint.origin),
+              "data": source.description, "split": split, "device": str(dev),
+              "compute_dtype": dtype, "thresholds": {"tuned_source": origin}}
     metrics = metrics_document(result, header)
     if out is not None:
         rows = result.per_image()
-        views = reload_samples(model, dataset, pick_samples(rows, samples_per_group), policy, dev)
-        write_eval_reports(metrics, rows, views, out)
+        picks = pick_samples(rows, opts.samples_per_group)
+        write_eval_reports(metrics, rows, reload_samples(model, dataset, picks, policy, dev), out)
     return metrics
 
 
-def _input_files(inputs: Sequence[str | Path], pattern: str = "**/*") -> list[InputImage]:
-    """Images named by ``inputs``; see :func:`fissure.prediction_files.find_inputs`."""
-    return find_inputs(inputs, pattern)
-
-
 def predict(
-    checkpoint: str | Path,
+    checkpoint: str | Path | Checkpoint,
     inputs: Sequence[str | Path],
     out: str | Path,
+    options: PredictOptions | None = None,
+    output: OutputOptions | None = None,
     *,
-    threshold: float | None = None,
-    tile: int | None = None,
-    overlap: int | None = None,
-    tta: bool = False,
-    batch_size: int = 8,
-    glob: str = "**/*",
-    save_prob: bool = False,
-    overlay: bool = True,
-    min_area: int | None = None,
-    px_per_mm: float | None = None,
-    device: str = "auto",
-    amp: bool | None = None,
-    fetch: Fetch | None = None,
+    connection: str | None = None,
     progress: bool = True,
-    log: Log = print,
 ) -> list[dict[str, Any]]:
-    """Predict files, folders (searched with ``glob``) and, given ``fetch``, stage paths.
+    """Predict files, folders (searched with ``output.glob``) and stage paths; returns records.
 
     Writes ``<stem>.png`` masks (input size), overlays, optional probability maps, and
-    ``predictions.csv``/``.json`` with one record per image; returns the records. See
-    :mod:`fissure.prediction` for tiling and :mod:`fissure.prediction_files` for outputs.
+    ``predictions.csv``/``.json`` with one record per image (see
+    :mod:`fissure.prediction.files`). ``checkpoint`` and ``out`` may be stage paths: a stage
+    ``out`` (``@STAGE/predictions/``) gets the files uploaded, and the records name them there.
     """
-    return predict_files(checkpoint, inputs, out, glob=glob, threshold=threshold, tile=tile,
-                         overlap=overlap, tta=tta, batch_size=batch_size, min_area=min_area,
-                         px_per_mm=px_per_mm, save_prob=save_prob, overlay=overlay,
-                         device=device, amp=amp, fetch=fetch, progress=progress)
+    options, output = options or PredictOptions(), output or OutputOptions()
+    if is_stage_path(str(out)):
+        check_push_target(str(out))  # before any work, not after
+    with Sessions(connection) as sessions:
+        return _predict(_checkpoint(checkpoint, sessions), inputs, str(out), options, output,
+                        sessions, progress)
+
+
+def _predict(ckpt: Checkpoint, inputs: Sequence[str | Path], out: str,
+             options: PredictOptions, output: OutputOptions, sessions: Sessions,
+             progress: bool) -> list[dict[str, Any]]:
+    """:func:`predict`, with the call's sessions."""
+    fetch = None
+    if any(is_stage_path(str(item)) for item in inputs):
+        fetch = stage_fetcher(sessions.get())
+    if not is_stage_path(out):
+        return predict_files(ckpt, inputs, out, options, output, fetch=fetch, progress=progress)
+    with tempfile.TemporaryDirectory(prefix="fissure-predict-") as tmp:
+        records = predict_files(ckpt, inputs, tmp, options, output, fetch=fetch,
+                                progress=progress)
+        return push_outputs(sessions.get(), tmp, out, records)
 
 
 def demo(cfg: Config, out: str | Path = "runs/demo", *, count: int = 120, seed: int = 0,
@@ -292,45 +374,47 @@ def demo(cfg: Config, out: str | Path = "runs/demo", *, count: int = 120, seed: 
     cfg = replace(cfg, data=replace(cfg.data, source="folder", root=str(data_dir),
                                     split_files=None))
     run = train(cfg, out / "run", overwrite=True, progress=progress, log=log)
-    metrics = evaluate(run.best, split="test", out=out / "eval", progress=progress, log=log)
-    test_images = data_dir / "test" / "images"
-    predict(run.best, [test_images], out / "predictions", progress=progress, log=log)
+    metrics = evaluate(run.best, split="test", out=out / "eval", progress=progress)
+    predict(run.best, [data_dir / "test" / "images"], out / "predictions", progress=progress)
     return {"metrics": metrics,
             "outputs": {"run folder": run.run_dir, "checkpoint": run.best,
                         "curves": run.run_dir / "curves.png", "evaluation": out / "eval",
                         "predictions": out / "predictions"}}
 
 
-# -- Snowflake stage paths as checkpoints, inputs and outputs (the rest is in .remote) ------
+# -- moving datasets and runs between this machine and a stage -----------------------------
 
 
-def predict_with_stage(checkpoint: str | Path, inputs: Sequence[str | Path], out: str | Path,
-                       **options: Any) -> list[dict[str, Any]]:
-    """:func:`predict` (same ``options``), where ``checkpoint`` and ``out`` may be stage paths.
+def upload_data(data_dir: str | Path, names: SnowflakeConfig | None = None, *,
+                connection: str | None = None, replace_view: bool = False,
+                progress: bool = True) -> dict[str, Any]:
+    """Put a local dataset (any layout ``train`` reads) into a stage and build the manifest
+    view training reads; ``names`` gives the database, schema, stage and manifest (default:
+    the notebook's). Idempotent. Returns ``uploaded``/``skipped`` counts, manifest ``rows``
+    and the qualified ``stage`` and ``manifest`` names."""
+    names = names or SnowflakeConfig()
+    with Sessions(connection) as sessions:
+        return upload_dataset(sessions.get(names.connection), data_dir, names,
+                              replace_view=replace_view, progress=progress)
 
-    For a stage ``out`` (``@STAGE/predictions/``) the outputs are written to a temporary
-    folder and uploaded there; the records and predictions.csv/json name the stage copies.
-    """
-    ckpt = read_checkpoint(checkpoint) if str(checkpoint).startswith("@") else checkpoint
-    if any(str(item).startswith("@") for item in inputs):
-        options.setdefault("fetch", fetch_stage_image)
-    if not str(out).startswith("@"):
-        return predict(ckpt, inputs, out, **options)
-    import tempfile
 
-    from .snowflake.source import push_files, resolve_session
+def push_run(run_dir: str | Path, prefix: str, *, connection: str | None = None,
+             log: Log = print) -> list[str]:
+    """Upload a run's ``best.pt``, ``config.yaml`` and metrics under the stage folder
+    ``prefix``; ``connection`` defaults to the one the run's config names."""
 
-    prefix = check_push_target(str(out)).rstrip("/")
-    session = resolve_session()
-    with tempfile.TemporaryDirectory(prefix="fissure-predict-") as tmp:
-        records = predict(ckpt, inputs, tmp, **options)
+    run_dir = Path(run_dir)
+    check_push_target(prefix)
+    configured = None
+    if (run_dir / "config.yaml").is_file():
+        stored = read_yaml(run_dir / "config.yaml").get("data") or {}
+        configured = (stored.get("snowflake") or {}).get("connection")
+    with Sessions(connection) as sessions:
+        return stage_runs.push_run(sessions.get(configured), run_dir, prefix, log=log)
 
-        def staged(text: str) -> str:
-            return text.replace(tmp + "/", prefix + "/")
 
-        files = sorted(p for p in Path(tmp).iterdir() if p.is_file())
-        for file in files:
-            if file.suffix in (".csv", ".json"):
-                file.write_text(staged(file.read_text("utf-8")), "utf-8")
-        push_files(session, files, prefix)
-    return [{k: staged(v) if isinstance(v, str) else v for k, v in r.items()} for r in records]
+def pull(stage_path: str, out: str | Path = ".", *, connection: str | None = None) -> Path:
+    """Download one stage file (a model, a mask) into folder ``out``, gunzipped when it was
+    gzip; returns the local path (``best_model.pth.gz`` arrives as ``best_model.pth``)."""
+    with Sessions(connection) as sessions:
+        return stage_runs.pull(sessions.get(), stage_path, out)

@@ -1,8 +1,8 @@
 """Self-describing checkpoints: one typed :class:`Checkpoint`, written atomically and read
 with ``weights_only=True``.
 
-On disk a checkpoint is a plain dict of tensors and primitives (format version 1), so it
-loads without unpickling code::
+On disk a checkpoint is a plain dict of tensors and primitives (:data:`FORMAT_VERSION`), so
+it loads without unpickling code::
 
     format, format_version, fissure_version
     model       {arch, encoder, n_classes}
@@ -46,7 +46,9 @@ from .model import ENCODERS, ResNetUNet, build_model, load_weights
 from .runtime import InputPolicy, select_device
 
 FORMAT = "fissure-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: weights under the model's part names (``encoder.*``, ``decoder.*``, ``head.*``);
+version 1 files, with the notebook's flat names (``encoder0.*`` ... ``final.*``), still load."""
 NOTEBOOK_SIZE = 256
 """The original notebook resized every image to 256 x 256."""
 
@@ -76,6 +78,7 @@ class Checkpoint:
 
     @property
     def encoder(self) -> str:
+        """The encoder the weights are for (``resnet34`` ...)."""
         return self.model.encoder
 
     @classmethod
@@ -125,7 +128,7 @@ class Checkpoint:
             )
 
     def to_dict(self) -> dict[str, Any]:
-        """The on-disk form (format version 1): plain values and CPU tensors."""
+        """The on-disk form (:data:`FORMAT_VERSION`): plain values and CPU tensors."""
         obj: dict[str, Any] = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -198,7 +201,9 @@ def save_atomic(obj: Any, path: str | Path) -> None:
 
 
 def _is_notebook_state_dict(obj: Any) -> bool:
-    return isinstance(obj, dict) and "encoder0.0.weight" in obj and "final.weight" in obj
+    """A bare ``model.state_dict()``: the notebook's flat names, or today's part names."""
+    names = (("encoder0.0.weight", "final.weight"), ("encoder.stem.0.weight", "head.conv.weight"))
+    return isinstance(obj, dict) and any(all(n in obj for n in pair) for pair in names)
 
 
 def _from_notebook(state: dict[str, torch.Tensor], origin: str) -> Checkpoint:

@@ -8,12 +8,11 @@ from pathlib import Path
 
 import click
 
-from . import __version__
-from . import api as workflow
-from .config import load_config
+from . import __version__, api
+from .api import EvaluateOptions, OutputOptions, PredictOptions
+from .config import SnowflakeConfig, load_config
 from .errors import FissureError
 from .report import EVAL_FILES, fmt, metrics_table
-from .snowflake import runs as remote
 from .training.distributed import is_main_process, launch, strip_option
 
 
@@ -87,20 +86,18 @@ def train(config_path, out, overrides, resume_dir, overwrite, device, quiet, con
     if devices:
         sys.exit(launch(devices, strip_option(sys.argv[1:], "--devices")))
     extra = list(overrides) + ([f"train.device={device}"] if device else [])
-    remote.connect(connection)
     if resume_dir:
         if refresh:
             raise click.UsageError("--refresh applies to new runs; with --resume use "
                                    "--set data.snowflake.refresh=true")
-        result = workflow.resume(resume_dir, extra, progress=not quiet, log=click.echo)
-        if push:
-            remote.push_run(result.run_dir, push, log=click.echo)
+        result = api.resume(resume_dir, extra, push=push, connection=connection,
+                            progress=not quiet, log=click.echo)
     else:
         if not config_path:
             raise click.UsageError("give --config FILE (or --resume RUN_DIR)")
         cfg = load_config(config_path, extra)
-        result = workflow.train(cfg, out, overwrite=overwrite, refresh=refresh, push=push,
-                                progress=not quiet, log=click.echo)
+        result = api.train(cfg, out, overwrite=overwrite, push=push, connection=connection,
+                           refresh=refresh, progress=not quiet, log=click.echo)
     if is_main_process():
         click.echo(f"best epoch {result.best_epoch} (score {fmt(result.best_score)}); "
                    f"checkpoint {result.best}")
@@ -137,10 +134,9 @@ def evaluate(checkpoint, data, split, out, threshold, device, workers, amp, quie
       fissure evaluate runs/demo/best.pt --data data/synth --split test --out runs/demo/eval
       fissure evaluate @DB.SCH.STAGE/models/run1/best.pt --data stage.yaml --connection prod
     """
-    remote.connect(connection)
-    metrics = workflow.evaluate(checkpoint, data, split, out, threshold=threshold,
-                                device=device, num_workers=workers, amp=amp,
-                                progress=not quiet)
+    options = EvaluateOptions(threshold=threshold, device=device, amp=amp, num_workers=workers)
+    metrics = api.evaluate(checkpoint, data, split, out, options, connection=connection,
+                           progress=not quiet)
     click.echo(metrics_table(metrics))
     if out:
         click.echo(f"wrote {', '.join(EVAL_FILES)} to {Path(out).resolve()}")
@@ -185,11 +181,12 @@ def predict(checkpoint, inputs, out, pattern, threshold, tile, overlap, tta, bat
       fissure predict runs/demo/best.pt photos/ --out predictions/ --px-per-mm 4.2
       fissure predict @DB.SCH.STAGE/models/best_model.pth.gz photos/ --out @DB.SCH.STAGE/pred/
     """
-    remote.connect(connection)
-    records = workflow.predict_with_stage(
-        checkpoint, inputs, out, threshold=threshold, tile=tile, overlap=overlap, tta=tta,
-        batch_size=batch_size, glob=pattern, save_prob=save_prob, overlay=overlay,
-        min_area=min_area, px_per_mm=px_per_mm, device=device, amp=amp, progress=not quiet)
+    options = PredictOptions(threshold=threshold, tile=tile, overlap=overlap, tta=tta,
+                             batch_size=batch_size, min_area=min_area, px_per_mm=px_per_mm,
+                             amp=amp, device=device)
+    output = OutputOptions(overlay=overlay, save_prob=save_prob, glob=pattern)
+    records = api.predict(checkpoint, inputs, out, options, output, connection=connection,
+                          progress=not quiet)
     cracked = sum(1 for r in records if r["n_segments"])
     click.echo(f"{cracked} of {len(records)} image(s) with cracks; "
                f"wrote masks and {Path(out) / 'predictions.csv'}")
@@ -219,6 +216,43 @@ def data_synth(out, count, size, seed) -> None:
                + ", ".join(f"{k} {v}" for k, v in counts.items()))
 
 
+@data.command("get")
+@click.argument("name")
+@click.option("--out", type=click.Path(file_okay=False),
+              help="Folder to write (default: data/NAME).")
+@click.option("--force", is_flag=True,
+              help="Download again even if OUT holds the dataset; accept a download whose "
+                   "SHA-256 differs from the pinned or recorded one; replace folders that "
+                   "fissure did not write.")
+@click.option("--yes", "-y", is_flag=True, help="Accept the dataset's licence without asking.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def data_get(name, out, force, yes, quiet) -> None:
+    """Download a public crack dataset NAME into OUT in fissure's folder layout.
+
+    \b
+    NAME: cfd (CrackForest, 118 photos, with the Koenig split files) or deepcrack
+    (DeepCrack, 300 train / 237 test). The source and licence are shown first and must be
+    accepted (--yes accepts them). An interrupted download resumes when run again.
+    OUT/README.md records the source URL, the licence and the SHA-256 of the download.
+
+    \b
+    Examples:
+      fissure data get cfd                  # -> data/cfd, what configs/cfd.yaml reads
+      fissure data get deepcrack --out /data/deepcrack --yes
+    """
+    from .data.public import get_dataset
+
+    def accept(_notice: str) -> bool:
+        if not sys.stdin.isatty():
+            raise FissureError(f"{name}: pass --yes to accept the licence above "
+                               "(there is no terminal to ask on)")
+        return click.confirm("Accept this licence and download?", default=False)
+
+    result = get_dataset(name, out, force=force, confirm=None if yes else accept,
+                         progress=not quiet, log=click.echo)
+    click.echo(f"{result.out}: " + ", ".join(f"{k} {v}" for k, v in result.counts.items()))
+
+
 @cli.command()
 @click.option("--config", "config_path", default="configs/default.yaml", show_default=True,
               type=click.Path(dir_okay=False))
@@ -233,7 +267,7 @@ def demo(config_path, out, overrides, quiet) -> None:
       fissure demo --out runs/demo
     """
     cfg = load_config(config_path, overrides)
-    summary = workflow.demo(cfg, out, progress=not quiet, log=click.echo)
+    summary = api.demo(cfg, out, progress=not quiet, log=click.echo)
     click.echo(metrics_table(summary["metrics"]))
     for label, path in summary["outputs"].items():
         click.echo(f"{label:>12}: {path}")
@@ -300,9 +334,9 @@ def snowflake_upload(data_dir, stage, manifest, database, schema, connection, re
     Example:
       fissure snowflake upload data/crack_segmentation_dataset --connection prod
     """
-    counts = remote.upload_data(data_dir, connection=connection, database=database,
-                                  schema=schema, stage=stage, manifest=manifest,
-                                  replace_view=replace_view, progress=not quiet)
+    names = SnowflakeConfig(database=database, schema=schema, stage=stage, manifest=manifest)
+    counts = api.upload_data(data_dir, names, connection=connection, replace_view=replace_view,
+                             progress=not quiet)
     click.echo(f"uploaded {counts['uploaded']} file(s), {counts['skipped']} already there; "
                f"{counts['manifest']} lists {counts['rows']} pair(s) in {counts['stage']}")
 
@@ -319,7 +353,7 @@ def snowflake_pull(stage_path, out, connection) -> None:
     Example:
       fissure snowflake pull @DB.SCH.STAGE/models/best_model.pth.gz --out models/
     """
-    click.echo(f"wrote {remote.pull(stage_path, out, connection=connection)}")
+    click.echo(f"wrote {api.pull(stage_path, out, connection=connection)}")
 
 
 def main() -> None:

@@ -67,6 +67,8 @@ class SnowflakeConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
+    """Where the pairs come from (``source``: folders or a stage) and how they are fed."""
+
     source: str = _choice("folder", "folder", "stage")
     root: str = "data/synth"
     # {split: id-list file}, paths relative to `root` unless absolute.
@@ -101,6 +103,8 @@ class AugmentConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
+    """The network: a U-Net on a torchvision ResNet encoder."""
+
     encoder: str = _choice("resnet34", "resnet18", "resnet34", "resnet50")
     pretrained: bool = False
     # One logit per pixel (crack against background); kept as a key for the notebook's name.
@@ -109,12 +113,16 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
+    """A loss by name, with its keyword parameters (see :mod:`fissure.losses`)."""
+
     name: str = "bce"
     params: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """Optimisation, schedule, selection, stopping and speed settings of a training run."""
+
     epochs: int = 30
     batch_size: int = 16
     lr: float = 1e-4
@@ -149,6 +157,8 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
+    """Evaluation settings: detection area, tolerance in px, swept thresholds, batch."""
+
     min_area: int = 20
     tolerance: int = 2
     thresholds: int = 99
@@ -157,6 +167,8 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class Config:
+    """A whole run configuration, one section per concern; frozen once validated."""
+
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -328,6 +340,8 @@ def merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
+    """The mapping in a YAML file; a ConfigError naming the file if it is missing or no
+    mapping."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
@@ -361,4 +375,5 @@ def load_config(
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
+    """Write ``cfg`` as YAML, keys in their declared order."""
     Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), encoding="utf-8")

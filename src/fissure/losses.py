@@ -63,12 +63,10 @@ def _as_float32(logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
 def _batch_stats(logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Soft true positives, false positives and false negatives summed over the batch.
 
-    Args:
-        logits: ``(N, 1, H, W)`` raw scores.
-        target: ``(N, 1, H, W)`` in ``{0, 1}``.
-
-    Returns:
-        ``(tp, fp, fn)``, each a 0-dim float32 tensor.
+    Shapes:
+        logits: (N, 1, H, W) float, raw scores.
+        target: (N, 1, H, W) float in {0, 1}.
+        returns: ``(tp, fp, fn)``, each 0-dim float32.
     """
     logits, target = _as_float32(logits, target)
     prob = torch.sigmoid(logits)
@@ -81,15 +79,14 @@ def _batch_stats(logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor
 def bce_loss(logits: Tensor, target: Tensor, pos_weight: float | None = None) -> Tensor:
     """Binary cross-entropy from logits, averaged over all pixels.
 
-    Args:
-        logits: ``(N, 1, H, W)`` raw scores.
-        target: ``(N, 1, H, W)`` in ``{0, 1}``.
-        pos_weight: factor on the crack-pixel (``target == 1``) term; ``None`` means 1.
-            Values above 1 trade precision for recall, offsetting how rare cracks are
-            (see :func:`auto_pos_weight`).
+    ``pos_weight`` multiplies the crack-pixel (``target == 1``) term; ``None`` means 1.
+    Values above 1 trade precision for recall, offsetting how rare cracks are (see
+    :func:`auto_pos_weight`).
 
-    Returns:
-        0-dim float32 tensor.
+    Shapes:
+        logits: (N, 1, H, W) float, raw scores.
+        target: (N, 1, H, W) float in {0, 1}.
+        returns: 0-dim float32.
     """
     logits, target = _as_float32(logits, target)
     weight = None
@@ -105,18 +102,15 @@ def soft_dice_loss(
 
     ``p = sigmoid(logits)``. By default the sums run over the whole batch (one dice for
     the batch, as a dataset-level score is computed), so images without cracks neither
-    dominate nor produce an undefined ratio.
+    dominate nor produce an undefined ratio. With ``per_image``, one dice per image (sums
+    over every dimension but the first) and the mean of the ``N`` losses instead.
+    ``smooth``, added to numerator and denominator, keeps the ratio defined when the batch
+    has no crack pixels and none are predicted (loss 0 then).
 
-    Args:
-        logits: ``(N, 1, H, W)`` raw scores.
-        target: ``(N, 1, H, W)`` in ``{0, 1}``.
-        smooth: added to numerator and denominator; keeps the ratio defined when the batch
-            has no crack pixels and none are predicted (loss 0 then).
-        per_image: compute one dice per image (sums over every dimension but the first)
-            and average the ``N`` losses instead.
-
-    Returns:
-        0-dim float32 tensor in ``[0, 1]``.
+    Shapes:
+        logits: (N, 1, H, W) float, raw scores.
+        target: (N, 1, H, W) float in {0, 1}.
+        returns: 0-dim float32 in [0, 1].
     """
     logits, target = _as_float32(logits, target)
     prob = torch.sigmoid(logits)
@@ -136,15 +130,12 @@ def bce_dice_loss(
 ) -> Tensor:
     """``bce_weight * bce_loss + dice_weight * soft_dice_loss`` (batch-level dice, smooth 1).
 
-    Args:
-        logits: ``(N, 1, H, W)`` raw scores.
-        target: ``(N, 1, H, W)`` in ``{0, 1}``.
-        bce_weight: weight of the BCE term.
-        dice_weight: weight of the Dice term.
-        pos_weight: passed to :func:`bce_loss`.
+    ``pos_weight`` is passed to :func:`bce_loss`.
 
-    Returns:
-        0-dim float32 tensor.
+    Shapes:
+        logits: (N, 1, H, W) float, raw scores.
+        target: (N, 1, H, W) float in {0, 1}.
+        returns: 0-dim float32.
     """
     bce = bce_loss(logits, target, pos_weight=pos_weight)
     dice = soft_dice_loss(logits, target)
@@ -161,15 +152,14 @@ def focal_loss(
     (not over crack pixels as in Lin et al.), so the scale does not jump with the number
     of cracks in a batch.
 
-    Args:
-        logits: ``(N, 1, H, W)`` raw scores.
-        target: ``(N, 1, H, W)`` in ``{0, 1}``.
-        alpha: weight of crack pixels; background pixels get ``1 - alpha``. ``None``
-            weighs both classes 1, so ``gamma=0, alpha=None`` is plain BCE.
-        gamma: focusing exponent; larger values down-weight easy pixels more.
+    ``alpha`` weighs crack pixels and ``1 - alpha`` background pixels; ``None`` weighs both
+    classes 1, so ``gamma=0, alpha=None`` is plain BCE. ``gamma`` is the focusing exponent:
+    larger values down-weight easy pixels more.
 
-    Returns:
-        0-dim float32 tensor.
+    Shapes:
+        logits: (N, 1, H, W) float, raw scores.
+        target: (N, 1, H, W) float in {0, 1}.
+        returns: 0-dim float32.
     """
     logits, target = _as_float32(logits, target)
     log_pt = target * F.logsigmoid(logits) + (1.0 - target) * F.logsigmoid(-logits)
@@ -195,17 +185,13 @@ def tversky_loss(
     positives and ``beta`` false negatives (Salehi et al., 2017), so ``beta > alpha`` (the
     default) penalises missed crack pixels more and favours recall. With
     ``alpha = beta = 0.5`` this is :func:`soft_dice_loss` with twice the ``smooth``.
+    ``smooth``, added to numerator and denominator, keeps the ratio defined when the batch
+    has no crack pixels.
 
-    Args:
-        logits: ``(N, 1, H, W)`` raw scores.
-        target: ``(N, 1, H, W)`` in ``{0, 1}``.
-        alpha: weight of false positives.
-        beta: weight of false negatives.
-        smooth: added to numerator and denominator; keeps the ratio defined when the batch
-            has no crack pixels.
-
-    Returns:
-        0-dim float32 tensor in ``[0, 1]``.
+    Shapes:
+        logits: (N, 1, H, W) float, raw scores.
+        target: (N, 1, H, W) float in {0, 1}.
+        returns: 0-dim float32 in [0, 1].
     """
     tp, fp, fn = _batch_stats(logits, target)
     index = (tp + smooth) / (tp + alpha * fp + beta * fn + smooth)
@@ -223,18 +209,14 @@ def focal_tversky_loss(
     """``tversky_loss ** gamma`` (Abraham & Khan, 2019, who write the exponent as ``1/gamma``).
 
     ``gamma < 1`` raises the loss, and its gradient, on batches that are already mostly
-    right, which pushes on the thin, hard crack pixels late in training.
+    right, which pushes on the thin, hard crack pixels late in training. ``alpha``,
+    ``beta`` and ``smooth`` are :func:`tversky_loss`'s; ``gamma`` is the exponent applied
+    to ``1 - TI``.
 
-    Args:
-        logits: ``(N, 1, H, W)`` raw scores.
-        target: ``(N, 1, H, W)`` in ``{0, 1}``.
-        alpha: weight of false positives (see :func:`tversky_loss`).
-        beta: weight of false negatives.
-        gamma: exponent applied to ``1 - TI``.
-        smooth: see :func:`tversky_loss`.
-
-    Returns:
-        0-dim float32 tensor in ``[0, 1]``.
+    Shapes:
+        logits: (N, 1, H, W) float, raw scores.
+        target: (N, 1, H, W) float in {0, 1}.
+        returns: 0-dim float32 in [0, 1].
     """
     loss = tversky_loss(logits, target, alpha=alpha, beta=beta, smooth=smooth)
     return loss.clamp_min(_POW_FLOOR).pow(gamma)
@@ -243,16 +225,10 @@ def focal_tversky_loss(
 def auto_pos_weight(crack_fraction: float, cap: float = 50.0) -> float:
     """BCE ``pos_weight`` that balances the two classes: ``(1 - p) / p`` clipped to ``[1, cap]``.
 
-    Args:
-        crack_fraction: ``p``, the share of crack pixels in the training masks, in ``(0, 1]``.
-        cap: upper bound; very thin cracks would otherwise give weights in the hundreds,
-            which make training unstable and flood predictions with false positives.
-
-    Returns:
-        The weight, a float in ``[1, cap]``.
-
-    Raises:
-        ValueError: ``crack_fraction`` is not in ``(0, 1]`` or ``cap`` is below 1.
+    ``p`` is ``crack_fraction``, the share of crack pixels in the training masks, in
+    ``(0, 1]``. ``cap`` bounds the weight: very thin cracks would otherwise give weights in
+    the hundreds, which make training unstable and flood predictions with false positives.
+    A ValueError says when ``crack_fraction`` is not in ``(0, 1]`` or ``cap`` is below 1.
     """
     p = float(crack_fraction)
     if not (math.isfinite(p) and 0.0 < p <= 1.0):
@@ -312,21 +288,16 @@ def build_loss(
 ) -> Callable[[Tensor, Tensor], Tensor]:
     """Make ``loss(logits, target)`` from the ``train.loss`` config section.
 
-    Args:
-        name: a key of :data:`LOSSES` (``train.loss.name``).
-        params: keyword arguments of that loss (every other ``train.loss.*`` key), checked
-            against its signature and types. ``pos_weight: auto`` is replaced by
-            :func:`auto_pos_weight` of ``crack_fraction``.
-        crack_fraction: share of crack pixels in the training masks; needed only for
-            ``pos_weight: auto``.
+    ``name`` is a key of :data:`LOSSES` (``train.loss.name``); ``params`` are that loss's
+    keyword arguments (every other ``train.loss.*`` key), checked against its signature and
+    types. ``pos_weight: auto`` is replaced by :func:`auto_pos_weight` of ``crack_fraction``,
+    the share of crack pixels in the training masks, which only it needs. The result is a
+    :func:`functools.partial` of the loss with the parameters bound. A ConfigError names the
+    key for an unknown name or parameter, a value of the wrong type or range, or
+    ``pos_weight: auto`` without a usable ``crack_fraction``.
 
-    Returns:
-        A :func:`functools.partial` of the loss with the parameters bound; it takes
-        ``(N, 1, H, W)`` logits and target and returns a 0-dim float32 tensor.
-
-    Raises:
-        ConfigError: unknown name or parameter, a value of the wrong type or range, or
-            ``pos_weight: auto`` without a usable ``crack_fraction``.
+    Shapes:
+        returns: a callable taking (N, 1, H, W) logits and target, returning 0-dim float32.
     """
     names = list(LOSSES)
     if not isinstance(name, str) or name not in LOSSES:

@@ -1,9 +1,14 @@
 """How a model runs: on which device, in which precision, and at which input size.
 
-Shapes: ``images`` (N, 3, H, W) normalised float; probabilities (N, 1, H, W) in [0, 1]
-at the input's resolution. A model trained on whole images shrunk to ``size`` (``resize``
-mode) sees its input shrunk the same way and its logits are upsampled back; a model
-trained on native-resolution crops (``crop`` mode) sees the image as it is.
+A model trained on whole images shrunk to ``size`` (``resize`` mode) sees its input shrunk
+the same way (:func:`resize_images`) and its logits are upsampled back
+(:func:`resize_logits`); a model trained on native-resolution crops (``crop`` mode) sees the
+image as it is. :func:`forward_logits` and :func:`predict_probs` do both for a batch; the
+prediction package reuses the two resize steps for images batched with other images' tiles.
+
+Shapes:
+    images: (N, 3, H, W) float, normalised.
+    probabilities: (N, 1, H, W) float32 in [0, 1], at the input's resolution.
 """
 
 from __future__ import annotations
@@ -19,16 +24,21 @@ from .model import ResNetUNet
 
 @dataclass(frozen=True)
 class InputPolicy:
-    """How images are fed to a model: its training mode and size, and whether it runs in
-    mixed precision (a checkpoint's :attr:`~fissure.checkpoint.Checkpoint.policy`)."""
+    """How images are fed to a model: its training mode and size, and mixed precision.
+
+    A checkpoint's :attr:`~fissure.checkpoint.Checkpoint.policy`. ``mode`` is ``resize``
+    (whole images shrunk to ``size x size``) or ``crop`` (native-resolution crops of
+    ``size``); ``amp`` asks for mixed precision where the hardware has it (see
+    :func:`autocast_for`).
+    """
 
     mode: str = "resize"
     size: int = 256
-    amp: bool = True  # mixed precision where the hardware has it (see autocast_for)
+    amp: bool = True
 
 
 def select_device(name: str = "auto") -> torch.device:
-    """``auto`` picks cuda, then mps, then cpu; any other name is used as given."""
+    """The device called ``name``; ``auto`` picks cuda, then mps, then cpu."""
     if name != "auto":
         return torch.device(name)
     if torch.cuda.is_available():
@@ -39,16 +49,20 @@ def select_device(name: str = "auto") -> torch.device:
 
 
 def cpu_has_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX). Elsewhere torch emulates
-    bf16, which is slower than fp32."""
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX).
+
+    Elsewhere torch emulates bf16, which is slower than fp32.
+    """
     probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
 
 
 def autocast_dtype(device: torch.device, enabled: bool = True) -> torch.dtype:
-    """The dtype the model's convolutions run in under :func:`autocast_for`: bf16 (else fp16)
-    on CUDA, bf16 on CPUs with native bf16, where a training step measured 2x faster than
-    fp32 (BENCHMARKS.md §1); fp32 elsewhere and when ``enabled`` is false."""
+    """The dtype the model's convolutions run in under :func:`autocast_for`.
+
+    bf16 (else fp16) on CUDA; bf16 on CPUs with native bf16, where a training step was
+    measured 1.97x faster than in fp32; fp32 elsewhere and when ``enabled`` is false.
+    """
     if enabled and device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if enabled and device.type == "cpu" and cpu_has_bf16():
@@ -64,30 +78,66 @@ def autocast_for(device: torch.device, enabled: bool = True) -> contextlib.Abstr
     return torch.autocast(device.type, dtype=dtype)
 
 
+def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Images resized to ``size x size`` as ``resize``-mode training saw them; unchanged if
+    they already are that size.
+
+    Bilinear with antialiasing, so that shrinking averages pixels instead of skipping them.
+
+    Shapes:
+        images: (N, C, H, W) float.
+        returns: (N, C, size, size), the same tensor when H == W == size.
+    """
+    if tuple(images.shape[-2:]) == (size, size):
+        return images
+    return F.interpolate(
+        images, size=(size, size), mode="bilinear", align_corners=False, antialias=True
+    )
+
+
+def resize_logits(logits: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """Logits upsampled (bilinear) back to the input's ``shape``; unchanged if they already
+    have it.
+
+    Shapes:
+        logits: (N, 1, h, w) float.
+        returns: (N, 1, *shape), the same tensor when (h, w) == shape.
+    """
+    if tuple(logits.shape[-2:]) == tuple(shape):
+        return logits
+    return F.interpolate(logits, size=tuple(shape), mode="bilinear", align_corners=False)
+
+
 def forward_logits(
     model: ResNetUNet, images: torch.Tensor, policy: InputPolicy, amp: bool | None = None
 ) -> torch.Tensor:
-    """(N, 3, H, W) -> (N, 1, H, W) float32 logits at the input's resolution; ``amp``
-    overrides ``policy.amp``."""
+    """Logits at the input's resolution, the input fed as ``policy`` says.
+
+    ``amp`` overrides ``policy.amp``. A channels-last model gets channels-last input.
+
+    Shapes:
+        images: (N, 3, H, W) float, normalised.
+        returns: (N, 1, H, W) float32 logits.
+    """
     height, width = images.shape[-2:]
     resize = policy.mode == "resize" and (height, width) != (policy.size, policy.size)
-    x = images
-    if resize:
-        x = F.interpolate(x, size=(policy.size, policy.size), mode="bilinear",
-                          align_corners=False, antialias=True)
+    x = resize_images(images, policy.size) if resize else images
     if next(model.parameters()).is_contiguous(memory_format=torch.channels_last):
         x = x.contiguous(memory_format=torch.channels_last)
     with autocast_for(images.device, policy.amp if amp is None else amp):
         logits = model(x)
     logits = logits.float()
-    if resize:
-        logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
-    return logits
+    return resize_logits(logits, (height, width)) if resize else logits
 
 
 @torch.inference_mode()
 def predict_probs(
     model: ResNetUNet, images: torch.Tensor, policy: InputPolicy, amp: bool | None = None
 ) -> torch.Tensor:
-    """(N, 3, H, W) -> (N, 1, H, W) crack probabilities; the model must be in eval mode."""
+    """Crack probabilities, the sigmoid of :func:`forward_logits`; ``model`` in eval mode.
+
+    Shapes:
+        images: (N, 3, H, W) float, normalised.
+        returns: (N, 1, H, W) float32 in [0, 1].
+    """
     return torch.sigmoid(forward_logits(model, images, policy, amp))

@@ -1,4 +1,5 @@
-"""Tests for the torch Dataset: item shapes, binary masks, crack-aware crops, collate (fissure.data.dataset)."""
+"""Tests for the torch Dataset (fissure.data.dataset): item shapes, binary masks,
+crack-aware crops, collate."""
 
 
 import pytest

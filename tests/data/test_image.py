@@ -1,10 +1,13 @@
 """Tests for image decoding: gzip by magic, formats, EXIF, JPEG masks (fissure.data.image)."""
 
+import contextlib
 import gzip
 import io
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pairs import png_bytes
 from PIL import Image
 
@@ -71,4 +74,47 @@ def test_jpeg_masks_are_binarised_at_127():
     assert decoded.dtype == bool
     assert decoded[6:10, 6:10].all() and not decoded[:2, :2].any()
     assert decode_mask(png_bytes(np.array([[127, 128]], np.uint8)), "m").tolist() == [[False, True]]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=512))
+def test_decoder_never_crashes_on_garbage(data):
+    for decode in (decode_image, decode_mask):
+        try:
+            decode(data, "fuzz.png")
+        except DataError as exc:
+            assert str(exc).startswith("fuzz.png: ")
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.binary(min_size=0, max_size=64), st.integers(0, 2000))
+def test_decoder_survives_damaged_real_files(noise, cut):
+    import gzip
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.full((16, 16, 3), 90, np.uint8)).save(buf, format="PNG")
+    for blob in (buf.getvalue(), gzip.compress(buf.getvalue())):
+        damaged = blob[:cut] + noise + blob[cut + len(noise):]
+        with contextlib.suppress(DataError):
+            decode_image(damaged, "x.png")
+
+
+def test_unreadable_file_is_a_data_error(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from fissure.data.image import read_bytes
+
+    target = tmp_path / "x.png"
+    target.write_bytes(b"x")
+
+    def denied(self):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "read_bytes", denied)
+    with pytest.raises(DataError, match="x.png: cannot read \\(Permission denied\\)"):
+        read_bytes(target)
 

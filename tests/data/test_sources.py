@@ -1,5 +1,6 @@
 """Tests for folder layouts, split files and pairing errors (fissure.data.sources)."""
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -125,3 +126,12 @@ def test_val_and_test_without_train(tmp_path):
     assert [s.name for s in src.samples("val")] == ["v0"]
     with pytest.raises(DataError, match=r"has no 'train' split \(it has val, test\)"):
         src.samples("train")
+
+
+def test_non_image_files_are_ignored_when_pairing(synth_root, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(synth_root, root)
+    (root / "train" / "masks" / "README.md").write_text("hello")
+    (root / "train" / "images" / ".DS_Store").write_bytes(b"\0")
+    assert len(FolderSource(root).samples("train")) == 8
+

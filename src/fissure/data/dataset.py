@@ -55,8 +55,8 @@ class CrackDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         threads = torch.get_num_threads()
         # In the main process, intra-op threads on tiny per-sample tensors only fight the
-        # model's threads for the cores (20x slower on a busy 2-core machine; BENCHMARKS.md,
-        # fix B). DataLoader workers already run with one thread.
+        # model's threads for the cores: loading measured 20x slower that way on a busy
+        # 2-core machine. DataLoader workers already run with one thread.
         single = get_worker_info() is None and threads > 1
         if single:
             torch.set_num_threads(1)

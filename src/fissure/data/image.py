@@ -24,6 +24,7 @@ Image.MAX_IMAGE_PIXELS = 30_000 * 30_000
 
 
 def is_gzip(data: bytes) -> bool:
+    """Whether ``data`` starts with the gzip magic bytes (the name is never trusted)."""
     return data[:2] == GZIP_MAGIC
 
 
@@ -36,6 +37,7 @@ def image_stem(name: str) -> str:
 
 
 def is_image_name(name: str) -> bool:
+    """Whether ``name`` has an image suffix (``.png``, ``.jpg`` ...), optionally ``.gz``."""
     base = name.lower()
     if base.endswith(".gz"):
         base = base[:-3]
@@ -53,6 +55,7 @@ def gunzip(data: bytes, name: str) -> bytes:
 
 
 def read_bytes(path: str | Path) -> bytes:
+    """The bytes of a local file; a DataError naming it when it cannot be read."""
     try:
         return Path(path).read_bytes()
     except FileNotFoundError:
@@ -115,8 +118,18 @@ def decode_mask(data: bytes, name: str) -> np.ndarray:
 
 
 def load_image(path: str | Path) -> np.ndarray:
+    """:func:`decode_image` of a local file.
+
+    Shapes:
+        returns: (H, W, 3) uint8 RGB, EXIF-upright.
+    """
     return decode_image(read_bytes(path), str(path))
 
 
 def load_mask(path: str | Path) -> np.ndarray:
+    """:func:`decode_mask` of a local file.
+
+    Shapes:
+        returns: (H, W) bool, crack where the file's value is > 127.
+    """
     return decode_mask(read_bytes(path), str(path))

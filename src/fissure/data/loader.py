@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import os
+import signal
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..config import TrainConfig
-from ..training.interruption import ignore_sigint
 from .dataset import collate
+
+
+def ignore_sigint(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: workers ignore SIGINT.
+
+    Ctrl-C reaches the whole process group; only the main process decides what to save.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def default_workers(device: torch.device, local_processes: int = 1) -> int:
@@ -18,7 +26,7 @@ def default_workers(device: torch.device, local_processes: int = 1) -> int:
     CPU: 0, since workers would take cores from the compute threads (measured 0.85x -> 1.10x
     of the notebook's epoch on 2 cores). CUDA: this process's share of the cores less one for
     itself, 2 to 8: one worker prepares about 60 samples/s while an H200 trains on about 415
-    images/s (256 px, batch 8), so two workers left the GPU waiting (BENCHMARKS.md).
+    images/s (256 px, batch 8), so two workers left the GPU waiting.
     """
     if device.type != "cuda":
         return 0
@@ -32,9 +40,11 @@ def make_loader(
     workers: int,
     device: torch.device,
     indices: list[int] | None = None,
-    drop_last: bool = False,
 ) -> DataLoader:
-    """Batches of ``dataset`` in the order of ``indices`` (all items in order when None)."""
+    """Batches of ``dataset`` in the order of ``indices`` (all items in order when None).
+
+    Batches are :func:`~fissure.data.dataset.collate` dicts; memory is pinned on CUDA.
+    """
     return DataLoader(
         dataset,
         # Ctrl-C is the main process's to handle: it saves last.pt, then stops the workers.
@@ -45,7 +55,6 @@ def make_loader(
         num_workers=workers,
         pin_memory=device.type == "cuda",
         collate_fn=collate,
-        drop_last=drop_last,
     )
 
 

@@ -106,6 +106,7 @@ def split_by_ratio(
 
 
 def read_id_list(path: Path) -> list[str]:
+    """The ids in a split file, one per line (``#`` comments and suffixes dropped)."""
     if not path.is_file():
         raise DataError(f"{path}: split file not found")
     ids = []
@@ -190,6 +191,8 @@ class FolderSource:
                         "subfolders holding them")
 
     def samples(self, split: str) -> list[Sample]:
+        """Pairs of ``split`` (train, val, test or all), sorted by name; a DataError naming
+        the splits present when it is absent, or when it is empty."""
         if split == "all":
             found = [s for name in SPLITS for s in self._splits.get(name, [])]
         elif split in SPLITS:
@@ -204,4 +207,5 @@ class FolderSource:
         return list(found)
 
     def read(self, locator: str) -> bytes:
+        """The raw bytes of a sample's file (a local path)."""
         return read_bytes(locator)

@@ -5,9 +5,10 @@
 definition. The files a person reads are written by :mod:`fissure.report.evaluation`.
 """
 
+from ..config import DEFAULT_THRESHOLD  # importable from here, as before the layout change
 from .document import metrics_document
+from .options import EvaluateOptions
 from .streaming import (
-    DEFAULT_THRESHOLD,
     EvalResult,
     SampleView,
     ToleranceMeter,
@@ -16,6 +17,7 @@ from .streaming import (
 )
 
 __all__ = [
+    "EvaluateOptions",
     "DEFAULT_THRESHOLD",
     "EvalResult",
     "SampleView",

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from .. import __version__
+from ..config import DEFAULT_THRESHOLD
 from ..metrics import (
     accuracy,
     classification_report,
@@ -20,7 +21,7 @@ from ..metrics import (
     specificity,
     tolerance_f1,
 )
-from .streaming import DEFAULT_THRESHOLD, EvalResult
+from .streaming import EvalResult
 
 EMPTY_RULE = (
     "empty rule: a ratio whose denominator is 0 in an image scores 1 when that image has no "
@@ -151,7 +152,9 @@ def _sweep(result: EvalResult, no_crack: bool) -> dict:
         "ods_f1": "ODS: best F1 over the swept thresholds, counts summed over all images",
         "ods_threshold": "the threshold giving the ODS F1 (lowest on ties)",
         "ois_f1": "OIS: each image at its own best-F1 threshold, counts summed, then F1",
-        "ap": "average precision: step-wise area under the dataset PR curve (as sklearn's)",
+        "ap": ("average precision: step-wise area under the dataset PR curve; exact: "
+               "sklearn's average_precision_score on the per-threshold pixel counts, "
+               "tolerant: the same sum over the swept thresholds"),
     }
     out: dict = {"n_thresholds": len(s["thresholds"]), "tolerance_px": tol}
     for name, text in defs.items():

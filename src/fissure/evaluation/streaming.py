@@ -17,7 +17,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ..config import EvalConfig
+from ..config import DEFAULT_THRESHOLD, EvalConfig
 from ..data import CrackDataset, collate, iter_groups, load_pair
 from ..data.transforms import image_to_tensor
 from ..metrics import (
@@ -31,7 +31,6 @@ from ..metrics import (
 from ..model import ResNetUNet
 from ..runtime import InputPolicy, predict_probs
 
-DEFAULT_THRESHOLD = 0.5
 OUTCOMES = ("TP", "FP", "FN", "TN")
 
 
@@ -39,7 +38,8 @@ class ToleranceMeter:
     """Per-image tolerant match counts at one threshold, as rows; O(images) memory.
 
     A row is ``(matched_pred, matched_true, n_pred, n_true)`` (see
-    :func:`fissure.metrics.tolerance_counts`).
+    :func:`fissure.metrics.tolerance_counts`); a pixel is crack where its probability is
+    ``> threshold``.
     """
 
     def __init__(self, threshold: float, tolerance: int) -> None:
@@ -47,7 +47,12 @@ class ToleranceMeter:
         self.rows: list[tuple[int, int, int, int]] = []
 
     def update(self, probs: Tensor, masks: Tensor) -> None:
-        """Add ``(N, 1, H, W)`` probabilities and masks."""
+        """Add one row per image of a batch.
+
+        Shapes:
+            probs: (N, 1, H, W) float probabilities.
+            masks: (N, 1, H, W) bool, or float in {0, 1}.
+        """
         counts = tolerance_counts(probs > self.threshold, masks, self.tolerance)
         self.rows.extend(tuple(r) for r in torch.stack(counts, 1).tolist())
 
@@ -63,8 +68,8 @@ class EvalResult:
     """Accumulated state of an evaluation; feed it with :meth:`update`.
 
     ``threshold`` is the tuned threshold (the checkpoint's or the user's); counts are also kept
-    at 0.5 so the two can be compared side by side. :func:`fissure.evaluation.metrics_document`
-    turns it into ``metrics.json``.
+    at :data:`~fissure.config.DEFAULT_THRESHOLD` (0.5) so the two can be compared side by
+    side. :func:`fissure.evaluation.metrics_document` turns it into ``metrics.json``.
     """
 
     threshold: float
@@ -77,7 +82,8 @@ class EvalResult:
 
     @classmethod
     def create(cls, threshold: float, cfg: EvalConfig) -> EvalResult:
-        """Empty accumulators for ``threshold`` and 0.5 (one set when they are equal)."""
+        """Empty accumulators for ``threshold`` and 0.5 (one set when they are equal), with
+        ``cfg``'s tolerance, minimum area and swept thresholds."""
         thresholds = sorted({float(threshold), DEFAULT_THRESHOLD})
         return cls(
             threshold=float(threshold),
@@ -89,7 +95,12 @@ class EvalResult:
         )
 
     def update(self, probs: Tensor, masks: Tensor, names: Sequence[str]) -> None:
-        """Add a batch: ``probs`` (N, 1, H, W) in [0, 1], ``masks`` (N, 1, H, W) in {0, 1}."""
+        """Add a batch to every accumulator; ``names`` label its images.
+
+        Shapes:
+            probs: (N, 1, H, W) float probabilities in [0, 1].
+            masks: (N, 1, H, W) bool, or float in {0, 1}.
+        """
         for meter in self.meters.values():
             meter.update(probs, masks, names=names)
         for meter in self.tolerant.values():
@@ -98,10 +109,15 @@ class EvalResult:
 
     @property
     def n_images(self) -> int:
+        """Images evaluated so far."""
         return len(self.meters[self.threshold].rows)
 
     def counts(self, threshold: float | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Per-image int64 ``(N,)`` tensors ``tp, fp, fn, tn`` at a kept threshold."""
+        """Per-image ``tp, fp, fn, tn`` at a kept threshold (default: the tuned one).
+
+        Shapes:
+            returns: four (N,) int64 tensors, N the images so far.
+        """
         rows = self.meters[self.threshold if threshold is None else threshold].rows
         table = torch.tensor([r[1:] for r in rows], dtype=torch.int64).reshape(-1, 4)
         return tuple(table.unbind(1))  # type: ignore[return-value]
@@ -142,7 +158,11 @@ def evaluate_dataset(
     num_workers: int = 0,
     progress: bool = True,
 ) -> EvalResult:
-    """Run ``model`` over ``dataset`` once; counts at ``threshold`` and at 0.5, plus a sweep."""
+    """Run ``model`` over ``dataset`` once; counts at ``threshold`` and at 0.5, plus a sweep.
+
+    Images are fed as ``policy`` says (see :func:`fissure.runtime.predict_probs`), in batches
+    of ``cfg.batch_size``; ``num_workers`` loader processes read them.
+    """
     model.eval()
     loader = DataLoader(
         dataset,
@@ -164,8 +184,13 @@ def evaluate_dataset(
 
 @dataclass
 class SampleView:
-    """One re-predicted image for the samples grid: ``image`` (H, W, 3) uint8, ``mask``
-    (H, W) bool, ``prob`` (H, W) float32, plus its label and streamed per-image row."""
+    """One re-predicted image for the samples grid, with its label and streamed per-image row.
+
+    Shapes:
+        image: (H, W, 3) uint8.
+        mask: (H, W) bool.
+        prob: (H, W) float32 crack probabilities.
+    """
 
     label: str
     row: dict
@@ -182,7 +207,8 @@ def reload_samples(
     policy: InputPolicy,
     device: torch.device,
 ) -> list[SampleView]:
-    """Re-read the picked images by name and predict them again, one at a time.
+    """Re-read the picked ``(label, per-image row)`` images by name and predict them again,
+    one at a time.
 
     Only these few images are ever held whole in memory, whatever the split's size.
     """

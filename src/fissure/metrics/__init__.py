@@ -34,11 +34,12 @@ pixel lies within the same disk. Precision is ``matched_pred / n_pred``, recall 
 Modules
 -------
 :mod:`.functional` (counts, ratios, summaries, detection), :mod:`.tolerance` (disk matching),
-:mod:`.sweep` (every threshold in one pass) and :mod:`.classification` (sklearn-style per-class
-report); everything public is importable from here.
+:mod:`.sweep` (every threshold in one pass; the exact average precision by scikit-learn) and
+:mod:`.classification` (the per-class report, scores by scikit-learn); everything public is
+importable from here. scikit-learn gets the streamed counts as sample weights, never pixels.
 """
 
-from .classification import classification_report
+from .classification import classification_report, per_class_scores
 from .functional import (
     ConfusionMeter,
     Counts,
@@ -53,7 +54,7 @@ from .functional import (
     specificity,
     summarize,
 )
-from .sweep import ThresholdSweep
+from .sweep import ThresholdSweep, bucket_ap, step_ap
 from .tolerance import tolerance_counts, tolerance_f1
 
 __all__ = [
@@ -61,15 +62,18 @@ __all__ = [
     "Counts",
     "ThresholdSweep",
     "accuracy",
+    "bucket_ap",
     "classification_report",
     "confusion_counts",
     "defined_ratio",
     "detection_stats",
     "f1",
     "iou",
+    "per_class_scores",
     "precision",
     "recall",
     "specificity",
+    "step_ap",
     "summarize",
     "tolerance_counts",
     "tolerance_f1",

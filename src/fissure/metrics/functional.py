@@ -36,10 +36,14 @@ def _check_pair(pred: Tensor, target: Tensor, spatial: bool = False) -> None:
 def confusion_counts(
     pred_prob: Tensor, target: Tensor, threshold: float = 0.5, from_logits: bool = False
 ) -> Counts:
-    """Per-image ``tp, fp, fn, tn``, each int64 ``(N,)``; positive where ``prob > threshold``.
+    """Per-image ``tp, fp, fn, tn``; a pixel is predicted crack where ``prob > threshold``.
 
-    ``pred_prob`` and ``target`` are ``(N, 1, H, W)``; with ``from_logits`` the threshold still
-    applies to ``sigmoid(pred_prob)``.
+    With ``from_logits`` the threshold still applies to ``sigmoid(pred_prob)``.
+
+    Shapes:
+        pred_prob: (N, 1, H, W) float probabilities (logits with ``from_logits``).
+        target: (N, 1, H, W) bool, or float/int in {0, 1}.
+        returns: four (N,) int64 tensors.
     """
     _check_pair(pred_prob, target)
     pred = (_as_prob(pred_prob, from_logits) > threshold).flatten(1)
@@ -58,35 +62,69 @@ def _ratio(num: Tensor, den: Tensor, no_error: Tensor, empty: float) -> Tensor:
 
 
 def iou(tp: Tensor, fp: Tensor, fn: Tensor, tn: OptTensor = None, empty: float = 1.0) -> Tensor:
-    """Jaccard index ``tp / (tp + fp + fn)``, elementwise on counts of any shape."""
+    """Jaccard index ``tp / (tp + fp + fn)``, elementwise, with the empty rule.
+
+    Shapes:
+        tp, fp, fn, tn: int counts, any one shape (``tn`` is unused).
+        returns: float64, the counts' shape.
+    """
     return _ratio(tp, tp + fp + fn, _ALWAYS, empty)
 
 
 def f1(tp: Tensor, fp: Tensor, fn: Tensor, tn: OptTensor = None, empty: float = 1.0) -> Tensor:
-    """F1 / Dice ``2 tp / (2 tp + fp + fn)``, elementwise on counts of any shape."""
+    """F1 / Dice ``2 tp / (2 tp + fp + fn)``, elementwise, with the empty rule.
+
+    Shapes:
+        tp, fp, fn, tn: int counts, any one shape (``tn`` is unused).
+        returns: float64, the counts' shape.
+    """
     return _ratio(2 * tp, 2 * tp + fp + fn, _ALWAYS, empty)
 
 
 def precision(
     tp: Tensor, fp: Tensor, fn: Tensor, tn: OptTensor = None, empty: float = 1.0
 ) -> Tensor:
-    """``tp / (tp + fp)``; with no predicted crack: ``empty`` if ``fn == 0`` else 0."""
+    """``tp / (tp + fp)``, elementwise; with no predicted crack, ``empty`` if ``fn == 0``.
+
+    With no predicted crack but a missed one, 0.
+
+    Shapes:
+        tp, fp, fn, tn: int counts, any one shape (``tn`` is unused).
+        returns: float64, the counts' shape.
+    """
     return _ratio(tp, tp + fp, torch.as_tensor(fn) == 0, empty)
 
 
 def recall(tp: Tensor, fp: Tensor, fn: Tensor, tn: OptTensor = None, empty: float = 1.0) -> Tensor:
-    """``tp / (tp + fn)``; with no true crack: ``empty`` if ``fp == 0`` else 0."""
+    """``tp / (tp + fn)``, elementwise; with no true crack: ``empty`` if ``fp == 0`` else 0.
+
+    Shapes:
+        tp, fp, fn, tn: int counts, any one shape (``tn`` is unused).
+        returns: float64, the counts' shape.
+    """
     return _ratio(tp, tp + fn, torch.as_tensor(fp) == 0, empty)
 
 
 def specificity(tp: Tensor, fp: Tensor, fn: Tensor, tn: Tensor, empty: float = 1.0) -> Tensor:
-    """``tn / (tn + fp)``; for an all-crack image: ``empty`` if ``fn == 0`` else 0."""
+    """``tn / (tn + fp)``, elementwise; for an all-crack image, ``empty`` if ``fn == 0``.
+
+    For an all-crack image with a missed crack pixel, 0.
+
+    Shapes:
+        tp, fp, fn, tn: int counts, any one shape.
+        returns: float64, the counts' shape.
+    """
     tn = torch.as_tensor(tn)
     return _ratio(tn, tn + fp, torch.as_tensor(fn) == 0, empty)
 
 
 def accuracy(tp: Tensor, fp: Tensor, fn: Tensor, tn: Tensor, empty: float = 1.0) -> Tensor:
-    """``(tp + tn) / (tp + fp + fn + tn)``; ``empty`` for a zero-pixel image."""
+    """``(tp + tn) / (tp + fp + fn + tn)``, elementwise; ``empty`` for a zero-pixel image.
+
+    Shapes:
+        tp, fp, fn, tn: int counts, any one shape.
+        returns: float64, the counts' shape.
+    """
     return _ratio(tp + tn, tp + fp + fn + tn, _ALWAYS, empty)
 
 
@@ -120,11 +158,14 @@ def _summary(sums: Tensor, moments: Tensor, n: int) -> dict[str, float | int | N
 
 
 def summarize(tp: Tensor, fp: Tensor, fn: Tensor, tn: Tensor) -> dict[str, float | int | None]:
-    """Dataset (micro) and per-image (macro) metrics from per-image counts of shape ``(N,)``.
+    """Dataset (micro) and per-image (macro) metrics from per-image counts.
 
     Keys: ``n_images, tp, fp, fn, tn`` (ints); micro ``iou, precision, recall, f1, accuracy,
     specificity`` (``None`` when the denominator is 0); macro ``iou_mean, iou_std, f1_mean,
     f1_std`` (empty rule, population std; ``None`` when there are no images).
+
+    Shapes:
+        tp, fp, fn, tn: (N,) int counts, one entry per image.
     """
     tp, fp, fn, tn = (torch.as_tensor(c).flatten().long() for c in (tp, fp, fn, tn))
     sums = torch.stack([tp.sum(), fp.sum(), fn.sum(), tn.sum()])
@@ -146,6 +187,7 @@ class ConfusionMeter:
         self.reset()
 
     def reset(self) -> None:
+        """Forget every batch (and row) added so far."""
         self._sums = torch.zeros(4, dtype=torch.int64)
         self._moments = torch.zeros(4, dtype=torch.float64)
         self._n = 0
@@ -158,7 +200,12 @@ class ConfusionMeter:
         threshold: float | None = None,
         names: Sequence[str] | None = None,
     ) -> None:
-        """Add a batch of ``(N, 1, H, W)`` predictions; ``threshold`` overrides the meter's."""
+        """Add a batch; ``threshold`` overrides the meter's, ``names`` label the rows.
+
+        Shapes:
+            pred_prob: (N, 1, H, W) float probabilities (logits with ``from_logits``).
+            target: (N, 1, H, W) bool, or float/int in {0, 1}.
+        """
         th = self.threshold if threshold is None else threshold
         counts = [c.cpu() for c in confusion_counts(pred_prob, target, th, self.from_logits)]
         n = counts[0].numel()
@@ -177,17 +224,26 @@ class ConfusionMeter:
         return _summary(self._sums, self._moments, self._n)
 
     def state_dict(self) -> dict[str, Tensor]:
+        """The running totals, copied; they add up across processes.
+
+        Shapes:
+            returns: ``sums`` (4,) int64 (tp, fp, fn, tn), ``moments`` (4,) float64 (sums of
+                per-image IoU, IoU^2, F1, F1^2), ``n_images`` 0-dim.
+        """
         return {"sums": self._sums.clone(), "moments": self._moments.clone(),
                 "n_images": torch.tensor(self._n)}  # fmt: skip
 
 
 def detection_stats(pred_area: Tensor, true_area: Tensor, min_area: int = 1) -> dict:
-    """Image-level crack presence from per-image areas (``(N,)`` pixel counts).
+    """Image-level crack presence from per-image crack areas.
 
     An image is predicted cracked when ``pred_area >= min_area`` (raise ``min_area`` to ignore
     speckle) and truly cracked when ``true_area > 0``. Returns image counts ``tp, fp, fn, tn,
     n_images, n_cracked, n_clean`` and ``precision, recall, f1, accuracy`` plus ``fpr``, the share
     of crack-free images flagged; each ratio is ``None`` when its denominator is 0.
+
+    Shapes:
+        pred_area, true_area: (N,) pixel counts, one per image.
     """
     pred = torch.as_tensor(pred_area).flatten() >= min_area
     true = torch.as_tensor(true_area).flatten() > 0

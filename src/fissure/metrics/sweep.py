@@ -35,7 +35,13 @@ def _nan_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
 
 
 def _curve(smp: np.ndarray, snp: np.ndarray, smt: np.ndarray, snt: int, th: np.ndarray) -> dict:
-    """Dataset PR curve, ODS and AP from per-threshold sums ``(T,)``."""
+    """Dataset PR curve and ODS from per-threshold sums; ``ap`` is left for the caller.
+
+    Shapes:
+        smp, snp, smt, th: (T,) matched predicted, predicted and matched true pixels, and
+            the ascending thresholds.
+        returns: ``precision, recall, f1`` (T,) float64, NaN where undefined.
+    """
     p, r = _nan_div(smp, snp), _nan_div(smt, np.full_like(smt, snt))
     # precision is undefined only with no predictions, hence no matches: F1 is then 0 unless
     # there is nothing to find either
@@ -46,12 +52,47 @@ def _curve(smp: np.ndarray, snp: np.ndarray, smt: np.ndarray, snt: int, th: np.n
     if not np.all(np.isnan(f)):
         k = int(np.nanargmax(f))
         out["ods_f1"], out["ods_threshold"] = float(f[k]), float(th[k])
-    if snt > 0:
-        # thresholds ascend so recall descends; like sklearn, the curve ends at recall 0 with
-        # precision 1, and an undefined precision only ever carries zero recall weight
-        r_next = np.append(r[1:], 0.0)
-        out["ap"] = float(np.sum((r - r_next) * np.nan_to_num(p, nan=1.0)))
     return out
+
+
+def step_ap(precision: np.ndarray, recall: np.ndarray) -> float:
+    """Step-wise area under PR points taken at ascending thresholds, ending at recall 0.
+
+    Like sklearn's average precision, the curve ends at recall 0 with precision 1, and an
+    undefined (NaN) precision only ever carries zero recall weight. Unlike it, the curve
+    has no point for "every pixel is crack" (recall 1) below the lowest threshold.
+
+    Shapes:
+        precision, recall: (T,) float64, at ascending thresholds (so recall descends).
+    """
+    r_next = np.append(recall[1:], 0.0)
+    return float(np.sum((recall - r_next) * np.nan_to_num(precision, nan=1.0)))
+
+
+def bucket_ap(true_above: np.ndarray, all_above: np.ndarray, n_true: int, n_pixels: int) -> float:
+    """sklearn's :func:`~sklearn.metrics.average_precision_score` of the bucketed pixels.
+
+    A pixel's score is its bucket: the number of thresholds strictly below its probability,
+    ``0..T``. The per-bucket counts of crack and background pixels, recovered from the
+    counts above each threshold, are the sample weights of ``2 (T + 1)`` samples, so no
+    pixel array is built. The result is the AP of every pixel scored by its bucket; it
+    differs from :func:`step_ap` of the same sweep by ``(1 - r_0) * n_true / n_pixels``
+    (``r_0`` the recall at the lowest threshold), the area under the point where every
+    pixel is called crack.
+
+    Shapes:
+        true_above, all_above: (T,) int, crack and all pixels above each ascending threshold.
+    """
+    # sklearn.metrics pulls in scipy, a second or more at import: only its callers pay.
+    from sklearn.metrics import average_precision_score
+
+    buckets = np.arange(len(true_above) + 1)
+    pos = -np.diff(np.concatenate([[n_true], true_above, [0]]))
+    neg = -np.diff(np.concatenate([[n_pixels - n_true], all_above - true_above, [0]]))
+    labels = np.concatenate([np.ones_like(buckets), np.zeros_like(buckets)])
+    return float(average_precision_score(
+        labels, np.concatenate([buckets, buckets]), sample_weight=np.concatenate([pos, neg])
+    ))
 
 
 def _ois(mp: np.ndarray, npred: np.ndarray, mt: np.ndarray, ntrue: np.ndarray, th: np.ndarray):
@@ -103,9 +144,10 @@ class ThresholdSweep:
         self.reset()
 
     def reset(self) -> None:
+        """Forget every batch added so far."""
         t = len(self.thresholds)
         self._sums = torch.zeros(4, t, dtype=torch.int64)
-        self._n_true, self._n = 0, 0
+        self._n_true, self._n, self._n_pixels = 0, 0, 0
         self._tables: list[Tensor] = []  # (n, 4, T) per batch
         self._true: list[Tensor] = []
         self.names: list[str] = []
@@ -114,15 +156,25 @@ class ThresholdSweep:
         """Apply an in-place sum (e.g. ``torch.distributed.all_reduce``) to the running totals.
 
         Only the dataset-level sums take part; per-image tables stay local to each process.
+
+        Shapes:
+            reduce: takes and sums in place a (4 T + 3,) int64 tensor: the four (T,) sums,
+                then the crack-pixel, image and pixel counts.
         """
-        totals = torch.cat([self._sums.flatten(), torch.tensor([self._n_true, self._n])])
+        scalars = torch.tensor([self._n_true, self._n, self._n_pixels])
+        totals = torch.cat([self._sums.flatten(), scalars])
         reduce(totals)
         t = len(self.thresholds)
         self._sums = totals[: 4 * t].reshape(4, t).clone()
-        self._n_true, self._n = int(totals[-2]), int(totals[-1])
+        self._n_true, self._n, self._n_pixels = (int(v) for v in totals[-3:])
 
     def update(self, pred_prob: Tensor, target: Tensor, names: Sequence[str] | None = None) -> None:
-        """Add a batch of ``(N, 1, H, W)`` probabilities (or logits) and masks."""
+        """Add a batch; ``names`` label its images for the per-image tables.
+
+        Shapes:
+            pred_prob: (N, 1, H, W) float probabilities (logits with ``from_logits``).
+            target: (N, 1, H, W) bool, or float/int in {0, 1}.
+        """
         _check_pair(pred_prob, target, spatial=True)
         p = _as_prob(pred_prob, self.from_logits)
         p = torch.where(torch.isnan(p), -math.inf, p)
@@ -141,6 +193,7 @@ class ThresholdSweep:
         n_true = flat_true.sum(1).cpu()
         self._sums += table.sum(0)
         self._n_true += int(n_true.sum())
+        self._n_pixels += flat_true.numel()
         if self.per_image:
             self._tables.append(table)
             self._true.append(n_true)
@@ -154,12 +207,15 @@ class ThresholdSweep:
         (exact ODS threshold, for tuning), and ``exact`` / ``tolerant`` dicts with ``precision,
         recall, f1`` float64 arrays (T,) (NaN where undefined), ``ods_f1, ods_threshold`` (best
         single threshold; ties go to the lowest), ``ois_f1, ois_precision, ois_recall`` (each
-        image at its own best threshold, counts summed, then F1), ``ap`` (step-wise area under
-        the PR points, as sklearn's average precision), ``image_best_f1, image_best_threshold``
-        arrays (N,). ``exact`` also has ``iou`` (T,). Scalars are ``None`` when undefined; OIS
-        keys are ``None`` without ``per_image``.
+        image at its own best threshold, counts summed, then F1), ``ap`` (average precision:
+        exact by :func:`bucket_ap`, sklearn's, tolerant by :func:`step_ap`),
+        ``image_best_f1, image_best_threshold`` arrays (N,). ``exact`` also has ``iou`` (T,).
+        Scalars are ``None`` when undefined; OIS keys are ``None`` without ``per_image``.
 
         OIS >= ODS is typical but not guaranteed: per-image optima need not maximise the pooled F1.
+
+        Shapes:
+            returns: per-threshold arrays (T,) float64, per-image arrays (N,).
         """
         th, s = self.thresholds, self._sums.numpy()
         if self._tables:
@@ -170,6 +226,13 @@ class ThresholdSweep:
                      "names": list(self.names)}  # fmt: skip
         for mode, (i_mp, i_mt) in (("exact", (0, 0)), ("tolerant", (2, 3))):
             out[mode] = _curve(s[i_mp], s[1], s[i_mt], self._n_true, th)
+            if self._n_true > 0 and mode == "exact":
+                out[mode]["ap"] = bucket_ap(s[0], s[1], self._n_true, self._n_pixels)
+            elif self._n_true > 0:
+                # Tolerant precision counts predicted pixels near a true one and recall true
+                # pixels near a predicted one: two pixel sets, not one labelled list of
+                # scores, so there is nothing to hand sklearn.
+                out[mode]["ap"] = step_ap(out[mode]["precision"], out[mode]["recall"])
             out[mode].update(_ois(tab[:, i_mp], tab[:, 1], tab[:, i_mt], ntrue, th))
         out["exact"]["iou"] = _nan_div(s[0], s[1] + self._n_true - s[0])
         out["best_threshold"] = out["exact"]["ods_threshold"]

@@ -31,7 +31,7 @@ def _disk_max(x: Tensor, radius: int) -> Tensor:
 
     Built from one horizontal running max per distinct disk half-width (rows ``dy`` and
     ``-dy`` share one), so cost is O(radius^2 * pixels) cheap element-wise maxima; measured
-    12x faster on CPU than a max-pool per row (BENCHMARKS.md, fix C).
+    12x faster on CPU than a max-pool per row.
     """
     if radius == 0:
         return x
@@ -53,12 +53,16 @@ def _disk_max(x: Tensor, radius: int) -> Tensor:
 
 
 def tolerance_counts(pred_bin: Tensor, target: Tensor, tolerance: int) -> Counts:
-    """Per-image ``matched_pred, matched_true, n_pred, n_true``, each int64 ``(N,)``.
+    """Per-image ``matched_pred, matched_true, n_pred, n_true`` within ``tolerance`` pixels.
 
-    ``pred_bin`` and ``target`` are ``(N, 1, H, W)`` binary masks; ``matched_pred`` counts predicted
-    pixels within ``tolerance`` of a true pixel, ``matched_true`` true pixels within ``tolerance``
-    of a predicted pixel. Tolerance precision is ``matched_pred / n_pred``, recall
-    ``matched_true / n_true``; use :func:`tolerance_f1` for the per-image F1.
+    ``matched_pred`` counts predicted pixels within ``tolerance`` of a true pixel,
+    ``matched_true`` true pixels within ``tolerance`` of a predicted pixel. Tolerance precision
+    is ``matched_pred / n_pred``, recall ``matched_true / n_true``; use :func:`tolerance_f1`
+    for the per-image F1.
+
+    Shapes:
+        pred_bin, target: (N, 1, H, W) binary masks (bool, or float/int in {0, 1}).
+        returns: four (N,) int64 tensors.
     """
     _check_pair(pred_bin, target, spatial=True)
     if tolerance < 0:
@@ -76,6 +80,10 @@ def tolerance_f1(
     """Elementwise harmonic mean of tolerance precision and recall, with the empty rule.
 
     Equals :func:`f1` when the counts come from ``tolerance=0``.
+
+    Shapes:
+        matched_pred, matched_true, n_pred, n_true: int counts, broadcastable shapes.
+        returns: float64, the broadcast shape.
     """
     mp, mt, npred, ntrue = (torch.as_tensor(c).double() for c in (matched_pred, matched_true,
                                                                   n_pred, n_true))  # fmt: skip

@@ -6,9 +6,12 @@ the sigmoid of the logits, at the input's size. Threshold it with the checkpoint
 threshold; that, the normalisation and the input policy travel inside the file (ONNX
 metadata properties / a ``fissure.json`` extra file in the TorchScript archive).
 
-Padding to a multiple of 32 is part of the graph. The ONNX graph reflects the border, as
-the model does for any side of at least 32 px; smaller sides need padding by the caller.
-Inputs shrunk or tiled the way ``fissure predict`` does are the caller's business too.
+Both wrap the model rather than repeat its wiring: TorchScript compiles
+``ResNetUNet.forward`` as it is, and the ONNX graph is the model traced behind a padding
+step of its own. Padding to a multiple of 32 is part of the graph. The ONNX graph reflects
+the border, as the model does for any side of at least 32 px; smaller sides need padding by
+the caller. Inputs shrunk or tiled the way ``fissure predict`` does are the caller's
+business too.
 """
 
 from __future__ import annotations
@@ -37,13 +40,15 @@ CHECK_SIZES = ((1, 64, 96), (2, 96, 128), (1, 70, 45))
 TOLERANCE = 1e-4
 
 
-class _OnnxProbabilities(nn.Module):
-    """``sigmoid(model(x))`` with the padding done where ``torch.export`` can see it.
+class _Probabilities(nn.Module):
+    """``sigmoid(model(x))``: what both export formats compute.
 
-    The model pads inside ``forward`` only when a side is not a multiple of 32; traced on
-    one example size that branch is frozen for every size. Padding here to
-    ``ceil(h / 32) * 32`` gives sizes the exporter proves divisible by 32, so the model's
-    branch folds away for all sizes.
+    ``ResNetUNet.forward``, padding included, compiles with ``torch.jit.script``, so the
+    TorchScript export scripts this wrapper as it is.
+
+    Shapes:
+        x: (N, 3, H, W) float, normalised.
+        returns: (N, 1, H, W) float32 probabilities.
     """
 
     def __init__(self, model: ResNetUNet) -> None:
@@ -51,63 +56,30 @@ class _OnnxProbabilities(nn.Module):
         self.model = model
 
     def forward(self, x: Tensor) -> Tensor:
+        """Crack probabilities for ``x``."""
+        return torch.sigmoid(self.model(x))
+
+
+class _OnnxProbabilities(_Probabilities):
+    """:class:`_Probabilities` with the padding done where ``torch.export`` can see it.
+
+    The model pads only when a side is not a multiple of 32; traced on one example size
+    that branch is frozen for every size. Padding here, always, to ``ceil(h / 32) * 32``
+    gives sizes the exporter proves divisible by 32, so the model's branch folds away for
+    all sizes. Reflection needs sides of at least :data:`MIN_SIDE`.
+
+    Shapes:
+        x: (N, 3, H, W) float, normalised; H, W >= 32.
+        returns: (N, 1, H, W) float32 probabilities.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Crack probabilities for ``x``."""
         height, width = x.shape[-2], x.shape[-1]
         pad_h = (height + STRIDE - 1) // STRIDE * STRIDE - height
         pad_w = (width + STRIDE - 1) // STRIDE * STRIDE - width
         x = F.pad(x, (0, pad_w, 0, pad_h), mode="reflect")
         return torch.sigmoid(self.model(x)[..., :height, :width])
-
-
-class _ScriptableProbabilities(nn.Module):
-    """``sigmoid(model(x))`` in a form ``torch.jit.script`` compiles for any size.
-
-    ``ResNetUNet.forward`` reads a module-level constant, which TorchScript rejects, so
-    its wiring is repeated here over the same submodules (shared, not copied). The export
-    is checked against the eager model, which catches any drift between the two.
-    """
-
-    def __init__(self, model: ResNetUNet) -> None:
-        super().__init__()
-        for name in (
-            "encoder0",
-            "pool0",
-            "encoder1",
-            "encoder2",
-            "encoder3",
-            "encoder4",
-            "up4",
-            "dec4",
-            "up3",
-            "dec3",
-            "up2",
-            "dec2",
-            "up1",
-            "dec1",
-            "final",
-        ):
-            setattr(self, name, getattr(model, name))
-        self.stride = STRIDE
-
-    def forward(self, x: Tensor) -> Tensor:
-        height, width = x.shape[-2], x.shape[-1]
-        pad_h = (self.stride - height % self.stride) % self.stride
-        pad_w = (self.stride - width % self.stride) % self.stride
-        if pad_h > 0 or pad_w > 0:
-            mode = "reflect" if pad_h < height and pad_w < width else "replicate"
-            x = F.pad(x, [0, pad_w, 0, pad_h], mode=mode)
-        e0 = self.encoder0(x)
-        e1 = self.encoder1(self.pool0(e0))
-        e2 = self.encoder2(e1)
-        e3 = self.encoder3(e2)
-        e4 = self.encoder4(e3)
-        d4 = self.dec4(torch.cat([self.up4(e4), e3], dim=1))
-        d3 = self.dec3(torch.cat([self.up3(d4), e2], dim=1))
-        d2 = self.dec2(torch.cat([self.up2(d3), e1], dim=1))
-        d1 = self.dec1(torch.cat([self.up1(d2), e0], dim=1))
-        out = F.interpolate(
-            self.final(d1), size=[x.shape[-2], x.shape[-1]], mode="bilinear", align_corners=False
-        )
-        return torch.sigmoid(out[:, :, :height, :width])
 
 
 @dataclass(frozen=True)
@@ -169,7 +141,7 @@ def _export_torchscript(model: ResNetUNet, out: Path, metadata: dict[str, str]) 
         # torch.jit is deprecated in favour of torch.export, but still the format that
         # loads from C++ and older runtimes without Python.
         warnings.simplefilter("ignore", FutureWarning)
-        scripted = torch.jit.script(_ScriptableProbabilities(model).eval())
+        scripted = torch.jit.script(_Probabilities(model).eval())
         torch.jit.save(
             scripted, str(out), _extra_files={"fissure.json": json.dumps(metadata).encode()}
         )
@@ -195,7 +167,10 @@ def check_export(
     model: ResNetUNet,
     sizes: Sequence[tuple[int, int, int]] = CHECK_SIZES,
 ) -> float:
-    """Largest ``|exported - sigmoid(model)|`` over random inputs of ``(N, H, W)`` ``sizes``."""
+    """Largest ``|exported - sigmoid(model)|`` over random inputs of ``(N, H, W)`` ``sizes``.
+
+    ``path`` holds the export in format ``fmt``; it is run by onnxruntime or ``torch.jit``.
+    """
     runner = _onnx_runner(Path(path)) if fmt == "onnx" else _torchscript_runner(Path(path))
     generator = torch.Generator().manual_seed(0)
     worst = 0.0

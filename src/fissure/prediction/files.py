@@ -1,12 +1,19 @@
 """Prediction over files and folders: finding the images, naming and writing the outputs.
 
+Holds :func:`predict_files` (what ``fissure predict`` runs), the inputs
+(:class:`InputImage`, :func:`find_inputs`, and :data:`Fetch`, the hook for stage paths),
+:func:`output_names`, :func:`write_outputs` and the records (:func:`prediction_record`,
+:func:`write_records`).
+
 For every image, in the output folder (``<name>`` is the image's stem, see
 :func:`output_names`):
 
 * ``<name>.png``: binary mask, 0 or 255, lossless, the size of the (EXIF-upright) image;
-* ``<name>_prob.png`` (``save_prob``): crack probability scaled to 0-255, 8-bit;
-* ``<name>_overlay.jpg`` (``overlay``): the photo with crack pixels painted magenta. JPEG
-  because it is for looking at: a 12-megapixel PNG of a photo is ~20 MB and slow to write.
+* ``<name>_prob.png`` (with ``OutputOptions.save_prob``): crack probability scaled to
+  0-255, 8-bit;
+* ``<name>_overlay.jpg`` (with ``OutputOptions.overlay``): the photo with crack pixels
+  painted magenta. JPEG because it is for looking at: a 12-megapixel PNG of a photo is
+  ~20 MB and slow to write.
 
 For the run: ``predictions.csv`` and ``predictions.json``, one record per image in input
 order (see :func:`prediction_record`).
@@ -18,7 +25,7 @@ import csv
 import json
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -26,14 +33,15 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ..data import is_stage_path
 from ..data.image import decode_image, image_stem, is_image_name, read_bytes
 from ..errors import DataError, FissureError
-from .predictor import Prediction, as_predictor, predict_many
+from .options import OutputOptions, PredictOptions
+from .predictor import ModelSource, Prediction, as_predictor, predict_many
 
 OVERLAY_COLOR = (255, 0, 255)
 """Magenta: rare on concrete, unlike red, which rust stains and markings share."""
 OVERLAY_ALPHA = 0.75
-STAGE_PREFIX = "@"
 
 
 @dataclass(frozen=True)
@@ -51,6 +59,7 @@ class InputImage:
 
     @classmethod
     def from_path(cls, path: Path) -> InputImage:
+        """A local file, read when needed."""
         return cls(str(path), partial(read_bytes, path), PurePosixPath(path.resolve().as_posix()))
 
 
@@ -80,7 +89,7 @@ def find_inputs(
     found: list[InputImage] = []
     for item in inputs:
         text = str(item)
-        if text.startswith(STAGE_PREFIX):
+        if is_stage_path(text):
             if fetch is None:
                 raise FissureError(f"{text}: stage inputs need the Snowflake source")
             found.extend(fetch(text, pattern))
@@ -146,7 +155,13 @@ def output_names(images: Sequence[InputImage]) -> list[str]:
 
 
 def overlay_image(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """``(H, W, 3)`` uint8: ``rgb`` with ``mask`` ``(H, W)`` pixels blended to magenta."""
+    """``rgb`` with the ``mask`` pixels blended to magenta.
+
+    Shapes:
+        rgb: (H, W, 3) uint8.
+        mask: (H, W) bool.
+        returns: (H, W, 3) uint8.
+    """
     out = rgb.copy()
     painted = rgb[mask].astype(np.float32) * (1 - OVERLAY_ALPHA)
     out[mask] = np.round(painted + OVERLAY_ALPHA * np.asarray(OVERLAY_COLOR)).astype(np.uint8)
@@ -158,21 +173,27 @@ def write_outputs(
     name: str,
     rgb: np.ndarray,
     prediction: Prediction,
-    save_prob: bool = False,
-    overlay: bool = True,
+    output: OutputOptions | None = None,
 ) -> dict[str, str | None]:
-    """Write ``<name>.png`` and, as asked, the probability map and overlay; their paths."""
+    """Write ``<name>.png`` and, as ``output`` asks, the probability map and overlay.
+
+    Returns the paths written, None for a file not asked for.
+
+    Shapes:
+        rgb: (H, W, 3) uint8, the image ``prediction`` was made from.
+    """
+    output = output or OutputOptions()
     paths: dict[str, str | None] = {
         "mask": str(out_dir / f"{name}.png"),
         "probability": None,
         "overlay": None,
     }
     Image.fromarray(prediction.mask.astype(np.uint8) * 255).save(paths["mask"])
-    if save_prob:
+    if output.save_prob:
         paths["probability"] = str(out_dir / f"{name}_prob.png")
         prob8 = np.round(prediction.probability * 255).astype(np.uint8)
         Image.fromarray(prob8).save(paths["probability"])
-    if overlay:
+    if output.overlay:
         paths["overlay"] = str(out_dir / f"{name}_overlay.jpg")
         # 4:4:4 chroma: subsampling would smear one-pixel cracks into their neighbours.
         Image.fromarray(overlay_image(rgb, prediction.mask)).save(
@@ -185,13 +206,14 @@ def prediction_record(
     source: str,
     paths: dict[str, str | None],
     prediction: Prediction,
-    *,
-    tta: bool,
-    min_area: int,
-    px_per_mm: float | None,
+    options: PredictOptions,
 ) -> dict[str, Any]:
-    """The CSV/JSON row of one image: where it and its outputs are, how it was predicted
-    (mode ``tiled``/``resize``, tile, overlap, number of tiles) and its measurements."""
+    """The CSV/JSON row of one image.
+
+    Where the image and its outputs are, how it was predicted (mode ``tiled``/``resize``,
+    tile, overlap, number of tiles, threshold and ``min_area`` from ``prediction``, TTA and
+    scale from ``options``) and its measurements.
+    """
     height, width = prediction.mask.shape
     return {
         "image": source,
@@ -203,9 +225,9 @@ def prediction_record(
         "tile": prediction.tile,
         "overlap": prediction.overlap,
         "tiles": prediction.tiles,
-        "tta": tta,
-        "min_area": min_area,
-        "px_per_mm": px_per_mm,
+        "tta": options.tta,
+        "min_area": prediction.min_area,
+        "px_per_mm": options.px_per_mm,
         **prediction.measurements.as_dict(),
     }
 
@@ -222,64 +244,38 @@ def write_records(records: list[dict[str, Any]], out_dir: Path) -> tuple[Path, P
 
 
 def predict_files(
-    checkpoint: Any,
+    checkpoint: ModelSource,
     inputs: Sequence[str | Path],
     out: str | Path,
+    options: PredictOptions = PredictOptions(),
+    output: OutputOptions = OutputOptions(),
     *,
-    glob: str = "**/*",
-    threshold: float | None = None,
-    tile: int | None = None,
-    overlap: int | None = None,
-    tta: bool = False,
-    batch_size: int = 8,
-    min_area: int | None = None,
-    px_per_mm: float | None = None,
-    save_prob: bool = False,
-    overlay: bool = True,
-    device: str = "auto",
-    amp: bool | None = None,
     fetch: Fetch | None = None,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
     """Predict every image in ``inputs`` and write the outputs of the module docstring.
 
-    ``checkpoint`` is anything :func:`fissure.prediction.as_predictor` takes; the inference
-    options are those of :func:`fissure.prediction.predict_many`; ``amp`` overrides the
-    checkpoint's mixed precision. Returns the records, in input order.
+    ``checkpoint`` is anything :func:`~fissure.prediction.predictor.as_predictor` takes,
+    loaded onto ``options.device``; ``options`` go to
+    :func:`~fissure.prediction.predictor.predict_many` as they are. ``fetch`` lists stage
+    inputs (see :func:`find_inputs`). Returns the records, in input order.
     """
-    predictor = as_predictor(checkpoint, device)
-    if amp is not None:
-        predictor = replace(predictor, amp=amp)
+    predictor = as_predictor(checkpoint, options.device)
     out_dir = Path(out)
-    images = find_inputs(inputs, glob, fetch=fetch, exclude=out_dir)
+    images = find_inputs(inputs, output.glob, fetch=fetch, exclude=out_dir)
     names = output_names(images)
     out_dir.mkdir(parents=True, exist_ok=True)
-    area = predictor.min_area if min_area is None else min_area
     # Decoded lazily, so only the images in flight are held in memory.
     decoded = (
         ((i, rgb), rgb)
         for i, image in enumerate(images)
         for rgb in [decode_image(image.read(), image.source)]
     )
-    results = predict_many(
-        predictor,
-        decoded,
-        threshold=threshold,
-        tile=tile,
-        overlap=overlap,
-        tta=tta,
-        batch_size=batch_size,
-        min_area=area,
-        px_per_mm=px_per_mm,
-        progress=progress,
-        total=len(images),
-    )
+    results = predict_many(predictor, decoded, options, progress=progress, total=len(images))
     records: dict[int, dict[str, Any]] = {}
     for (i, rgb), prediction in results:
-        paths = write_outputs(out_dir, names[i], rgb, prediction, save_prob, overlay)
-        records[i] = prediction_record(
-            images[i].source, paths, prediction, tta=tta, min_area=area, px_per_mm=px_per_mm
-        )
+        paths = write_outputs(out_dir, names[i], rgb, prediction, output)
+        records[i] = prediction_record(images[i].source, paths, prediction, options)
     ordered = [records[i] for i in sorted(records)]
     write_records(ordered, out_dir)
     return ordered

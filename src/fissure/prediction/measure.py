@@ -1,5 +1,8 @@
 """Crack measurements from a binary mask: area, number of segments, length and width.
 
+Holds :func:`measure_cracks` and its :class:`CrackMeasurements`, the speck filter
+(:func:`remove_small_components`) and the skeleton length estimator.
+
 The approach follows the usual inspection practice (OnionDoctor-style): clean the mask of
 specks, reduce each crack to its one-pixel-wide centre line (skeleton), take the length
 along that line and read the local width off the distance transform on it.
@@ -35,7 +38,7 @@ import numpy as np
 from scipy import ndimage
 from skimage.morphology import skeletonize
 
-from fissure.errors import DataError, FissureError
+from ..errors import DataError, FissureError
 
 ORTHOGONAL_STEP = 0.980
 DIAGONAL_STEP = 1.406
@@ -67,11 +70,28 @@ class CrackMeasurements:
         return asdict(self)
 
 
+def check_min_area(min_area: int) -> int:
+    """``min_area`` if it is ``>= 0``, else a FissureError."""
+    if min_area < 0:
+        raise FissureError(f"min_area must be >= 0, got {min_area}")
+    return min_area
+
+
+def check_px_per_mm(px_per_mm: float) -> float:
+    """``px_per_mm`` if it is a positive number, else a FissureError."""
+    if not px_per_mm > 0:
+        raise FissureError(f"px_per_mm must be a positive number, got {px_per_mm}")
+    return px_per_mm
+
+
 def remove_small_components(mask: np.ndarray, min_area: int) -> tuple[np.ndarray, int]:
     """Drop 8-connected components with fewer than ``min_area`` pixels.
 
-    ``mask`` is ``(H, W)`` bool; returns the cleaned ``(H, W)`` bool mask and the number of
-    components kept.
+    Returns the cleaned mask and the number of components kept.
+
+    Shapes:
+        mask: (H, W) bool.
+        returns: (H, W) bool, and an int.
     """
     labels, n_labels = ndimage.label(mask, structure=_EIGHT_CONNECTED)
     if n_labels == 0:
@@ -82,10 +102,14 @@ def remove_small_components(mask: np.ndarray, min_area: int) -> tuple[np.ndarray
 
 
 def _crop_to_foreground(mask: np.ndarray) -> np.ndarray:
-    """Bounding box of the foreground of ``mask`` ``(H, W)``, padded by one background pixel.
+    """Bounding box of the foreground of ``mask``, padded by one background pixel.
 
     The ring keeps neighbour look-ups in bounds and makes the image border count as
     background for both the skeleton and the distance transform.
+
+    Shapes:
+        mask: (H, W) bool with some foreground.
+        returns: (h + 2, w + 2) bool, h x w the foreground's bounding box.
     """
     rows = np.flatnonzero(mask.any(axis=1))
     cols = np.flatnonzero(mask.any(axis=0))
@@ -96,10 +120,14 @@ def _crop_to_foreground(mask: np.ndarray) -> np.ndarray:
 def skeleton_links(skeleton: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pixel coordinates and neighbour links of a skeleton.
 
-    ``skeleton`` is ``(H, W)`` bool with a background border one pixel wide. Returns
-    ``ys`` and ``xs`` ``(N,)`` for its N pixels and ``links`` ``(N, 8)`` bool, where
-    ``links[i, k]`` says pixel i is linked to its neighbour at ``_OFFSETS[k]``. A diagonal
-    neighbour is not linked when the two pixels share a 4-neighbour on the skeleton.
+    ``skeleton`` has a background border one pixel wide. Returns ``ys`` and ``xs`` for its
+    N pixels and ``links``, where ``links[i, k]`` says pixel i is linked to its neighbour at
+    ``_OFFSETS[k]``. A diagonal neighbour is not linked when the two pixels share a
+    4-neighbour on the skeleton.
+
+    Shapes:
+        skeleton: (H, W) bool.
+        returns: ys (N,) and xs (N,) int, links (N, 8) bool.
     """
     ys, xs = np.nonzero(skeleton)
     links = np.zeros((ys.size, 8), dtype=bool)
@@ -112,10 +140,14 @@ def skeleton_links(skeleton: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nda
 
 
 def skeleton_length(links: np.ndarray, end_distances: np.ndarray) -> float:
-    """Length in px of a skeleton from its ``links`` ``(N, 8)`` (see :func:`skeleton_links`).
+    """Length in px of a skeleton from its ``links`` (see :func:`skeleton_links`).
 
-    ``end_distances`` ``(N,)`` is the distance transform at each skeleton pixel, used to
-    extend free ends to the crack tip. See the module docstring for the estimator.
+    ``end_distances`` is the distance transform at each skeleton pixel, used to extend free
+    ends to the crack tip. See the module docstring for the estimator.
+
+    Shapes:
+        links: (N, 8) bool.
+        end_distances: (N,) float.
     """
     n_orthogonal = links[:, 0::2].sum() / 2
     n_diagonal = links[:, 1::2].sum() / 2
@@ -134,12 +166,17 @@ def skeleton_length(links: np.ndarray, end_distances: np.ndarray) -> float:
 
 
 def _ridge_distance(distance: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
-    """Largest of ``distance`` ``(H, W)`` in the 3x3 neighbourhood of each pixel ``(N,)``.
+    """Largest of ``distance`` in the 3x3 neighbourhood of each pixel ``(ys, xs)``.
 
     The skeleton of a rasterised oblique crack zig-zags up to a pixel off the ridge of the
     distance transform, which reads a 3-px crack at 22 degrees as 2.2 px wide; the ridge
     is never more than one pixel away. ``distance`` needs a one-pixel border so that the
     neighbourhood stays in bounds.
+
+    Shapes:
+        distance: (H, W) float.
+        ys, xs: (N,) int.
+        returns: (N,) float.
     """
     ridge = distance[ys, xs]
     for dy, dx in _OFFSETS:
@@ -157,18 +194,20 @@ def _as_mask(mask: np.ndarray) -> np.ndarray:
 def measure_cracks(
     mask: np.ndarray, min_area: int = 10, px_per_mm: float | None = None
 ) -> CrackMeasurements:
-    """Measure the cracks in ``mask`` ``(H, W)`` (bool; nonzero means crack).
+    """Measure the cracks in ``mask`` (nonzero means crack).
 
     Components (8-connected) smaller than ``min_area`` px are dropped first; the rest are
     the segments. Lengths and widths are in px, and also in mm when ``px_per_mm`` is given.
     Widths are ``2 * d - 1`` sampled on the skeleton (``d`` = distance to background, read at
     the ridge within one pixel of each skeleton pixel); see the module docstring for the
     length estimator and the width convention.
+
+    Shapes:
+        mask: (H, W) bool or integer.
     """
-    if min_area < 0:
-        raise FissureError(f"min_area must be >= 0, got {min_area}")
-    if px_per_mm is not None and not px_per_mm > 0:
-        raise FissureError(f"px_per_mm must be a positive number, got {px_per_mm}")
+    check_min_area(min_area)
+    if px_per_mm is not None:
+        check_px_per_mm(px_per_mm)
     mask = _as_mask(mask)
     kept, n_segments = remove_small_components(mask, min_area)
     area_px = int(np.count_nonzero(kept))

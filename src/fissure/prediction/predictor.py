@@ -1,15 +1,20 @@
-"""Crack prediction for real inspection photos of any size.
+"""Crack prediction for inspection photos of any size, in memory.
 
-Arrays: an image is ``(H, W, 3)`` uint8 RGB; a prediction is a ``(H, W)`` float32
-probability map and a ``(H, W)`` bool mask (``probability > threshold``) at the image's own
-resolution, plus :class:`~fissure.measurement.CrackMeasurements`.
+Holds :class:`Predictor` (a model and what its checkpoint says about feeding it),
+:func:`predict_many` (a stream of images, their tiles batched together),
+:func:`predict_image` (one image) and the choice between tiling and resizing
+(:func:`default_tiling`).
+
+Arrays: an image is ``(H, W, 3)`` uint8 RGB; a :class:`Prediction` is a ``(H, W)``
+float32 probability map and a ``(H, W)`` bool mask (``probability > threshold``) at the
+image's own resolution, plus :class:`~fissure.prediction.measure.CrackMeasurements`.
 
 How an image goes through the network (:func:`default_tiling`):
 
-* Native-resolution tiles (:mod:`fissure.tiling`): windows of ``tile`` px overlapping by
-  ``overlap`` px, blended smoothly. Defaults: ``tile`` = the checkpoint's training size
-  rounded to a multiple of 32, ``overlap = tile // 4``. Images smaller than a tile are
-  padded into one.
+* Native-resolution tiles (:mod:`fissure.prediction.tiles`): windows of ``tile`` px
+  overlapping by ``overlap`` px, blended smoothly. Defaults: ``tile`` = the checkpoint's
+  training size rounded to a multiple of 32, ``overlap = tile // 4``. Images smaller than a
+  tile are padded into one.
 * Whole image shrunk to the training size, exactly as ``evaluate`` does. Only for
   ``resize``-mode checkpoints (trained on whole images shrunk to ``size x size``), only with
   the default tiling, and only when both sides are at most ``RESIZE_LIMIT`` times the training
@@ -26,9 +31,9 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TypeVar
+from typing import TypeVar, Union
 
 import numpy as np
 import torch
@@ -37,14 +42,14 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..checkpoint import Checkpoint, load_checkpoint
-from ..config import EvalConfig
+from ..config import DEFAULT_THRESHOLD, EvalConfig
 from ..data.image import _to_uint8, load_image
 from ..data.transforms import image_to_tensor
 from ..errors import FissureError
 from ..runtime import InputPolicy, forward_logits, select_device
 from .measure import CrackMeasurements, measure_cracks
-from .tiles import Job, ResizedJob, TileBatcher, TiledJob
-from .tiling import TILE_MULTIPLE
+from .options import PredictOptions
+from .tiles import TILE_MULTIPLE, Job, ResizedJob, TileBatcher, TiledJob, check_overlap
 
 RESIZE_LIMIT = 2
 """Resize-mode checkpoints see a whole image shrunk when both sides are <= this x size."""
@@ -54,14 +59,21 @@ DEFAULT_TILE = 256
 
 T = TypeVar("T")
 ImageLike = str | Path | Image.Image | np.ndarray
+ModelSource = Union["Predictor", nn.Module, str, Path, Checkpoint]
+"""What :func:`as_predictor` turns into a :class:`Predictor`."""
 
 
 @dataclass(frozen=True)
 class Prediction:
-    """One image's result: ``mask`` ``(H, W)`` bool, ``probability`` ``(H, W)`` float32.
+    """One image's result: its mask, probabilities and measurements, and how it was made.
 
     ``mode`` is ``"tiled"`` or ``"resize"`` (whole image shrunk); ``tiles`` counts network
     inputs per pass (TTA runs each three times); ``tile``/``overlap`` are None when resized.
+    ``threshold`` and ``min_area`` are the values the mask and the measurements used.
+
+    Shapes:
+        mask: (H, W) bool, ``probability > threshold``.
+        probability: (H, W) float32 in [0, 1].
     """
 
     mask: np.ndarray
@@ -72,6 +84,7 @@ class Prediction:
     tiles: int = 1
     tile: int | None = None
     overlap: int | None = None
+    min_area: int | None = None
 
 
 @dataclass(frozen=True)
@@ -83,8 +96,20 @@ class Tiling:
     resize_size: int | None = None
 
     def resizes(self, height: int, width: int) -> bool:
+        """Whether an image of ``height x width`` is shrunk whole rather than tiled."""
         limit = RESIZE_LIMIT * (self.resize_size or 0)
         return max(height, width) <= limit
+
+    def job(self, image: Tensor) -> Job:
+        """The job that takes ``image`` through the network.
+
+        Shapes:
+            image: (3, H, W) float, normalised.
+        """
+        if self.resizes(*image.shape[-2:]):
+            assert self.resize_size is not None
+            return ResizedJob(image, self.resize_size)
+        return TiledJob(image, self.tile, self.overlap)
 
 
 def round_tile(size: int) -> int:
@@ -92,32 +117,37 @@ def round_tile(size: int) -> int:
     return max(TILE_MULTIPLE, TILE_MULTIPLE * round(size / TILE_MULTIPLE))
 
 
-def default_tiling(
-    policy: InputPolicy, tile: int | None = None, overlap: int | None = None
-) -> Tiling:
-    """Tiling for a checkpoint's ``policy``; see the module docstring for the defaults."""
-    chosen = round_tile(policy.size) if tile is None else tile
-    if chosen < TILE_MULTIPLE or chosen % TILE_MULTIPLE:
-        raise FissureError(f"--tile must be a positive multiple of {TILE_MULTIPLE}, got {chosen}")
-    chosen_overlap = chosen // 4 if overlap is None else overlap
-    if not 0 <= chosen_overlap < chosen:
-        raise FissureError(f"--overlap must be in [0, tile={chosen}), got {chosen_overlap}")
-    resize = policy.size if policy.mode == "resize" and tile is None else None
-    return Tiling(chosen, chosen_overlap, resize)
+def default_tiling(policy: InputPolicy, options: PredictOptions | None = None) -> Tiling:
+    """Tiling for a checkpoint's ``policy`` and the ``tile``/``overlap`` of ``options``.
+
+    See the module docstring for the defaults. ``overlap`` is checked here against the tile
+    in effect, which may be the checkpoint's.
+    """
+    options = options or PredictOptions()
+    tile = round_tile(policy.size) if options.tile is None else options.tile
+    overlap = tile // 4 if options.overlap is None else check_overlap(options.overlap, tile)
+    resize = policy.size if policy.mode == "resize" and options.tile is None else None
+    return Tiling(tile, overlap, resize)
 
 
 @dataclass
 class Predictor:
-    """A model ready to predict, with what its checkpoint says about feeding it."""
+    """A model ready to predict, with what its checkpoint says about feeding it.
+
+    ``policy`` (training mode and size) chooses tiles or a whole-image resize; ``threshold``
+    and ``min_area`` are the defaults of :class:`PredictOptions` fields left as None;
+    ``amp`` runs the network in mixed precision where the hardware has it.
+    """
 
     model: nn.Module
     policy: InputPolicy = field(default_factory=lambda: InputPolicy("crop", DEFAULT_TILE))
-    threshold: float = 0.5
+    threshold: float = DEFAULT_THRESHOLD
     min_area: int = EvalConfig.min_area
     amp: bool = True
 
     @property
     def device(self) -> torch.device:
+        """The device the model's weights are on."""
         return next(self.model.parameters()).device
 
     @classmethod
@@ -130,15 +160,28 @@ class Predictor:
         model = ckpt.build_model(device, channels_last=True)
         return cls(model, ckpt.policy, ckpt.threshold, ckpt.config.eval.min_area, ckpt.policy.amp)
 
+    def configured(self, options: PredictOptions) -> Predictor:
+        """This predictor with the ``threshold``, ``min_area`` and ``amp`` that ``options``
+        set; the fields they leave as None keep the checkpoint's values. Same model."""
+        return replace(
+            self,
+            threshold=self.threshold if options.threshold is None else options.threshold,
+            min_area=self.min_area if options.min_area is None else options.min_area,
+            amp=self.amp if options.amp is None else options.amp,
+        )
+
     def forward(self, tiles: Tensor) -> Tensor:
-        """Logits ``(B, 1, t, t)`` for tiles ``(B, 3, t, t)``, in mixed precision if ``amp``."""
+        """Logits for a batch of tiles, in mixed precision if ``amp``.
+
+        Shapes:
+            tiles: (B, 3, t, t) float, normalised.
+            returns: (B, 1, t, t) float32 logits.
+        """
         return forward_logits(self.model, tiles, InputPolicy("crop", tiles.shape[-1]), self.amp)
 
 
-def as_predictor(
-    model_or_checkpoint: Predictor | nn.Module | str | Path | Checkpoint, device: str = "auto"
-) -> Predictor:
-    """A :class:`Predictor` from itself, a checkpoint path or dict, or a bare model.
+def as_predictor(model_or_checkpoint: ModelSource, device: str = "auto") -> Predictor:
+    """A :class:`Predictor` from itself, a checkpoint path or :class:`Checkpoint`, or a model.
 
     A bare model gets threshold 0.5 and 256-px tiles and stays on its device unless
     ``device`` names one (it is then moved there, in place).
@@ -164,53 +207,53 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
 
 
 def _finish(
-    job: Job,
-    prob: np.ndarray,
-    predictor: Predictor,
-    threshold: float,
-    min_area: int | None,
-    px_per_mm: float | None,
+    job: Job, prob: np.ndarray, predictor: Predictor, px_per_mm: float | None
 ) -> Prediction:
-    mask = prob > threshold
-    area = predictor.min_area if min_area is None else min_area
-    measurements = measure_cracks(mask, area, px_per_mm)
+    """The :class:`Prediction` of a completed job whose ``(H, W)`` probabilities are ``prob``."""
+    mask = prob > predictor.threshold
+    measurements = measure_cracks(mask, predictor.min_area, px_per_mm)
     return Prediction(
-        mask, prob, measurements, threshold, job.mode, job.n_tiles, job.tile, job.overlap
+        mask,
+        prob,
+        measurements,
+        predictor.threshold,
+        mode=job.mode,
+        tiles=job.n_tiles,
+        tile=job.tile,
+        overlap=job.overlap,
+        min_area=predictor.min_area,
     )
 
 
 def predict_many(
     predictor: Predictor,
     images: Iterable[tuple[T, np.ndarray]],
+    options: PredictOptions | None = None,
     *,
-    threshold: float | None = None,
-    tile: int | None = None,
-    overlap: int | None = None,
-    tta: bool = False,
-    batch_size: int = 8,
-    min_area: int | None = None,
-    px_per_mm: float | None = None,
     progress: bool = False,
     total: int | None = None,
 ) -> Iterator[tuple[T, Prediction]]:
-    """Predict ``(payload, image)`` pairs, ``image`` ``(H, W, 3)`` uint8; yields
-    ``(payload, Prediction)`` as each image completes (not always in input order).
+    """Predict ``(payload, image)`` pairs; yields ``(payload, Prediction)`` as each image
+    completes (not always in input order).
 
-    ``images`` is read lazily, one image ahead of the network. ``min_area`` defaults to
-    the checkpoint's ``eval.min_area``; ``threshold`` to its tuned threshold.
+    ``images`` is read lazily, one image ahead of the network. ``options`` (default
+    :class:`PredictOptions`) is applied to ``predictor`` here, the one place its
+    checkpoint defaults are resolved; its ``device`` is not used, ``predictor`` stays where
+    it is. ``total`` sizes the progress bar.
+
+    Shapes:
+        image: (H, W, 3) uint8 RGB.
     """
-    thr = predictor.threshold if threshold is None else float(threshold)
-    if not 0.0 < thr < 1.0:
-        raise FissureError(f"--threshold must be within (0, 1), got {thr}")
-    tiling = default_tiling(predictor.policy, tile, overlap)
-    device = predictor.device
+    options = options or PredictOptions()
+    predictor = predictor.configured(options)
+    tiling = default_tiling(predictor.policy, options)
     image_bar = tqdm(
         total=total, desc="images", unit="img", disable=not progress, dynamic_ncols=True
     )
     tile_bar = tqdm(
         total=0, desc="tiles", unit="tile", disable=not progress, leave=False, dynamic_ncols=True
     )
-    batcher = TileBatcher(predictor.forward, batch_size, tta, tile_bar.update)
+    batcher = TileBatcher(predictor.forward, options.batch_size, options.tta, tile_bar.update)
     payloads: dict[int, T] = {}
 
     def ready(jobs: list[Job]) -> list[tuple[T, Job, np.ndarray]]:
@@ -219,7 +262,7 @@ def predict_many(
     def finish(items: list[tuple[T, Job, np.ndarray]]) -> Iterator[tuple[T, Prediction]]:
         for payload, job, prob in items:
             image_bar.update(1)
-            yield payload, _finish(job, prob, predictor, thr, min_area, px_per_mm)
+            yield payload, _finish(job, prob, predictor, options.px_per_mm)
 
     # inference_mode only around the tensor work: it is thread-wide state and must not
     # leak into the caller's code while this generator is suspended at a yield.
@@ -227,13 +270,7 @@ def predict_many(
         with _eval_mode(predictor.model):
             for payload, image in images:
                 with torch.inference_mode():
-                    tensor = image_to_tensor(image).to(device)
-                    job: Job = (
-                        ResizedJob(tensor, tiling.resize_size)
-                        if tiling.resizes(*tensor.shape[-2:])
-                        else TiledJob(tensor, tiling.tile, tiling.overlap)
-                    )
-                    del tensor
+                    job = tiling.job(image_to_tensor(image).to(predictor.device))
                     payloads[id(job)] = payload
                     tile_bar.total += job.n_tiles
                     tile_bar.refresh()
@@ -248,10 +285,13 @@ def predict_many(
 
 
 def as_rgb(image: ImageLike) -> np.ndarray:
-    """``(H, W, 3)`` uint8 RGB from a path (gzip too), a PIL image or a uint8 array.
+    """An RGB array from a path (gzip too), a PIL image or a uint8 array.
 
     Paths and PIL images are turned upright by their EXIF orientation; arrays are used as
     they are: ``(H, W)`` gray is repeated, an alpha channel is dropped.
+
+    Shapes:
+        returns: (H, W, 3) uint8.
     """
     if isinstance(image, (str, Path)):
         return load_image(image)
@@ -269,37 +309,24 @@ def as_rgb(image: ImageLike) -> np.ndarray:
 
 
 def predict_image(
-    model_or_checkpoint: Predictor | nn.Module | str | Path | Checkpoint,
+    model_or_checkpoint: ModelSource,
     image: ImageLike,
+    options: PredictOptions | None = None,
     *,
-    threshold: float | None = None,
-    tile: int | None = None,
-    overlap: int | None = None,
-    tta: bool = False,
-    px_per_mm: float | None = None,
-    min_area: int | None = None,
-    batch_size: int = 8,
-    device: str = "auto",
     progress: bool = False,
 ) -> Prediction:
-    """Predict one image (path, PIL image or ``(H, W, 3)`` uint8 array) of any size.
+    """Predict one image (path, PIL image or array) of any size.
 
-    ``model_or_checkpoint``: a checkpoint path or dict, a :class:`Predictor` (load once,
-    predict many) or a bare model. Returns ``mask`` and ``probability`` ``(H, W)`` at the
-    image's resolution and the measurements (mm fields with ``px_per_mm``).
+    ``model_or_checkpoint``: a checkpoint path or :class:`Checkpoint` (loaded onto
+    ``options.device``), a :class:`Predictor` (load once, predict many) or a bare model.
+    ``options`` default to the checkpoint's (``PredictOptions()``); the result's mm fields
+    need ``PredictOptions(px_per_mm=...)``.
+
+    Shapes:
+        image: (H, W, 3) uint8 RGB, (H, W) gray or (H, W, 4) RGBA, when an array.
+        returns: a :class:`Prediction` with ``mask`` and ``probability`` (H, W).
     """
-    predictor = as_predictor(model_or_checkpoint, device)
-    results = predict_many(
-        predictor,
-        [(None, as_rgb(image))],
-        threshold=threshold,
-        tile=tile,
-        overlap=overlap,
-        tta=tta,
-        batch_size=batch_size,
-        min_area=min_area,
-        px_per_mm=px_per_mm,
-        progress=progress,
-        total=1,
-    )
+    options = options or PredictOptions()
+    predictor = as_predictor(model_or_checkpoint, options.device)
+    results = predict_many(predictor, [(None, as_rgb(image))], options, progress=progress, total=1)
     return [prediction for _, prediction in results][0]

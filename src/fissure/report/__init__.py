@@ -1,4 +1,7 @@
-"""Files and tables a person reads: training history and curves, evaluation reports."""
+"""Files and tables a person reads: training history and curves, evaluation reports.
+
+:mod:`.format` holds the number format and JSON writer both kinds of report share.
+"""
 
 from .evaluation import (
     EVAL_FILES,
@@ -11,14 +14,8 @@ from .evaluation import (
     write_eval_reports,
     write_per_image,
 )
-from .training import (
-    TensorBoardLog,
-    fmt,
-    plot_curves,
-    write_history,
-    write_json,
-    write_skipped,
-)
+from .format import fmt, write_json
+from .training import TensorBoardLog, plot_curves, write_history, write_skipped
 
 __all__ = [
     "EVAL_FILES",

@@ -19,7 +19,7 @@ matplotlib.use("Agg")  # files only; no display on servers or in CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .training import fmt, write_json  # noqa: E402
+from .format import fmt, write_json  # noqa: E402
 
 EVAL_FILES = (
     "metrics.json",
@@ -65,7 +65,7 @@ def _pm(stats: dict | None) -> str:
 
 
 def metrics_table(metrics: dict[str, Any]) -> str:
-    """Terminal summary of :func:`fissure.workflow.evaluate`'s metrics document."""
+    """Terminal summary of :func:`fissure.api.evaluate`'s metrics document."""
     th = metrics["thresholds"]
     cols = ("at_0.5", "at_tuned")
     heads = (f"@ {th['at_0.5']:.2f}", f"@ {th['at_tuned']:.2f} tuned")
@@ -245,46 +245,13 @@ def _floats(values: Any) -> np.ndarray:
 def plot_pr_curve(metrics: dict[str, Any], path: str | Path) -> None:
     """Exact and tolerant dataset PR curves over the sweep, ODS points and tuned threshold."""
     sweep = metrics["threshold_sweep"]
-    curve, th = sweep["pr_curve"], _floats(sweep["pr_curve"]["thresholds"])
     tol_key = f"tolerant_{sweep['tolerance_px']}px"
     fig, ax = plt.subplots(figsize=(6.4, 5.6))
-    for f in (0.2, 0.4, 0.6, 0.8):  # iso-F1 guides
-        r = np.linspace(f / (2 - f) + 1e-6, 1, 100)
-        ax.plot(r, f * r / (2 * r - f), color="0.85", lw=0.8, zorder=0)
-        ax.text(0.99, f / (2 - f) + 0.01, f"F1={f:.1f}", color="0.6", fontsize=7, ha="right")
+    _iso_f1_guides(ax)
     operating = {"exact": metrics["pixel_micro"], tol_key: metrics["tolerance"]}
     drawn = False
     for mode, color in (("exact", "tab:blue"), (tol_key, "tab:orange")):
-        p, r = _floats(curve[mode]["precision"]), _floats(curve[mode]["recall"])
-        ok = ~np.isnan(p) & ~np.isnan(r)
-        if not ok.any():
-            continue
-        drawn = True
-        label = mode.replace("_", " ")
-        ax.plot(r[ok], p[ok], color=color, label=f"{label} (AP {fmt(sweep['ap'][mode], 3)})")
-        ods_t, ods_f = sweep["ods_threshold"][mode], sweep["ods_f1"][mode]
-        if ods_t is not None and ods_f is not None:
-            k = int(np.argmin(np.abs(th - ods_t)))
-            ax.plot(
-                r[k],
-                p[k],
-                "*",
-                ms=14,
-                color=color,
-                mec="black",
-                label=f"{label} ODS F1 {ods_f:.3f} @ {ods_t:.2f}",
-            )
-        op_p, op_r = operating[mode]["precision"]["at_tuned"], operating[mode]["recall"]["at_tuned"]
-        if op_p is not None and op_r is not None:
-            ax.plot(
-                op_r,
-                op_p,
-                "o",
-                ms=7,
-                mfc="none",
-                color=color,
-                label=f"{label} @ tuned {metrics['thresholds']['at_tuned']:.2f}",
-            )
+        drawn = _pr_mode(ax, metrics, mode, color, operating[mode]) or drawn
     if not drawn:
         ax.text(
             0.5,
@@ -306,6 +273,38 @@ def plot_pr_curve(metrics: dict[str, Any], path: str | Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def _iso_f1_guides(ax: Any) -> None:
+    for f in (0.2, 0.4, 0.6, 0.8):
+        r = np.linspace(f / (2 - f) + 1e-6, 1, 100)
+        ax.plot(r, f * r / (2 * r - f), color="0.85", lw=0.8, zorder=0)
+        ax.text(0.99, f / (2 - f) + 0.01, f"F1={f:.1f}", color="0.6", fontsize=7, ha="right")
+
+
+def _pr_mode(
+    ax: Any, metrics: dict[str, Any], mode: str, color: str, operating: dict[str, Any]
+) -> bool:
+    """Draw one sweep mode's curve, its ODS point and its operating point at the tuned
+    threshold; False (nothing drawn) when the curve is undefined."""
+    sweep = metrics["threshold_sweep"]
+    curve, th = sweep["pr_curve"], _floats(sweep["pr_curve"]["thresholds"])
+    p, r = _floats(curve[mode]["precision"]), _floats(curve[mode]["recall"])
+    ok = ~np.isnan(p) & ~np.isnan(r)
+    if not ok.any():
+        return False
+    label = mode.replace("_", " ")
+    ax.plot(r[ok], p[ok], color=color, label=f"{label} (AP {fmt(sweep['ap'][mode], 3)})")
+    ods_t, ods_f = sweep["ods_threshold"][mode], sweep["ods_f1"][mode]
+    if ods_t is not None and ods_f is not None:
+        k = int(np.argmin(np.abs(th - ods_t)))
+        ax.plot(r[k], p[k], "*", ms=14, color=color, mec="black",
+                label=f"{label} ODS F1 {ods_f:.3f} @ {ods_t:.2f}")
+    op_p, op_r = operating["precision"]["at_tuned"], operating["recall"]["at_tuned"]
+    if op_p is not None and op_r is not None:
+        ax.plot(op_r, op_p, "o", ms=7, mfc="none", color=color,
+                label=f"{label} @ tuned {metrics['thresholds']['at_tuned']:.2f}")
+    return True
 
 
 def _overlay(image: np.ndarray, true: np.ndarray, pred: np.ndarray) -> np.ndarray:

@@ -1,7 +1,7 @@
 """A local copy of a stage's files, filled once and shared by runs, ranks and workers.
 
 Files sit at their stage-relative paths and only ever appear complete (they are moved into
-place by :func:`~fissure.data.stage_files.download`), so DataLoader workers read them with
+place by :func:`~fissure.snowflake.files.download`), so DataLoader workers read them with
 no session and no lock.
 """
 
@@ -41,9 +41,11 @@ class StageCache:
         self._index: dict[str, dict[str, Any]] = {}
 
     def path(self, rel: str) -> Path:
+        """The local file for stage-relative path ``rel`` (which may not exist yet)."""
         return self.root / "files" / rel
 
     def stage_path(self, rel: str) -> str:
+        """``@DB.SCHEMA.STAGE/rel``: the stage file behind ``rel``."""
         return f"{self.stage}/{rel}"
 
     def _load_index(self) -> None:

@@ -1,10 +1,13 @@
-"""Files in a Snowflake stage: safe names, retried transfers, single-file get and put.
+"""Files in a Snowflake stage: names, retried transfers, single-file get and put, tables.
 
 Snowpark's ``get_stream`` downloads to ``tempfile.gettempdir()/<basename>``, so
 ``images/001.png.gz`` and ``masks/001.png.gz`` collide when read concurrently. Here a
 file is fetched with ``session.file.get`` into a private temporary folder and moved into
 place with ``os.replace``, so a file only ever appears complete under its final name.
-The local cache built on this is :mod:`fissure.data.stage_cache`.
+The local cache built on this is :mod:`fissure.snowflake.cache`.
+
+The stage is spelled fully qualified everywhere (:func:`stage_name`): the local-testing
+emulator treats ``@STAGE`` and ``@DB.SCH.STAGE`` as two stages.
 """
 
 from __future__ import annotations
@@ -26,8 +29,10 @@ from typing import Any, TypeVar
 
 from tqdm.auto import tqdm
 
+from ..config import SnowflakeConfig
+from ..data import is_stage_path
 from ..data.image import GZIP_MAGIC
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 
 T = TypeVar("T")
 Sleep = Callable[[float], Any]
@@ -42,6 +47,8 @@ _RETRYABLE = (  # noqa: SIM905 (one line per name would dwarf the rule it states
     "GatewayTimeoutError RequestTimeoutError BadGatewayError TooManyRequests "
     "OtherHTTPRetryableError RequestExceedMaxRetryError PresignedUrlExpiredError"
 ).split()
+# A safe SQL identifier: unquoted, or quoted without quotes inside (names go into SQL text).
+_IDENT = re.compile(r'^(?:[A-Za-z_][A-Za-z0-9_$]*|"[^"]+")$')
 
 
 class StageFileMissing(DataError):
@@ -55,6 +62,7 @@ def reason(exc: BaseException) -> str:
 
 
 def listed(items: Iterable[str], limit: int = 10) -> str:
+    """``a, b, c and 4 more``: up to ``limit`` items, so that an error stays one line."""
     items = list(items)
     more = f" and {len(items) - limit} more" if len(items) > limit else ""
     return ", ".join(items[:limit]) + more
@@ -114,11 +122,6 @@ def is_missing_error(exc: BaseException) -> bool:
 # -- names ----------------------------------------------------------------------------
 
 
-def is_stage_path(text: str) -> bool:
-    """Whether ``text`` names a stage location (``@STAGE/...``) rather than a local path."""
-    return isinstance(text, str) and text.startswith("@")
-
-
 def name_problem(name: Any) -> str | None:
     """Why ``name`` is unsafe as a path below a stage and in the local cache, or None.
 
@@ -158,12 +161,29 @@ def validate_stage_name(path: str) -> str:
     return path
 
 
+def stage_name(cfg: SnowflakeConfig) -> str:
+    """``@DB.SCHEMA.STAGE``: the one spelling of the stage used everywhere."""
+    stage = cfg.stage.strip().rstrip("/").lstrip("@")
+    full = stage if "." in stage else f"{cfg.database}.{cfg.schema}.{stage}"
+    if not all(_IDENT.match(part) for part in full.split(".")):
+        raise ConfigError(f"data.snowflake.stage: {full!r} is not a valid stage name")
+    return "@" + full
+
+
+def qualified(cfg: SnowflakeConfig, name: str) -> str:
+    """``DB.SCHEMA.NAME`` unless ``name`` is already qualified."""
+    full = name.strip() if "." in name else f"{cfg.database}.{cfg.schema}.{name.strip()}"
+    if not all(_IDENT.match(part) for part in full.split(".")):
+        raise ConfigError(f"data.snowflake: {full!r} is not a valid table or view name")
+    return full
+
+
+def stage_rel(prefix: str, name: str, suffix: str) -> str:
+    """``images/001.png.gz``: where a manifest name lives below the stage."""
+    return "/".join(part for part in (prefix.strip("/"), name + suffix) if part)
+
+
 # -- tables ----------------------------------------------------------------------------------
-
-
-def is_local_testing(session: Any) -> bool:
-    """Whether ``session`` is Snowpark's in-process emulator."""
-    return type(getattr(session, "_conn", None)).__module__.startswith("snowflake.snowpark.mock")
 
 
 def is_null(value: Any) -> bool:

@@ -3,7 +3,7 @@ the manifest view the stage source reads.
 
 Idempotent by content: the table behind the view keeps each file's SHA-256, so a second
 upload of the same folder transfers nothing and adds no rows, and a changed file is the
-only one sent again (caches notice it through the hash, see :mod:`fissure.data.snowflake`).
+only one sent again (caches notice it through the hash, see :mod:`fissure.snowflake.source`).
 """
 
 from __future__ import annotations
@@ -11,25 +11,32 @@ from __future__ import annotations
 import gzip
 import hashlib
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..config import SnowflakeConfig
+from ..config import SPLITS, SnowflakeConfig
+from ..data import FolderSource, Sample
 from ..data.image import gunzip, image_stem
-from ..data.sources import SPLITS, FolderSource
 from ..errors import ConfigError, DataError
-from . import files as stage_files
 from .files import (
     Sleep,
-    is_local_testing,
     is_null,
     match_columns,
     name_problem,
     put_bytes,
+    qualified,
     read_table,
     reason,
+    run_threads,
+    stage_name,
+    stage_rel,
 )
-from .source import IMAGE_SHA, MASK_SHA, _rel, qualified, stage_name
+from .session import is_local_testing
+from .source import IMAGE_SHA, MASK_SHA
+
+if TYPE_CHECKING:
+    from snowflake.snowpark import Session
 
 
 def _local_file(path: str) -> tuple[str, bytes]:
@@ -39,102 +46,161 @@ def _local_file(path: str) -> tuple[str, bytes]:
     return (name[:-3] if name.lower().endswith(".gz") else name), data
 
 
+def _columns(cfg: SnowflakeConfig) -> tuple[str, ...]:
+    """The upload table's columns, in order: the manifest's three, then the two hashes."""
+    return cfg.image_column, cfg.mask_column, cfg.group_column, IMAGE_SHA, MASK_SHA
+
+
+@dataclass
+class _Plan:
+    """What an upload has to do: the table's rows by image name, and the files to send."""
+
+    rows: dict[str, dict[str, Any]]
+    changed: bool
+    todo: list[tuple[str, str]] = field(default_factory=list)  # (stage path, local file)
+    skipped: int = 0
+    # "column:name" -> the local file that first used it, to name both in an error.
+    seen: dict[str, str] = field(default_factory=dict)
+
+
+def _table_rows(
+    session: Any, cfg: SnowflakeConfig, table: str, view: str, replace_view: bool
+) -> dict[str, dict[str, Any]] | None:
+    """Rows of the upload table by image name; None when the table does not exist yet.
+
+    Without the table, a view of the manifest's name is someone else's: it is only
+    replaced with ``replace_view``.
+    """
+    frame = read_table(session, table)
+    if frame is None:
+        if not replace_view and read_table(session, view) is not None:
+            raise DataError(
+                f"{view}: exists but fissure upload did not make it (no {table}); "
+                "choose another data.snowflake.manifest or allow replacing the view"
+            )
+        return None
+    hint = "not made by fissure upload; pass another table"
+    cols = match_columns(frame, table, _columns(cfg), hint)
+    rows: dict[str, dict[str, Any]] = {}
+    for rec in frame.to_dict("records"):
+        row = {k: None if is_null(rec[c]) else rec[c] for k, c in cols.items()}
+        rows[str(row[cfg.image_column])] = row
+    return rows
+
+
+def _add_pair(plan: _Plan, cfg: SnowflakeConfig, stage: str, split: str, sample: Sample) -> None:
+    """Hash one local pair; queue the files whose name or hash differ from the table's row."""
+    ic, mc = cfg.image_column, cfg.mask_column
+    files = (
+        (ic, IMAGE_SHA, cfg.image_prefix, sample.image),
+        (mc, MASK_SHA, cfg.mask_prefix, sample.mask),
+    )
+    entry: dict[str, Any] = {cfg.group_column: split.upper()}
+    for col, sha_col, _, path in files:
+        name, data = _local_file(path)
+        problem = name_problem(name)
+        if problem:
+            raise DataError(f"{path}: file name unusable in a stage ({problem})")
+        key = f"{col}:{image_stem(name) if col == ic else name}"
+        if key in plan.seen:
+            raise DataError(f"{path}: same {col} as {plan.seen[key]}; names must be unique")
+        plan.seen[key] = path
+        entry[col], entry[sha_col] = name, hashlib.sha256(data).hexdigest()
+    old = plan.rows.get(entry[ic]) or {}
+    for col, sha_col, prefix, path in files:
+        if (old.get(col), old.get(sha_col)) == (entry[col], entry[sha_col]):
+            plan.skipped += 1
+        else:
+            plan.todo.append((f"{stage}/{stage_rel(prefix, entry[col], cfg.suffix)}", path))
+    if old != entry:
+        plan.rows[entry[ic]], plan.changed = entry, True
+
+
+def _check_unique_stems(rows: dict[str, dict[str, Any]], table: str) -> None:
+    """Rows already in the table count too: StageSource needs unique image names."""
+    stems: dict[str, str] = {}
+    for name in rows:
+        first = stems.setdefault(image_stem(name), name)
+        if first != name:
+            raise DataError(f"{table}: images {first!r} and {name!r} would share one name")
+
+
+def _write_table(session: Any, cfg: SnowflakeConfig, table: str, rows: dict[str, Any]) -> None:
+    from snowflake.snowpark.types import StringType, StructField, StructType
+
+    order = _columns(cfg)
+    schema = StructType([StructField(c, StringType()) for c in order])
+    data = [[rows[k].get(c) for c in order] for k in sorted(rows)]
+    session.create_dataframe(data, schema=schema).write.save_as_table(table, mode="overwrite")
+
+
 def upload_dataset(
-    data_root: str | Path,
-    session: Any,
+    session: Session,
+    data: FolderSource | str | Path,
     cfg: SnowflakeConfig,
-    split_files: dict[str, str] | None = None,
-    val_fraction: float = 0.15,
-    test_fraction: float = 0.15,
-    split_seed: int = 0,
-    progress: bool = True,
+    *,
     table: str | None = None,
-    workers: int = 4,
     replace_view: bool = False,
+    workers: int = 4,
+    progress: bool = True,
     sleep: Sleep = time.sleep,
 ) -> dict[str, int]:
-    """Put a local dataset (any FolderSource layout) in the stage; build the manifest.
+    """Put a local dataset in the stage ``cfg`` names; build the manifest view.
 
-    Files go to ``images/{name}{suffix}`` / ``masks/...`` gzip-compressed with mtime 0.
-    The table (default ``<manifest>_TABLE``) keeps each file's SHA-256 (of the raw
-    content); a file whose row already holds its hash is skipped, so a second run
-    uploads nothing and adds no rows. The view ``cfg.manifest`` selects from the table;
-    a same-named view fissure did not make is only replaced with ``replace_view``.
+    ``data`` is a :class:`~fissure.data.FolderSource`, or a folder read as one with its
+    default split settings (any layout ``train`` reads). Files go to
+    ``images/{name}{suffix}`` / ``masks/...`` gzip-compressed with mtime 0. The table
+    (default ``<manifest>_TABLE``) keeps each file's SHA-256 (of the raw content); a file
+    whose row already holds its hash is skipped, so a second run uploads nothing and adds
+    no rows. The view ``cfg.manifest`` selects from the table; a same-named view fissure
+    did not make is only replaced with ``replace_view``. ``workers`` threads upload.
     Returns file counts ``uploaded`` and ``skipped``, and the table's ``rows``.
     """
-    source = FolderSource(data_root, split_files, val_fraction, test_fraction, split_seed)
+    source = data if isinstance(data, FolderSource) else FolderSource(data)
     stage, view = stage_name(cfg), qualified(cfg, cfg.manifest)
     table = qualified(cfg, table) if table else f"{view}_TABLE"
     if table.upper() == view.upper():
         raise ConfigError(f"upload table {table} must differ from the manifest view")
-    ic, mc, gc = cfg.image_column, cfg.mask_column, cfg.group_column
-    order = (ic, mc, gc, IMAGE_SHA, MASK_SHA)
-    frame = read_table(session, table)
-    rows: dict[str, dict[str, Any]] = {}
-    if frame is not None:
-        cols = match_columns(frame, table, order, "not made by fissure upload; pass another table")
-        for rec in frame.to_dict("records"):
-            row = {k: None if is_null(rec[c]) else rec[c] for k, c in cols.items()}
-            rows[str(row[ic])] = row
-    elif not replace_view and read_table(session, view) is not None:
-        raise DataError(
-            f"{view}: exists but fissure upload did not make it (no {table}); "
-            "choose another data.snowflake.manifest or allow replacing the view"
-        )
+    rows = _table_rows(session, cfg, table, view, replace_view)
     if not is_local_testing(session):
         try:  # the emulator makes stages on first put; a real account needs them first
             session.sql(f"CREATE STAGE IF NOT EXISTS {stage[1:]}").collect()
         except Exception as exc:
             raise DataError(f"{stage}: cannot create the stage ({reason(exc)})") from None
-
-    todo: list[tuple[str, str]] = []  # (stage path, local file)
-    seen: dict[str, str] = {}
-    changed, skipped = frame is None, 0
+    plan = _Plan(rows or {}, changed=rows is None)
     for split in SPLITS:
         try:
             pairs = source.samples(split)
         except DataError:
             continue  # a layout without this split
         for sample in pairs:
-            files = (
-                (ic, IMAGE_SHA, cfg.image_prefix, sample.image),
-                (mc, MASK_SHA, cfg.mask_prefix, sample.mask),
-            )
-            entry: dict[str, Any] = {gc: split.upper()}
-            for col, sha_col, _, path in files:
-                name, data = _local_file(path)
-                problem = name_problem(name)
-                if problem:
-                    raise DataError(f"{path}: file name unusable in a stage ({problem})")
-                key = f"{col}:{image_stem(name) if col == ic else name}"
-                if key in seen:
-                    raise DataError(f"{path}: same {col} as {seen[key]}; names must be unique")
-                seen[key] = path
-                entry[col], entry[sha_col] = name, hashlib.sha256(data).hexdigest()
-            old = rows.get(entry[ic]) or {}
-            for col, sha_col, prefix, path in files:
-                if (old.get(col), old.get(sha_col)) == (entry[col], entry[sha_col]):
-                    skipped += 1
-                else:
-                    todo.append((f"{stage}/{_rel(prefix, entry[col], cfg.suffix)}", path))
-            if old != entry:
-                rows[entry[ic]], changed = entry, True
-
-    stems: dict[str, str] = {}
-    for name in rows:  # rows already in the table count too: StageSource needs unique names
-        first = stems.setdefault(image_stem(name), name)
-        if first != name:
-            raise DataError(f"{table}: images {first!r} and {name!r} would share one name")
+            _add_pair(plan, cfg, stage, split, sample)
+    _check_unique_stems(plan.rows, table)
 
     def upload(item: tuple[str, str]) -> None:
         put_bytes(session, item[0], gzip.compress(_local_file(item[1])[1], mtime=0), sleep)
 
-    stage_files.run_threads(upload, todo, workers, "local -> stage", progress)
-    if changed:  # files first, rows after: a crash in between re-uploads, never lies
-        from snowflake.snowpark.types import StringType, StructField, StructType
-
-        schema = StructType([StructField(c, StringType()) for c in order])
-        data = [[rows[k].get(c) for c in order] for k in sorted(rows)]
-        session.create_dataframe(data, schema=schema).write.save_as_table(table, mode="overwrite")
+    run_threads(upload, plan.todo, workers, "local -> stage", progress)
+    if plan.changed:  # files first, rows after: a crash in between re-uploads, never lies
+        _write_table(session, cfg, table, plan.rows)
     session.table(table).create_or_replace_view(view)
-    return {"uploaded": len(todo), "skipped": skipped, "rows": len(rows)}
+    return {"uploaded": len(plan.todo), "skipped": plan.skipped, "rows": len(plan.rows)}
+
+
+def upload_data(
+    session: Session,
+    data_dir: str | Path,
+    cfg: SnowflakeConfig | None = None,
+    *,
+    replace_view: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """What ``fissure snowflake upload`` does: :func:`upload_dataset` of a folder.
+
+    ``cfg`` names the stage and manifest (default: the notebook's names). Returns
+    ``uploaded``/``skipped`` file counts, manifest ``rows``, and the fully qualified
+    ``stage`` and ``manifest`` names.
+    """
+    cfg = cfg or SnowflakeConfig()
+    counts = upload_dataset(session, data_dir, cfg, replace_view=replace_view, progress=progress)
+    return {**counts, "stage": stage_name(cfg), "manifest": qualified(cfg, cfg.manifest)}

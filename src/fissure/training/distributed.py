@@ -4,6 +4,7 @@ A run with ``WORLD_SIZE > 1`` in its environment (torchrun sets it) joins a proc
 NCCL on CUDA, gloo on CPU. Each rank takes its own slice of every global batch, so N ranks
 with ``train.batch_size = B`` see exactly the batches one process with batch B would see.
 Metrics are reduced as counts (TP, FP, FN, loss sums), never as averaged ratios.
+A run inside :func:`process_group` leaves the group it joined when it ends.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -20,6 +22,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from ..errors import ConfigError
+from .interruption import TrainingInterrupted
 
 
 @dataclass(frozen=True)
@@ -33,10 +36,12 @@ class Dist:
 
     @property
     def main(self) -> bool:
+        """Rank 0, the one process that logs and writes the run folder."""
         return self.rank == 0
 
     @property
     def active(self) -> bool:
+        """Whether there is a group to talk to (more than one process)."""
         return self.world > 1
 
 
@@ -47,6 +52,7 @@ def env_dist() -> Dist:
 
 
 def is_main_process() -> bool:
+    """Rank 0 of a torchrun group, or a process started without torchrun."""
     return env_dist().main
 
 
@@ -151,13 +157,30 @@ def broadcast_flag(flag: bool, info: Dist) -> bool:
     return bool(value.item())
 
 
-def barrier(info: Dist) -> None:
-    if info.active:
-        dist.barrier()
+@contextmanager
+def process_group() -> Iterator[None]:
+    """Leave, at the end of the block, a process group that :func:`init_distributed` joined in it.
+
+    A group that existed before the block is the caller's and stays. The group is destroyed
+    when the block ends normally or with :class:`TrainingInterrupted`, which every rank raises
+    together. Any other error may be one rank's alone: that process then exits at once,
+    without a shutdown that could wait for the others, and torchrun stops the rest.
+    """
+    joined_before = _group_exists()
+    try:
+        yield
+    except TrainingInterrupted:
+        _leave(joined_before)
+        raise
+    _leave(joined_before)
 
 
-def shutdown(info: Dist) -> None:
-    if info.active and dist.is_initialized():
+def _group_exists() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def _leave(joined_before: bool) -> None:
+    if not joined_before and _group_exists():
         dist.destroy_process_group()
 
 

@@ -2,11 +2,14 @@
 
 The signal only sets a flag; the training loop checks it after each step, saves
 ``last.pt`` and raises :class:`TrainingInterrupted` with the command that resumes the run.
+DataLoader workers ignore SIGINT (:func:`fissure.data.loader.ignore_sigint`), so that only
+the main process decides what to save.
 """
 
 from __future__ import annotations
 
 import signal
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -14,7 +17,10 @@ from ..errors import FissureError
 
 
 class Interrupt:
-    """SIGINT/SIGTERM set a flag; the loop saves ``last.pt`` at the next step and stops."""
+    """SIGINT/SIGTERM set a flag; the loop saves ``last.pt`` at the next step and stops.
+
+    ``signum`` is the signal received, or None while none was.
+    """
 
     def __init__(self) -> None:
         self.signum: int | None = None
@@ -23,12 +29,17 @@ class Interrupt:
         self.signum = signum
 
     @contextmanager
-    def installed(self):
+    def installed(self) -> Iterator[Interrupt]:
+        """This object as the SIGINT and SIGTERM handler inside the block.
+
+        Outside the main thread (e.g. a notebook worker) Python refuses handlers; the block
+        then runs without them. The previous handlers come back at its end.
+        """
         previous = {}
         try:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 previous[sig] = signal.signal(sig, self)
-        except ValueError:  # not the main thread (e.g. a notebook worker): no handlers
+        except ValueError:
             pass
         try:
             yield self
@@ -39,8 +50,3 @@ class Interrupt:
 
 class TrainingInterrupted(FissureError):
     """Raised after ``last.pt`` was saved because a signal asked the run to stop."""
-
-
-def ignore_sigint(worker_id: int) -> None:
-    """Ctrl-C reaches the whole process group; only the main process decides what to save."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)

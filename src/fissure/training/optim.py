@@ -14,6 +14,7 @@ from ..config import TrainConfig
 
 
 def build_optimizer(model: torch.nn.Module, train: TrainConfig) -> torch.optim.Optimizer:
+    """Adam or AdamW (``train.optimizer``) over the trainable parameters of ``model``."""
     params = [p for p in model.parameters() if p.requires_grad]
     if train.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=train.lr, weight_decay=train.weight_decay)
@@ -35,6 +36,7 @@ def lr_factor(step: int, total: int, warmup: int, kind: str) -> float:
 def build_scheduler(
     optimizer: torch.optim.Optimizer, train: TrainConfig, steps_per_epoch: int
 ) -> torch.optim.lr_scheduler.LambdaLR:
+    """The per-step schedule of ``train.scheduler`` over ``train.epochs`` epochs."""
     total = train.epochs * steps_per_epoch
     warmup = int(round(train.warmup_epochs * steps_per_epoch))
     return torch.optim.lr_scheduler.LambdaLR(

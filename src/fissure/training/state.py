@@ -30,6 +30,7 @@ class TrainState:
     skipped: dict[str, str] = field(default_factory=dict)  # sample name -> reason
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain values, as stored under ``train_state`` in ``last.pt``."""
         return asdict(self)
 
     @classmethod

@@ -3,7 +3,10 @@
 Upload a dataset under the notebook's exact names, train from the stage, push the model,
 then evaluate and predict from the stage and write predictions back to it. No account:
 the emulator allows one active session per process, so one module-scoped session serves
-every test (and is what ``resolve_session`` finds, as a notebook's session would be).
+every test (and is what ``open_session()`` finds, as a notebook's session would be).
+
+These go through ``fissure.cli`` and ``fissure.api``, which open the one session an
+operation uses and pass it to :mod:`fissure.snowflake`.
 """
 
 from __future__ import annotations
@@ -18,13 +21,17 @@ import numpy as np
 import pytest
 import yaml
 from click.testing import CliRunner
-from conftest_snowflake import MANIFEST, STAGE, CountingGets, gzip_dataset, staged_names
 from PIL import Image
+from stage_helpers import MANIFEST, STAGE, CountingGets, gzip_dataset, staged_names
 
 from fissure import api as workflow
+from fissure.api import build_source
 from fissure.cli import cli
-from fissure.config import load_config
-from fissure.snowflake import source as sf
+from fissure.config import DataConfig, SnowflakeConfig, load_config
+from fissure.snowflake import session as sessions
+from fissure.snowflake.files import fetch_file, push_files
+from fissure.snowflake.session import READER_ENV, open_session
+from fissure.snowflake.source import StageSource
 
 MODELS = f"{STAGE}/models/run1"
 OVERRIDES = [
@@ -52,22 +59,10 @@ def one_line_error(result, needle: str) -> None:
     assert len(errors) == 1 and needle in errors[0], result.output
 
 
-@pytest.fixture(scope="module")
-def session():
-    from snowflake.snowpark import Session
-
-    s = Session.builder.config("local_testing", True).create()
-    yield s
-    s.close()
-
-
 @pytest.fixture(autouse=True)
-def no_chosen_session(monkeypatch: pytest.MonkeyPatch):
-    """Each test starts, and ends, without a --connection choice left by another."""
-    monkeypatch.delenv(sf.READER_ENV, raising=False)
-    sf.forget_session()
-    yield
-    sf.forget_session()
+def detected_reader(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stage reader is detected (the cache, here), whatever the environment says."""
+    monkeypatch.delenv(READER_ENV, raising=False)
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +120,7 @@ def test_train_from_the_stage_pushes_the_run(session, trained, tmp_path) -> None
     assert stored["source"] == "stage" and stored["snowflake"]["connection"] is None
     assert "password" not in text.lower() and "token" not in text.lower()
     for name in ("best.pt", "config.yaml", "history.csv"):
-        got = sf.fetch_file(session, f"{MODELS}/{name}", tmp_path)
+        got = fetch_file(session, f"{MODELS}/{name}", tmp_path)
         assert got.read_bytes() == (trained / name).read_bytes(), name
 
 
@@ -151,13 +146,13 @@ def test_evaluate_from_the_stage(trained, stage_yaml) -> None:
 def test_stage_checkpoints_plain_and_gzip(session, trained, stage_yaml, tmp_path) -> None:
     packed = tmp_path / "best_model.pth.gz"
     packed.write_bytes(gzip.compress((trained / "best.pt").read_bytes()))
-    sf.push_files(session, [packed], f"{STAGE}/models")
+    push_files(session, [packed], f"{STAGE}/models")
     for ckpt in (f"{MODELS}/best.pt", f"{STAGE}/models/best_model.pth.gz"):
         result = run("evaluate", ckpt, "--data", stage_yaml, "--quiet")
         assert result.exit_code == 0, result.output
         assert f"test split: 2 images from {STAGE}" in result.output
     model, ckpt = workflow.load_model(f"{STAGE}/models/best_model.pth.gz")
-    assert ckpt["model"]["encoder"] == "resnet18" and not model.training
+    assert ckpt.encoder == "resnet18" and not model.training
     one_line_error(
         run("evaluate", f"{STAGE}/models/absent.pt", "--quiet"), "absent.pt: file not found"
     )
@@ -177,7 +172,7 @@ def test_predict_from_and_to_the_stage(session, trained, dataset, tmp_path) -> N
     assert len(records) == len(photos)
     first = records[0]
     assert first["mask"].startswith(out) and first["overlay"].startswith(out)
-    mask_path = sf.fetch_file(session, first["mask"], pulled)
+    mask_path = fetch_file(session, first["mask"], pulled)
     mask = np.asarray(Image.open(mask_path))
     assert mask.shape == (64, 64) and set(np.unique(mask)) <= {0, 255}
 
@@ -190,7 +185,7 @@ def test_predict_from_and_to_the_stage(session, trained, dataset, tmp_path) -> N
 def test_connection_option(session, trained, tmp_path, monkeypatch) -> None:
     result = run("evaluate", f"{MODELS}/best.pt", "--connection", "local", "--quiet")
     assert result.exit_code == 0, result.output
-    assert sf.resolve_session() is session
+    assert open_session() is session  # still the active one, not closed by the command
 
     monkeypatch.setenv("SNOWFLAKE_HOME", str(tmp_path))  # no connections.toml there
     one_line_error(
@@ -198,8 +193,7 @@ def test_connection_option(session, trained, tmp_path, monkeypatch) -> None:
             "nope"),
         "Snowflake connection 'nope': cannot connect",
     )  # fmt: skip
-    sf.forget_session()
-    monkeypatch.setattr(sf, "_active_session", lambda: None)
+    monkeypatch.setattr(sessions, "active_session", lambda: None)
     one_line_error(run("snowflake", "pull", f"{MODELS}/best.pt"), "no Snowflake session")
 
 
@@ -218,7 +212,7 @@ def test_resume_can_push(session, trained, tmp_path) -> None:
     copy = shutil.copytree(trained, tmp_path / "run")  # resuming rewrites the run folder
     result = run("train", "--resume", copy, "--push", f"{STAGE}/models/run1b", "--quiet")
     assert result.exit_code == 0, result.output
-    got = sf.fetch_file(session, f"{STAGE}/models/run1b/best.pt", tmp_path / "got")
+    got = fetch_file(session, f"{STAGE}/models/run1b/best.pt", tmp_path / "got")
     assert got.read_bytes() == (copy / "best.pt").read_bytes()
 
 
@@ -236,66 +230,60 @@ def test_live_upload_train_push_evaluate(tmp_path) -> None:
         pytest.skip("set FISSURE_SNOWFLAKE_CONNECTION, _DATABASE and _SCHEMA")
     names = ["--database", database, "--schema", schema]
     root = gzip_dataset(tmp_path / "ds")
-    try:
-        for _ in range(2):
-            result = run(
-                "snowflake",
-                "upload",
-                root,
-                "--stage",
-                "FISSURE_CI_STAGE",
-                "--manifest",
-                "V_FISSURE_CI",
-                "--connection",
-                connection,
-                *names,
-            )
-            assert result.exit_code == 0, result.output
-        assert "uploaded 0 file(s), 24 already there" in result.output
-        cfg = tmp_path / "live.yaml"
-        cfg.write_text(
-            yaml.safe_dump(
-                {
-                    "data": {
-                        "source": "stage",
-                        "snowflake": {
-                            "database": database,
-                            "schema": schema,
-                            "stage": "FISSURE_CI_STAGE",
-                            "manifest": "V_FISSURE_CI",
-                            "cache_dir": str(tmp_path / "cache"),
-                        },
-                    }
-                }
-            )
-        )
-        stage = f"@{database}.{schema}.FISSURE_CI_STAGE/models/ci"
+    for _ in range(2):
         result = run(
-            "train",
-            "--config",
-            cfg,
-            "--out",
-            tmp_path / "run",
-            "--quiet",
+            "snowflake",
+            "upload",
+            root,
+            "--stage",
+            "FISSURE_CI_STAGE",
+            "--manifest",
+            "V_FISSURE_CI",
             "--connection",
             connection,
-            "--push",
-            stage,
-            *sets(OVERRIDES),
+            *names,
         )
         assert result.exit_code == 0, result.output
-        result = run("evaluate", f"{stage}/best.pt", "--data", cfg, "--connection", connection)
-        assert result.exit_code == 0, result.output
-    finally:
-        live = sf._CHOSEN.get("session")
-        sf.forget_session()
-        if live is not None:
-            live.close()
+    assert "uploaded 0 file(s), 24 already there" in result.output
+    cfg = tmp_path / "live.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "data": {
+                    "source": "stage",
+                    "snowflake": {
+                        "database": database,
+                        "schema": schema,
+                        "stage": "FISSURE_CI_STAGE",
+                        "manifest": "V_FISSURE_CI",
+                        "cache_dir": str(tmp_path / "cache"),
+                    },
+                }
+            }
+        )
+    )
+    stage = f"@{database}.{schema}.FISSURE_CI_STAGE/models/ci"
+    result = run(
+        "train",
+        "--config",
+        cfg,
+        "--out",
+        tmp_path / "run",
+        "--quiet",
+        "--connection",
+        connection,
+        "--push",
+        stage,
+        *sets(OVERRIDES),
+    )
+    assert result.exit_code == 0, result.output
+    result = run("evaluate", f"{stage}/best.pt", "--data", cfg, "--connection", connection)
+    assert result.exit_code == 0, result.output
 
 
 def test_predict_a_stage_image(session, trained, stage_yaml, tmp_path) -> None:
     data = load_config(stage_yaml).data
-    source = sf.StageSource.from_config(data.snowflake, session=session, progress=False)
+    source = StageSource.from_config(data.snowflake, session=session, progress=False)
     image = source.samples("test")[0].image  # @.../images/<name>.gz
     out = tmp_path / "pred"
     result = run("predict", f"{MODELS}/best.pt", image, "--out", out, "--quiet")
@@ -304,5 +292,19 @@ def test_predict_a_stage_image(session, trained, stage_yaml, tmp_path) -> None:
     assert records[0]["image"] == image
     assert Image.open(out / Path(records[0]["mask"]).name).size == (64, 64)
     folder = image.rsplit("/", 1)[0] + "/"
-    one_line_error(run("predict", f"{MODELS}/best.pt", folder, "--out", out, "--quiet"),
-                   "name stage images one by one")
+    one_line_error(
+        run("predict", f"{MODELS}/best.pt", folder, "--out", out, "--quiet"),
+        "name stage images one by one",
+    )
+
+
+def test_build_source_on_a_local_connection(session, dataset, tmp_path) -> None:
+    data = DataConfig(
+        source="stage",
+        snowflake=SnowflakeConfig(connection="local", cache_dir=str(tmp_path / "cache")),
+    )
+    source = build_source(data)
+    assert isinstance(source, StageSource) and source._session is session
+    sample = source.samples("test")[0]
+    plain = fetch_file(session, sample.image, tmp_path).read_bytes()
+    assert gzip.decompress(source.read(sample.image)) == plain

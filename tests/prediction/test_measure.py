@@ -1,4 +1,4 @@
-"""Tests for crack measurements (fissure.measurement)."""
+"""Tests for crack measurements (fissure.prediction.measure)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 
 from fissure.errors import DataError, FissureError
-from fissure.prediction.measure import CrackMeasurements, measure_cracks, remove_small_components
+from fissure.prediction.measure import (
+    CrackMeasurements,
+    check_min_area,
+    check_px_per_mm,
+    measure_cracks,
+    remove_small_components,
+)
 
 
 def _horizontal_crack(length: int, width: int, shape: tuple[int, int] = (60, 300)) -> np.ndarray:
@@ -172,3 +178,13 @@ def test_bad_inputs() -> None:
         measure_cracks(np.zeros((3, 4), dtype=bool), px_per_mm=0)
     with pytest.raises(FissureError, match="min_area"):
         measure_cracks(np.zeros((3, 4), dtype=bool), min_area=-1)
+
+
+def test_checks_pass_good_values_through() -> None:
+    assert check_min_area(0) == 0 and check_min_area(20) == 20
+    assert check_px_per_mm(0.5) == 0.5
+    with pytest.raises(FissureError, match="min_area must be >= 0, got -3"):
+        check_min_area(-3)
+    for bad in (0, -1.0, float("nan")):
+        with pytest.raises(FissureError, match="px_per_mm must be a positive number"):
+            check_px_per_mm(bad)

@@ -1,21 +1,27 @@
-"""Data-parallel training: 2 CPU processes with gloo, launched by torchrun, on a tiny set."""
+"""Data-parallel training: the helpers in one process, and 2 CPU processes with gloo
+launched by torchrun on a tiny set."""
 
 import csv
 import shutil
+import socket
 import subprocess
 import sys
+from contextlib import nullcontext
 
 import pytest
 import torch
+import torch.distributed as dist
 
 from fissure.checkpoint import load_checkpoint
-from fissure.errors import ConfigError
+from fissure.errors import ConfigError, FissureError
 from fissure.model import build_model
+from fissure.training import TrainingInterrupted
 from fissure.training.distributed import (
     Dist,
     any_rank,
     data_parallel,
     merge_dicts,
+    process_group,
     shard,
     strip_option,
 )
@@ -48,7 +54,6 @@ def test_one_process_needs_no_group():
 
 
 def test_more_processes_than_gpus_is_a_clear_error(monkeypatch):
-    from fissure.errors import ConfigError
     from fissure.training import distributed
 
     monkeypatch.setenv("RANK", "1")
@@ -63,6 +68,40 @@ def test_strip_option():
     assert strip_option(["train", "--devices", "2", "--out", "x"], "--devices") == [
         "train", "--out", "x"]
     assert strip_option(["train", "--devices=2"], "--devices") == ["train"]
+
+
+def _join_alone():
+    """A one-process gloo group, as init_distributed would join under torchrun."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0,
+                            world_size=1)
+
+
+@pytest.mark.parametrize("ending", [None, TrainingInterrupted])
+def test_process_group_leaves_the_group_it_joined(ending):
+    with pytest.raises(TrainingInterrupted) if ending else nullcontext(), process_group():
+        _join_alone()
+        assert dist.is_initialized()
+        if ending:
+            raise ending("stopped")
+    assert not dist.is_initialized()
+
+
+def test_process_group_keeps_a_group_on_other_errors_and_the_callers_group():
+    """Another error may be one rank's alone: no shutdown that could wait for the others."""
+    try:
+        with pytest.raises(FissureError), process_group():
+            _join_alone()
+            raise FissureError("one rank failed")
+        assert dist.is_initialized()
+        with process_group():  # the group was there before: the caller's to destroy
+            pass
+        assert dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def fissure(args, nproc=None, timeout=600):
@@ -94,8 +133,6 @@ def params(path):
     names = [n for n, _ in build_model("resnet18").named_parameters()]
     state = load_checkpoint(path).state_dict
     return torch.cat([state[n].flatten() for n in names]), load_checkpoint(path)
-
-
 @pytest.mark.slow
 def test_two_processes_equal_one_with_the_same_global_batch(synth_root, tmp_path, config):
     """Global batch 4 as 2 ranks x 2 equals one process with 2 x 2 accumulated micro-batches.

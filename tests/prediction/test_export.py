@@ -1,4 +1,4 @@
-"""Tests for ONNX and TorchScript export (fissure.export)."""
+"""Tests for ONNX and TorchScript export (fissure.prediction.export)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
 from fissure.checkpoint import load_checkpoint, make_checkpoint
-from fissure.cli import cli
 from fissure.config import config_from_dict
 from fissure.errors import FissureError
 from fissure.model import build_model
@@ -77,6 +75,10 @@ def test_torchscript_loads_with_jit_and_agrees(checkpoint: Path, tmp_path: Path)
 
 
 def test_cli_export_and_bad_arguments(checkpoint: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from fissure.cli import cli
+
     runner = CliRunner()
     out = tmp_path / "cli.pt"
     result = runner.invoke(
@@ -90,3 +92,20 @@ def test_cli_export_and_bad_arguments(checkpoint: Path, tmp_path: Path) -> None:
     assert bad.exit_code == 1 and "--opset must be at least 17" in bad.output
     with pytest.raises(FissureError, match="--format"):
         export_model(checkpoint, tmp_path / "x.bin", "tflite")
+
+
+def test_exports_wrap_the_model_instead_of_copying_its_wiring(
+    checkpoint: Path, tmp_path: Path
+) -> None:
+    import inspect
+
+    import fissure.prediction.export as export
+
+    out = tmp_path / "wrapped.pt"
+    export_model(checkpoint, out, "torchscript", verify=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        loaded = torch.jit.load(str(out))
+    assert [name for name, _ in loaded.model.named_children()] == ["encoder", "decoder", "head"]
+    source = inspect.getsource(export)
+    assert not any(part in source for part in ("dec4", "up4", "encoder0", "layer4", "torch.cat"))

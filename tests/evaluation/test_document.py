@@ -1,96 +1,90 @@
-"""End-to-end evaluation: workflow.evaluate and ``fissure evaluate`` on tiny checkpoints.
-
-Checkpoints are built directly (no training): a seeded random resnet18 for realistic output,
-and one whose last layer is zeroed so every pixel has probability 0.6, which makes the
-figures computable by hand (all crack above 0.5, nothing above 0.7).
-"""
+"""fissure.evaluation.document: the metrics document, from hand-fed counts and end to end
+through ``fissure.evaluate`` and ``fissure evaluate`` on tiny checkpoints (see conftest.py)."""
 
 from __future__ import annotations
 
 import csv
 import json
-import math
-import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from fissure import api as workflow
-from fissure.checkpoint import make_checkpoint
-from fissure.cli import cli
-from fissure.config import EvalConfig, load_config
-from fissure.data import CrackDataset, FolderSource
-from fissure.data.synth import generate_dataset
-from fissure.data.transforms import eval_transform
-from fissure.evaluation import evaluate_dataset, reload_samples
-from fissure.model import build_model
-from fissure.report import EVAL_FILES, pick_samples
-from fissure.runtime import InputPolicy
+from fissure.config import DEFAULT_THRESHOLD, EvalConfig
+from fissure.data import FolderSource
+from fissure.evaluation import EvalResult, EvaluateOptions, metrics_document
+from fissure.metrics import classification_report
+from fissure.report import EVAL_FILES
 
-SIZE = 64
-CONST_PROB = 0.6
+SIZE = 64  # the fixtures' image size (conftest.py)
+CPU = EvaluateOptions(device="cpu")
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """12 synthetic pairs of 64 px in train/val/test (some crack-free)."""
-    root = tmp_path_factory.mktemp("eval_synth")
-    generate_dataset(root, count=12, size=SIZE, seed=0)
-    return root
+def workflow():
+    """The library API, imported here so that the hand-fed tests run without it."""
+    from fissure import api
+
+    return api
 
 
 @pytest.fixture(scope="module")
-def clean_root(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The same images with every mask blank: the user's all-crack-free test set."""
-    root = tmp_path_factory.mktemp("eval_clean") / "data"
-    shutil.copytree(data_root, root)
-    for mask in root.glob("*/masks/*.png"):
-        Image.fromarray(np.zeros((SIZE, SIZE), np.uint8)).save(mask)
-    return root
+def cli():
+    """The click command group, imported here for the same reason."""
+    from fissure.cli import cli
+
+    return cli
 
 
-def _save(tmp: Path, data_root: Path, threshold: float, constant: bool, name: str) -> Path:
-    cfg = load_config(
-        None,
-        [
-            f"data.root={data_root}",
-            f"data.size={SIZE}",
-            "model.encoder=resnet18",
-            "eval.batch_size=4",
-            "eval.thresholds=19",
-            "eval.min_area=5",
-        ],
-    )
-    torch.manual_seed(0)
-    model = build_model("resnet18")
-    if constant:
-        with torch.no_grad():
-            model.final.weight.zero_()
-            model.final.bias.fill_(math.log(CONST_PROB / (1 - CONST_PROB)))
-    path = tmp / name
-    make_checkpoint(model, cfg, epoch=1, threshold=threshold).save(path)
-    return path
+def _fed(threshold: float, masks_blank: bool = False) -> EvalResult:
+    g = torch.Generator().manual_seed(0)
+    result = EvalResult.create(threshold, EvalConfig(tolerance=1, thresholds=9, min_area=2))
+    for k in range(3):
+        masks = torch.rand(2, 1, 8, 8, generator=g) > 0.8
+        if masks_blank:
+            masks = torch.zeros_like(masks)
+        probs = (torch.rand(2, 1, 8, 8, generator=g) * 0.6 + 0.4 * masks).clamp(0, 1)
+        result.update(probs, masks, [f"b{k}_0", f"b{k}_1"])
+    return result
+
+
+def test_document_figures_come_from_the_counts() -> None:
+    result = _fed(0.45)
+    doc = metrics_document(result, {"split": "test"})
+    assert doc["split"] == "test" and doc["n_images"] == 6
+    assert doc["thresholds"] == {"at_0.5": DEFAULT_THRESHOLD, "at_tuned": 0.45}
+    tp, fp, fn, tn = (int(c.sum()) for c in result.counts())
+    assert doc["pixel_counts"]["at_tuned"] == {"tp": tp, "fp": fp, "fn": fn, "tn": tn}
+    report = doc["classification_report"]
+    assert "0.45" in report.pop("definition")
+    assert report == classification_report(tp, fp, fn, tn)
+    sweep = result.sweep.compute()
+    assert doc["threshold_sweep"]["ap"]["exact"] == sweep["exact"]["ap"]
+    assert doc["threshold_sweep"]["ap"]["tolerant_1px"] == sweep["tolerant"]["ap"]
+    assert doc["pixel_micro"]["iou"]["at_tuned"] == pytest.approx(tp / (tp + fp + fn))
+    assert doc["headline"]["figure"] == "pixel_micro.iou"
+    assert not any("same" in note for note in doc["notes"])
+
+
+def test_document_at_the_default_threshold_and_without_crack() -> None:
+    doc = metrics_document(_fed(DEFAULT_THRESHOLD))
+    assert any("at_0.5 and at_tuned are the same" in note for note in doc["notes"])
+    blank = metrics_document(_fed(0.45, masks_blank=True))
+    assert blank["pixel_micro"]["iou"]["at_tuned"] is None
+    assert blank["threshold_sweep"]["ap"]["exact"] is None
+    assert blank["classification_report"]["crack"]["precision"] is None
+    assert blank["headline"]["figure"] == "detection.false_positive_rate"
+
+
+# ----------------------------------------------------------------- end to end, through the API
 
 
 @pytest.fixture(scope="module")
-def random_ckpt(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _save(tmp_path_factory.mktemp("ckpt"), data_root, 0.45, False, "random.pt")
-
-
-@pytest.fixture(scope="module")
-def const_ckpt(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Probability 0.6 everywhere; the stored threshold 0.7 predicts nothing."""
-    return _save(tmp_path_factory.mktemp("ckpt"), data_root, 0.7, True, "const.pt")
-
-
-@pytest.fixture(scope="module")
-def evaluated(random_ckpt: Path, tmp_path_factory: pytest.TempPathFactory):
+def evaluated(workflow, random_ckpt: Path, tmp_path_factory: pytest.TempPathFactory):
     out = tmp_path_factory.mktemp("eval_out")
-    metrics = workflow.evaluate(random_ckpt, split="test", out=out, device="cpu", progress=False)
+    metrics = workflow.evaluate(random_ckpt, split="test", out=out, options=CPU, progress=False)
     return metrics, out
 
 
@@ -153,10 +147,8 @@ def test_csv_agrees_with_dataset_counts(evaluated) -> None:
     assert report["background"]["support"] == counts["tn"] + counts["fp"]
 
 
-def test_default_threshold_is_the_checkpoints(const_ckpt: Path, tmp_path: Path) -> None:
-    metrics = workflow.evaluate(
-        const_ckpt, split="test", out=tmp_path, device="cpu", progress=False
-    )
+def test_default_threshold_is_the_checkpoints(workflow, const_ckpt: Path, tmp_path: Path) -> None:
+    metrics = workflow.evaluate(const_ckpt, split="test", out=tmp_path, options=CPU, progress=False)
     assert metrics["thresholds"]["at_tuned"] == 0.7
     assert "checkpoint" in metrics["thresholds"]["tuned_source"]
     rows = _csv(tmp_path / "per_image.csv")
@@ -167,10 +159,10 @@ def test_default_threshold_is_the_checkpoints(const_ckpt: Path, tmp_path: Path) 
     assert metrics["pixel_micro"]["specificity"]["at_tuned"] == 1.0
 
 
-def test_threshold_option_overrides(const_ckpt: Path, tmp_path: Path) -> None:
-    metrics = workflow.evaluate(
-        const_ckpt, split="test", out=tmp_path, threshold=0.55, device="cpu", progress=False
-    )
+def test_threshold_option_overrides(workflow, const_ckpt: Path, tmp_path: Path) -> None:
+    options = EvaluateOptions(threshold=0.55, device="cpu")
+    metrics = workflow.evaluate(const_ckpt, split="test", out=tmp_path, options=options,
+                                progress=False)
     assert metrics["thresholds"]["at_tuned"] == 0.55
     assert "--threshold" in metrics["thresholds"]["tuned_source"]
     rows = _csv(tmp_path / "per_image.csv")
@@ -179,11 +171,10 @@ def test_threshold_option_overrides(const_ckpt: Path, tmp_path: Path) -> None:
 
 
 def test_crack_free_split_reports_null_iou_and_detection(
-    const_ckpt: Path, clean_root: Path, tmp_path: Path
+    workflow, const_ckpt: Path, clean_root: Path, tmp_path: Path
 ) -> None:
-    metrics = workflow.evaluate(
-        const_ckpt, data=clean_root, split="test", out=tmp_path, device="cpu", progress=False
-    )
+    metrics = workflow.evaluate(const_ckpt, data=clean_root, split="test", out=tmp_path,
+                                options=CPU, progress=False)
     n = metrics["n_images"]
     for name in ("iou", "f1", "precision", "recall"):
         fig = metrics["pixel_micro"][name]
@@ -210,7 +201,7 @@ def test_crack_free_split_reports_null_iou_and_detection(
     )
 
 
-def test_cli_evaluate_all_splits(random_ckpt: Path, data_root: Path, tmp_path: Path) -> None:
+def test_cli_evaluate_all_splits(cli, random_ckpt: Path, data_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "ev"
     result = CliRunner().invoke(
         cli,
@@ -244,7 +235,7 @@ def test_cli_evaluate_all_splits(random_ckpt: Path, data_root: Path, tmp_path: P
     assert _strict_json(out / "metrics.json")["split"] == "all"
 
 
-def test_cli_threshold_flag(const_ckpt: Path, tmp_path: Path) -> None:
+def test_cli_threshold_flag(cli, const_ckpt: Path, tmp_path: Path) -> None:
     result = CliRunner().invoke(
         cli,
         [
@@ -263,36 +254,11 @@ def test_cli_threshold_flag(const_ckpt: Path, tmp_path: Path) -> None:
     assert _strict_json(tmp_path / "metrics.json")["thresholds"]["at_tuned"] == 0.65
 
 
-def test_samples_are_repredicted_like_the_stream(random_ckpt: Path, data_root: Path) -> None:
-    model, ckpt = workflow.load_model(random_ckpt, "cpu")
-    source = FolderSource(data_root)
-
-    dataset = CrackDataset(source, source.samples("test"), eval_transform())
-    policy = InputPolicy.from_checkpoint(ckpt)
-    result = evaluate_dataset(
-        model,
-        dataset,
-        policy,
-        0.45,
-        EvalConfig(batch_size=4, thresholds=9),
-        torch.device("cpu"),
-        progress=False,
-    )
-    rows = result.per_image()
-    views = reload_samples(model, dataset, pick_samples(rows, 1), policy, torch.device("cpu"))
-    assert views and len({v.row["name"] for v in views}) == len(views)
-    for view in views:
-        pred = view.prob > 0.45
-        assert view.image.shape == (SIZE, SIZE, 3) and view.mask.shape == (SIZE, SIZE)
-        # batching may move a probability by float rounding; allow a pixel or two
-        assert abs(int(pred.sum()) - view.row["pred_px"]) <= 2
-        assert int(view.mask.sum()) == view.row["true_px"]
-
-
-def test_the_compute_dtype_is_recorded(random_ckpt: Path) -> None:
+def test_the_compute_dtype_is_recorded(workflow, random_ckpt: Path) -> None:
     from fissure.runtime import cpu_has_bf16
 
-    quiet = {"split": "test", "device": "cpu", "progress": False}
-    assert workflow.evaluate(random_ckpt, amp=False, **quiet)["compute_dtype"] == "float32"
+    quiet = {"split": "test", "progress": False}
+    fp32 = EvaluateOptions(device="cpu", amp=False)
+    assert workflow.evaluate(random_ckpt, options=fp32, **quiet)["compute_dtype"] == "float32"
     expected = "bfloat16" if cpu_has_bf16() else "float32"
-    assert workflow.evaluate(random_ckpt, **quiet)["compute_dtype"] == expected
+    assert workflow.evaluate(random_ckpt, options=CPU, **quiet)["compute_dtype"] == expected

@@ -1,7 +1,8 @@
-"""Helpers for tests/test_snowflake*.py: tiny datasets, a download counter, a hashing Dataset.
+"""Helpers for tests/snowflake/: tiny datasets, a download counter, a hashing Dataset.
 
-Imported explicitly (this is not a conftest pytest loads by itself); the fixtures stay in
-the test module.
+Imported by name (tests/ is on the path); the shared fixtures are in
+tests/snowflake/conftest.py. Not named ``snowflake``: a module of that name on the path
+would shadow the Snowflake library.
 """
 
 from __future__ import annotations

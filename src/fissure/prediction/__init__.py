@@ -1,0 +1,42 @@
+"""Prediction on inspection photos of any size: masks, probabilities and measurements.
+
+* :mod:`~fissure.prediction.options`: :class:`PredictOptions` and :class:`OutputOptions`,
+  built once and passed down;
+* :mod:`~fissure.prediction.predictor`: :class:`Predictor`, :func:`predict_many` and
+  :func:`predict_image`, in memory;
+* :mod:`~fissure.prediction.tiles`: tile plan, blending and the batches shared by images;
+* :mod:`~fissure.prediction.files`: :func:`predict_files`, from files and folders to masks,
+  overlays and ``predictions.csv``/``.json``;
+* :mod:`~fissure.prediction.measure`: :func:`measure_cracks`, crack area, length and width;
+* :mod:`~fissure.prediction.export`: ONNX and TorchScript export (imported on its own).
+"""
+
+from .files import Fetch, InputImage, find_inputs, output_names, predict_files
+from .measure import CrackMeasurements, measure_cracks
+from .options import OutputOptions, PredictOptions
+from .predictor import (
+    ModelSource,
+    Prediction,
+    Predictor,
+    as_predictor,
+    predict_image,
+    predict_many,
+)
+
+__all__ = [
+    "CrackMeasurements",
+    "Fetch",
+    "InputImage",
+    "ModelSource",
+    "OutputOptions",
+    "PredictOptions",
+    "Prediction",
+    "Predictor",
+    "as_predictor",
+    "find_inputs",
+    "measure_cracks",
+    "output_names",
+    "predict_files",
+    "predict_image",
+    "predict_many",
+]

@@ -1,0 +1,70 @@
+"""The options of a prediction run, built once (by the CLI or a notebook) and passed down.
+
+:class:`PredictOptions` says how images go through the network and are measured;
+:class:`OutputOptions` which files :func:`~fissure.prediction.predict_files` takes and
+writes. Both are frozen and check their values when built, so a bad value fails before any
+model is loaded, with the same message wherever it came from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..config import check_threshold
+from ..errors import FissureError
+from .measure import check_min_area, check_px_per_mm
+from .tiles import check_overlap, check_tile
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    """How to predict; ``None`` means "what the checkpoint says".
+
+    ``threshold``: decision threshold (a pixel is crack where its probability is above it),
+    default the checkpoint's tuned one. ``tile``/``overlap``: tiling in px (see
+    :func:`~fissure.prediction.predictor.default_tiling`); ``tile`` is a multiple of 32 and
+    giving it always tiles. ``tta``: also run left-right and top-bottom flips and average
+    (3x the compute). ``batch_size``: network inputs per forward pass. ``min_area``: crack
+    components smaller than this many px are left out of the measurements, default the
+    checkpoint's ``eval.min_area``. ``px_per_mm``: the image scale, which adds mm figures.
+    ``amp``: mixed precision, default the checkpoint's ``train.amp``. ``device``: where a
+    checkpoint is loaded (``auto`` picks one); a loaded :class:`Predictor` stays where it is.
+    """
+
+    threshold: float | None = None
+    tile: int | None = None
+    overlap: int | None = None
+    tta: bool = False
+    batch_size: int = 8
+    min_area: int | None = None
+    px_per_mm: float | None = None
+    amp: bool | None = None
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.threshold is not None:
+            object.__setattr__(self, "threshold", check_threshold(self.threshold, "--threshold"))
+        if self.tile is not None:
+            check_tile(self.tile)
+        if self.overlap is not None:
+            check_overlap(self.overlap, self.tile)
+        if self.batch_size < 1:
+            raise FissureError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.min_area is not None:
+            check_min_area(self.min_area)
+        if self.px_per_mm is not None:
+            check_px_per_mm(self.px_per_mm)
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    """What a file run reads and writes besides the masks.
+
+    ``overlay``: ``<name>_overlay.jpg``, the photo with cracks in magenta. ``save_prob``:
+    ``<name>_prob.png``, the probability scaled to 0-255. ``glob``: the files taken from
+    input folders (image suffixes only).
+    """
+
+    overlay: bool = True
+    save_prob: bool = False
+    glob: str = "**/*"

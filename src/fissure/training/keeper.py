@@ -1,0 +1,144 @@
+"""What a training run keeps: its state, ``best.pt`` and ``last.pt``, and when to stop.
+
+:class:`RunKeeper` owns the :class:`~fissure.training.state.TrainState` of one run folder.
+After each epoch it records the history row, keeps ``best.pt`` when the monitored score
+improved and rewrites ``last.pt``; it resumes from ``last.pt`` and says when early stopping
+or the time budget ends the run. Only rank 0 writes files; every rank keeps the same state.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ..checkpoint import load_checkpoint, make_checkpoint
+from ..config import TrainConfig
+from ..errors import CheckpointError
+from ..model import load_weights
+from .setup import TrainSetup
+from .state import TrainState
+
+
+def decision_threshold(row: Mapping[str, Any] | None, train: TrainConfig) -> float:
+    """The threshold a checkpoint stores after the epoch of history ``row``.
+
+    With ``train.tune_threshold``, the one validation tuned (``row["threshold"]``); without
+    it, or before the first epoch (``row`` None or empty), ``train.threshold``. ``best.pt``
+    and ``last.pt`` both take theirs from here.
+    """
+    if train.tune_threshold and row:
+        return row["threshold"]
+    return train.threshold
+
+
+def monitored_score(row: Mapping[str, Any], monitor: str) -> float:
+    """The score ``train.monitor`` ranks epochs by; higher is better (loss is negated)."""
+    if monitor == "loss":
+        return -row["val_loss"]
+    return row["val_f1_tuned"] if monitor == "f1" else row["val_iou"]
+
+
+class RunKeeper:
+    """The persistent side of a run in ``run_dir``: state, checkpoints and stopping rules."""
+
+    def __init__(self, setup: TrainSetup, run_dir: str | Path) -> None:
+        self.setup = setup
+        self.run_dir = Path(run_dir)
+        self.state = TrainState()
+
+    def train_state(self, step: int = 0) -> dict[str, Any]:
+        """What ``last.pt`` stores besides the weights: optimiser, schedule, scaler and EMA
+        states, the step reached in the current epoch, and :class:`TrainState`'s values."""
+        s = self.setup
+        return {
+            "optimizer": s.optimizer.state_dict(),
+            "scheduler": s.scheduler.state_dict(),
+            "scaler": s.scaler.state_dict(),
+            "ema": s.ema.state_dict() if s.ema is not None else None,
+            "step": step,
+            **self.state.to_dict(),
+        }
+
+    def save_last(self, step: int = 0) -> None:
+        """Write ``last.pt``: the trained weights (not the EMA's) and everything to resume.
+
+        ``step`` is the optimiser step reached in the epoch after ``state.epoch``; 0 when
+        that epoch has not begun.
+        """
+        if not self.setup.dist.main:
+            return
+        cfg = self.setup.cfg
+        metrics = self.state.history[-1] if self.state.history else {}
+        ckpt = make_checkpoint(self.setup.model, cfg, epoch=self.state.epoch, metrics=metrics,
+                               threshold=decision_threshold(metrics, cfg.train),
+                               train_state=self.train_state(step))
+        ckpt.save(self.run_dir / "last.pt")
+
+    def save_best(self, row: dict[str, Any]) -> None:
+        """Write ``best.pt``: the validated weights (the EMA's if any) of epoch ``row``."""
+        if not self.setup.dist.main:
+            return
+        cfg = self.setup.cfg
+        ckpt = make_checkpoint(self.setup.eval_model, cfg, epoch=row["epoch"], metrics=row,
+                               threshold=decision_threshold(row, cfg.train))
+        ckpt.save(self.run_dir / "best.pt")
+
+    def end_epoch(self, row: dict[str, Any]) -> bool:
+        """Record the finished epoch's history ``row``, keep ``best.pt`` if it improved on the
+        best score, and write ``last.pt``; returns whether it improved."""
+        self.state.epoch += 1
+        self.state.history.append(row)
+        improved = self._update_best(row)
+        self.save_last()
+        return improved
+
+    def _update_best(self, row: dict[str, Any]) -> bool:
+        train = self.setup.cfg.train
+        score = monitored_score(row, train.monitor)
+        best = self.state.best
+        if not math.isfinite(score) or (best is not None and score <= best + train.min_delta):
+            self.state.bad_epochs += 1
+            return False
+        self.state.best, self.state.best_epoch, self.state.bad_epochs = score, row["epoch"], 0
+        self.save_best(row)
+        return True
+
+    def stop_reason(self, started: float) -> str | None:
+        """Why the run should stop after this epoch, or None; ``started`` is the
+        :func:`time.monotonic` at which this process began training.
+
+        Early stopping after ``train.patience`` epochs without improvement, or the time
+        budget ``train.max_minutes``. Under DDP rank 0's answer is the one that counts.
+        """
+        train = self.setup.cfg.train
+        if train.patience and self.state.bad_epochs >= train.patience:
+            return f"early stopping: no improvement for {train.patience} epochs"
+        if train.max_minutes and (time.monotonic() - started) / 60 >= train.max_minutes:
+            return f"time budget of {train.max_minutes} min reached"
+        return None
+
+    def resume(self) -> int:
+        """Restore from ``run_dir/last.pt``; returns the step to continue from in the epoch."""
+        path = self.run_dir / "last.pt"
+        if not path.is_file():
+            raise CheckpointError(f"{self.run_dir}: no last.pt to resume from")
+        s = self.setup
+        ckpt = load_checkpoint(path, map_location=s.device)
+        if s.dist.main:  # half-written files of a run killed with SIGKILL mid-save
+            for stale in self.run_dir.glob(".*.pt.*.tmp"):
+                stale.unlink(missing_ok=True)
+        state = ckpt.train_state
+        if not state:
+            raise CheckpointError(f"{path}: holds no training state to resume")
+        ckpt.check_encoder(s.cfg.model.encoder)
+        load_weights(s.model, ckpt.state_dict, str(path))
+        s.optimizer.load_state_dict(state["optimizer"])
+        s.scheduler.load_state_dict(state["scheduler"])
+        s.scaler.load_state_dict(state["scaler"])
+        if s.ema is not None and state.get("ema") is not None:
+            s.ema.load_state_dict(state["ema"])
+        self.state = TrainState.from_dict(state)
+        return int(state.get("step", 0))

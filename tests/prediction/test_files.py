@@ -1,0 +1,268 @@
+"""Tests for prediction over files and folders (fissure.prediction.files), directly and
+through ``fissure predict``."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+from torch import nn
+
+from fissure.checkpoint import make_checkpoint
+from fissure.cli import cli
+from fissure.config import config_from_dict
+from fissure.errors import FissureError
+from fissure.model import build_model
+from fissure.prediction.files import (
+    InputImage,
+    find_inputs,
+    output_names,
+    predict_files,
+    prediction_record,
+    write_outputs,
+)
+from fissure.prediction.options import OutputOptions, PredictOptions
+from fissure.prediction.predictor import Predictor, predict_image
+
+
+def _model(seed: int = 0, all_crack: bool = False) -> nn.Module:
+    torch.manual_seed(seed)
+    model = build_model("resnet18").eval()
+    if all_crack:
+        # Logit +6 everywhere: every pixel is crack, whatever the image.
+        last = [m for m in model.modules() if isinstance(m, nn.Conv2d)][-1]
+        with torch.no_grad():
+            last.weight.zero_()
+            last.bias.fill_(6.0)
+    return model
+
+
+def _checkpoint(tmp_path: Path, mode: str = "crop", size: int = 64, **kw) -> Path:
+    cfg = config_from_dict({"model": {"encoder": "resnet18"}, "data": {"size": size, "mode": mode}})
+    path = tmp_path / f"{mode}{size}.pt"
+    make_checkpoint(_model(**kw), cfg, epoch=0).save(path)
+    return path
+
+
+def _rgb(height: int, width: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def _png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _image(location: str) -> InputImage:
+    return InputImage(location, bytes, PurePosixPath(location))
+
+
+def test_output_names_tell_same_stems_apart() -> None:
+    names = output_names(
+        [
+            _image(loc)
+            for loc in ("/d/a/x.png", "/d/b/x.png", "/d/b/x.jpg", "/d/y.png.gz", "/d/z.png")
+        ]
+    )
+    assert names == ["a__x", "b__x__png", "b__x__jpg", "y", "z"]
+    awkward = [
+        "/d/a/x.png",
+        "/d/b/x.png",
+        "/d/a__x.png",
+        "/d/y.png",
+        "/d/y_prob.png",
+        "/d/Z.png",
+        "/d/z.png",
+    ]
+    names = output_names([_image(loc) for loc in awkward])
+    files = [f"{n}{s}".casefold() for n in names for s in ("", "_prob", "_overlay")]
+    assert len(set(files)) == len(files)
+
+
+def test_find_inputs_walks_folders_and_needs_fetch_for_stages(tmp_path: Path) -> None:
+    (tmp_path / "in" / "deep").mkdir(parents=True)
+    (tmp_path / "in" / "out").mkdir()
+    for name in ("in/a.png", "in/deep/b.jpg.gz", "in/notes.txt", "in/out/a.png"):
+        (tmp_path / name).write_bytes(b"x")
+    found = find_inputs([tmp_path / "in", tmp_path / "in" / "a.png"], exclude=tmp_path / "in/out")
+    assert [Path(i.source).name for i in found] == ["a.png", "b.jpg.gz"]
+    assert len(find_inputs([tmp_path / "in"], "*.png")) == 1
+    assert len(find_inputs([tmp_path / "in"])) == 3
+    with pytest.raises(FissureError, match="stage inputs need the Snowflake source"):
+        find_inputs(["@MY_STAGE/photos"])
+    staged = _image("@MY_STAGE/photos/c.png")
+    assert find_inputs(["@MY_STAGE/photos"], fetch=lambda spec, pattern: [staged]) == [staged]
+
+
+def _photo_folder(root: Path) -> None:
+    """Six awkward inputs: a stem clash, gzip, EXIF rotation, RGBA and 16-bit gray."""
+    (root / "sub").mkdir(parents=True)
+    Image.fromarray(_rgb(70, 90)).save(root / "a.png")
+    Image.fromarray(_rgb(33, 47, seed=1)).save(root / "sub" / "a.png")
+    (root / "b.png.gz").write_bytes(gzip.compress(_png_bytes(Image.fromarray(_rgb(50, 64)))))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(_rgb(40, 60)).save(root / "c.jpg", exif=exif)
+    Image.fromarray(np.dstack([_rgb(45, 45), np.zeros((45, 45), np.uint8)])).save(root / "d.png")
+    gray16 = np.random.default_rng(2).integers(0, 65535, (48, 52)).astype(np.uint16)
+    Image.fromarray(gray16).save(root / "e.png")
+
+
+def test_predict_files_writes_what_the_output_options_ask(tmp_path: Path) -> None:
+    ckpt = _checkpoint(tmp_path, all_crack=True)
+    _photo_folder(tmp_path / "photos")
+    out = tmp_path / "out"
+    options = PredictOptions(px_per_mm=2.0, min_area=3, device="cpu")
+    output = OutputOptions(overlay=False, save_prob=True, glob="*.png")
+    records = predict_files(ckpt, [tmp_path / "photos"], out, options, output, progress=False)
+    assert [Path(r["image"]).name for r in records] == ["a.png", "d.png", "e.png"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "a.png",
+        "a_prob.png",
+        "d.png",
+        "d_prob.png",
+        "e.png",
+        "e_prob.png",
+        "predictions.csv",
+        "predictions.json",
+    ]
+    for record in records:
+        assert record["overlay"] is None and record["probability"].endswith("_prob.png")
+        assert (record["min_area"], record["px_per_mm"], record["tta"]) == (3, 2.0, False)
+        assert record["threshold"] == 0.5 and record["mode"] == "tiled"
+    assert json.loads((out / "predictions.json").read_text()) == records
+    # a rerun into the same folder does not predict its own masks
+    again = predict_files(ckpt, [tmp_path / "photos", out], out, options, output, progress=False)
+    assert len(again) == 3
+
+
+def test_predict_files_takes_the_checkpoint_defaults(tmp_path: Path) -> None:
+    ckpt = _checkpoint(tmp_path)
+    Image.fromarray(_rgb(40, 50)).save(tmp_path / "p.png")
+    records = predict_files(ckpt, [tmp_path / "p.png"], tmp_path / "out", progress=False)
+    record = records[0]
+    assert (record["min_area"], record["threshold"], record["tile"], record["overlap"]) == (
+        20,
+        0.5,
+        64,
+        16,
+    )
+    assert Path(record["overlay"]).name == "p_overlay.jpg" and record["probability"] is None
+
+
+def test_records_and_outputs_follow_the_prediction(tmp_path: Path) -> None:
+    rgb = _rgb(40, 30)
+    prediction = predict_image(Predictor(_model(all_crack=True)), rgb, PredictOptions(tile=64))
+    paths = write_outputs(tmp_path, "x", rgb, prediction, OutputOptions(overlay=False))
+    assert paths == {"mask": str(tmp_path / "x.png"), "probability": None, "overlay": None}
+    assert np.asarray(Image.open(tmp_path / "x.png")).min() == 255
+    record = prediction_record("x.png", paths, prediction, PredictOptions(tta=True))
+    assert list(record)[:14] == [
+        "image",
+        "mask",
+        "probability",
+        "overlay",
+        "width",
+        "height",
+        "threshold",
+        "mode",
+        "tile",
+        "overlap",
+        "tiles",
+        "tta",
+        "min_area",
+        "px_per_mm",
+    ]
+    assert (record["width"], record["height"], record["tta"], record["min_area"]) == (
+        30,
+        40,
+        True,
+        prediction.min_area,
+    )
+
+
+def test_cli_predicts_a_folder_end_to_end(tmp_path: Path) -> None:
+    ckpt = _checkpoint(tmp_path, all_crack=True)
+    _photo_folder(tmp_path / "photos")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        cli,
+        [
+            "predict",
+            str(ckpt),
+            str(tmp_path / "photos"),
+            "--out",
+            str(out),
+            "--px-per-mm",
+            "2",
+            "--save-prob",
+            "--quiet",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "6 of 6 image(s) with cracks" in result.output
+    sizes = {
+        "a": (90, 70),
+        "sub__a": (47, 33),
+        "b": (64, 50),
+        "c": (40, 60),
+        "d": (45, 45),
+        "e": (52, 48),
+    }
+    for name, size in sizes.items():
+        mask = Image.open(out / f"{name}.png")
+        assert (mask.mode, mask.size) == ("L", size)
+        assert set(np.unique(np.asarray(mask))) == {255}
+        assert Image.open(out / f"{name}_prob.png").size == size
+        overlay = np.asarray(Image.open(out / f"{name}_overlay.jpg"), dtype=float)
+        assert overlay.shape == (size[1], size[0], 3)
+        assert overlay[..., 0].mean() > 180 and overlay[..., 1].mean() < 80
+    with (out / "predictions.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    records = json.loads((out / "predictions.json").read_text())
+    assert [Path(r["image"]).name for r in records] == [
+        "a.png",
+        "b.png.gz",
+        "c.jpg",
+        "d.png",
+        "e.png",
+        "a.png",
+    ]
+    assert [r["mask"] for r in rows] == [r["mask"] for r in records]
+    for record in records:
+        width, height = sizes[Path(record["mask"]).stem]
+        assert (record["width"], record["height"]) == (width, height)
+        assert record["area_px"] == width * height and record["n_segments"] == 1
+        assert record["area_mm2"] == pytest.approx(width * height / 4)
+        assert record["length_mm"] == pytest.approx(record["length_px"] / 2)
+        assert (record["threshold"], record["mode"], record["tile"]) == (0.5, "tiled", 64)
+
+
+def test_cli_predict_options_and_errors(tmp_path: Path) -> None:
+    ckpt = _checkpoint(tmp_path)
+    Image.fromarray(_rgb(40, 50)).save(tmp_path / "p.png")
+    out = tmp_path / "out"
+    runner = CliRunner()
+    args = ["predict", str(ckpt), str(tmp_path / "p.png"), "--out", str(out), "--quiet"]
+    result = runner.invoke(
+        cli,
+        [*args, "--no-overlay", "--tile", "32", "--overlap", "0", "--tta", "--threshold", "0.3"],
+    )
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == ["p.png", "predictions.csv", "predictions.json"]
+    record = json.loads((out / "predictions.json").read_text())[0]
+    assert (record["tile"], record["overlap"], record["tiles"], record["tta"]) == (32, 0, 4, True)
+    assert record["threshold"] == 0.3 and record["area_mm2"] is None
+    bad = runner.invoke(cli, [*args, "--tile", "50"])
+    assert bad.exit_code == 1 and "--tile must be a positive multiple of 32" in bad.output
+    missing = runner.invoke(cli, ["predict", str(ckpt), str(tmp_path / "nope"), "--out", str(out)])
+    assert missing.exit_code == 1 and "no such file or folder" in missing.output

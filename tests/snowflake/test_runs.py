@@ -1,0 +1,147 @@
+"""Tests for fissure.snowflake.runs: stage checkpoints, pushing runs and predictions, pulling,
+and stage images as prediction inputs, each on an explicit session."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from stage_helpers import STAGE, pair, png
+
+from fissure.checkpoint import Checkpoint
+from fissure.config import load_config
+from fissure.errors import CheckpointError, ConfigError, DataError, FissureError
+from fissure.model import build_model
+from fissure.prediction.files import find_inputs
+from fissure.snowflake import runs
+from fissure.snowflake.files import fetch_file, push_files
+from fissure.snowflake.runs import (
+    PUSH_FILES,
+    check_push_target,
+    pull,
+    push_outputs,
+    push_run,
+    read_checkpoint,
+    stage_fetcher,
+)
+
+MODELS = f"{STAGE}/models/runs-test"
+
+
+@pytest.fixture(scope="module")
+def checkpoint_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A resnet18 checkpoint with threshold 0.4, as training writes it."""
+    torch.manual_seed(0)
+    cfg = load_config(None, ["model.encoder=resnet18", "data.size=64"])
+    path = tmp_path_factory.mktemp("ckpt") / "best.pt"
+    Checkpoint.create(build_model("resnet18"), cfg, epoch=3, threshold=0.4).save(path)
+    return path
+
+
+def _same_weights(a: Checkpoint, b: Checkpoint) -> bool:
+    return a.state_dict.keys() == b.state_dict.keys() and all(
+        torch.equal(a.state_dict[k], b.state_dict[k]) for k in a.state_dict
+    )
+
+
+def test_read_checkpoint_from_a_file_needs_no_session(checkpoint_file) -> None:
+    ckpt = read_checkpoint(checkpoint_file)
+    assert ckpt.encoder == "resnet18" and ckpt.threshold == 0.4 and ckpt.epoch == 3
+    with pytest.raises(CheckpointError, match="checkpoint not found"):
+        read_checkpoint(checkpoint_file.parent / "absent.pt")
+
+
+def test_read_checkpoint_from_the_stage_plain_and_gzip(session, checkpoint_file, tmp_path):
+    packed = tmp_path / "best_model.pth.gz"
+    packed.write_bytes(gzip.compress(checkpoint_file.read_bytes()))
+    push_files(session, [checkpoint_file, packed], MODELS)
+    local = read_checkpoint(checkpoint_file)
+    for name in ("best.pt", "best_model.pth.gz"):
+        ckpt = read_checkpoint(f"{MODELS}/{name}", session)
+        assert ckpt.threshold == 0.4 and _same_weights(ckpt, local), name
+    with pytest.raises(ConfigError, match="best.pt: a stage checkpoint needs a Snowflake session"):
+        read_checkpoint(f"{MODELS}/best.pt")
+    with pytest.raises(DataError, match="absent.pt: file not found in the stage"):
+        read_checkpoint(f"{MODELS}/absent.pt", session)
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    push_files(session, [junk], MODELS)
+    with pytest.raises(CheckpointError, match=rf"^{MODELS}/junk\.pt: not a readable"):
+        read_checkpoint(f"{MODELS}/junk.pt", session)  # names the stage file, not a temp copy
+
+
+def test_check_push_target() -> None:
+    assert check_push_target(f"{STAGE}/models/run1/") == f"{STAGE}/models/run1/"
+    with pytest.raises(DataError, match="'models/run1/': not a stage path"):
+        check_push_target("models/run1/")
+    with pytest.raises(DataError, match="'..'"):
+        check_push_target(f"{STAGE}/../x/")
+
+
+def test_push_run_and_pull(session, checkpoint_file, tmp_path, monkeypatch) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "best.pt").write_bytes(checkpoint_file.read_bytes())
+    (run_dir / "config.yaml").write_text("data:\n  source: stage\n")
+    (run_dir / "history.csv").write_text("epoch\n1\n")
+    (run_dir / "last.pt").write_bytes(b"never pushed")
+    lines: list[str] = []
+    pushed = push_run(session, run_dir, f"{STAGE}/models/pushed/", log=lines.append)
+    names = ["best.pt", "config.yaml", "history.csv"]
+    assert pushed == [f"{STAGE}/models/pushed/{n}" for n in names]
+    assert set(names) <= set(PUSH_FILES) and "last.pt" not in PUSH_FILES
+    assert lines == [f"pushed {', '.join(names)} to {STAGE}/models/pushed/"]
+    got = pull(session, f"{STAGE}/models/pushed/config.yaml", tmp_path / "pulled")
+    assert got == tmp_path / "pulled" / "config.yaml"
+    assert got.read_text() == (run_dir / "config.yaml").read_text()
+
+    with pytest.raises(CheckpointError, match="no best.pt to push"):
+        push_run(session, tmp_path, f"{STAGE}/models/x/")
+    with pytest.raises(DataError, match="not a stage path"):
+        push_run(session, run_dir, "models/x/")
+    monkeypatch.setattr(runs, "is_main_process", lambda: False)
+    assert push_run(session, run_dir, f"{STAGE}/models/x/") == []  # rank 0 uploads, not others
+
+
+def test_push_outputs_rewrites_paths_to_the_stage(session, tmp_path) -> None:
+    folder = tmp_path / "out"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(png(pair(1)[1]))
+    (folder / "sub").mkdir()  # only the folder's own files go up
+    record = {"image": "photos/a.png", "mask": f"{folder}/a.png", "crack_pixels": 7}
+    (folder / "predictions.json").write_text(json.dumps([record]))
+    with (folder / "predictions.csv").open("w", newline="") as f:
+        csv.writer(f).writerows([list(record), list(record.values())])
+    prefix = f"{STAGE}/predictions/p1/"
+    records = push_outputs(session, folder, prefix, [record])
+    assert records == [{**record, "mask": f"{prefix}a.png"}]
+    pulled = tmp_path / "pulled"
+    listing = json.loads(pull(session, f"{prefix}predictions.json", pulled).read_text())
+    assert listing == records
+    rows = list(csv.reader(pull(session, f"{prefix}predictions.csv", pulled).open()))
+    assert rows[1][1] == f"{prefix}a.png"
+    assert pull(session, f"{prefix}a.png", pulled).read_bytes() == (folder / "a.png").read_bytes()
+    with pytest.raises(DataError, match="not a stage path"):
+        push_outputs(session, folder, "predictions/")
+
+
+def test_stage_fetcher_reads_named_images_on_demand(session, tmp_path) -> None:
+    raw = png(pair(2)[0])
+    image = tmp_path / "b.png.gz"
+    image.write_bytes(gzip.compress(raw, mtime=0))
+    push_files(session, [image], f"{STAGE}/photos")
+    fetch = stage_fetcher(session)
+    found = find_inputs([f"{STAGE}/photos/b.png.gz"], fetch=fetch)
+    assert [i.source for i in found] == [f"{STAGE}/photos/b.png.gz"]
+    assert found[0].read() == raw  # gunzipped on the way, as a model pulled is
+    assert str(found[0].location) == f"{STAGE[1:]}/photos/b.png.gz"
+    with pytest.raises(FissureError, match="name stage images one by one"):
+        fetch(f"{STAGE}/photos/", "**/*")
+    missing = fetch(f"{STAGE}/photos/absent.png", "**/*")  # read on demand: fails when read
+    with pytest.raises(DataError, match="absent.png: file not found in the stage"):
+        missing[0].read()
+    assert fetch_file(session, f"{STAGE}/photos/b.png.gz", tmp_path / "x").name == "b.png"

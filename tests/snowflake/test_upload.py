@@ -1,0 +1,114 @@
+"""Tests for fissure.snowflake.upload: a local dataset into a stage, idempotently."""
+
+from __future__ import annotations
+
+import gzip
+
+import numpy as np
+import pytest
+from PIL import Image
+from stage_helpers import DB, local_dataset, staged_names, write_manifest
+
+from fissure.config import SnowflakeConfig
+from fissure.data import FolderSource, load_pair
+from fissure.data.image import decode_image, decode_mask
+from fissure.errors import ConfigError, DataError
+from fissure.snowflake.files import fetch_file
+from fissure.snowflake.source import StageSource
+from fissure.snowflake.upload import upload_data, upload_dataset
+
+
+def _source(session, cfg, **kwargs) -> StageSource:
+    kwargs.setdefault("progress", False)
+    return StageSource(session, cfg, **kwargs)
+
+
+def test_upload_is_idempotent_and_round_trips(session, tmp_path) -> None:
+    root = tmp_path / "ds"
+    pairs = local_dataset(root)
+    cfg = SnowflakeConfig(
+        stage="UPLOAD_STAGE", manifest="V_UPLOAD", cache_dir=str(tmp_path / "cache")
+    )
+    first = upload_dataset(session, root, cfg, progress=False)
+    assert first == {"uploaded": 12, "skipped": 0, "rows": 6}
+    second = upload_dataset(session, root, cfg, progress=False)
+    assert second == {"uploaded": 0, "skipped": 12, "rows": 6}
+    assert session.table(f"{DB}.V_UPLOAD_TABLE").count() == 6
+    assert session.table(f"{DB}.V_UPLOAD").count() == 6
+    stage = f"@{DB}.UPLOAD_STAGE"
+    names = staged_names(session, stage, "images", tmp_path / "listing")
+    assert names == [f"{i:03d}.png.gz" for i in range(6)]
+    raw = (root / "images" / "000.png").read_bytes()
+    got = fetch_file(session, f"{stage}/images/000.png.gz", tmp_path / "one")
+    assert got.name == "000.png" and got.read_bytes() == raw
+
+    source = _source(session, cfg)
+    samples = source.samples("all")
+    assert len(samples) == 6 and {len(source.samples(s)) for s in ("val", "test")} == {1}
+    for sample in samples:
+        image, mask = load_pair(source, sample)
+        np.testing.assert_array_equal(image, pairs[sample.name][0])
+        np.testing.assert_array_equal(mask, pairs[sample.name][1] > 127)
+    assert source.read(samples[0].image) == gzip.compress(
+        (root / "images" / "000.png").read_bytes(), mtime=0
+    )
+
+    # A changed image is uploaded alone, and caches notice the new hash in the manifest.
+    new_image = np.zeros((32, 32, 3), np.uint8)
+    Image.fromarray(new_image).save(root / "images" / "003.png")
+    third = upload_dataset(session, root, cfg, progress=False)
+    assert third == {"uploaded": 1, "skipped": 11, "rows": 6}
+    again = _source(session, cfg)
+    sample = next(s for s in again.samples("all") if s.name == "003")
+    np.testing.assert_array_equal(decode_image(again.read(sample.image), sample.image), new_image)
+    assert decode_mask(again.read(sample.mask), sample.mask).shape == (32, 32)
+
+
+def test_upload_leaves_a_foreign_view_alone(session, tmp_path) -> None:
+    root = tmp_path / "ds"
+    local_dataset(root, count=3)
+    write_manifest(session, f"{DB}.SOMEONE_ELSES", [["a.png", "a.png", "TRAIN"]])
+    session.table(f"{DB}.SOMEONE_ELSES").create_or_replace_view(f"{DB}.V_FOREIGN")
+    cfg = SnowflakeConfig(stage="FOREIGN_STAGE", manifest="V_FOREIGN")
+    with pytest.raises(DataError, match=r"V_FOREIGN: exists but fissure upload did not make"):
+        upload_dataset(session, root, cfg, progress=False)
+    counts = upload_dataset(session, root, cfg, progress=False, replace_view=True)
+    assert counts == {"uploaded": 6, "skipped": 0, "rows": 3}
+    assert session.table(f"{DB}.V_FOREIGN").count() == 3
+
+
+def test_upload_refuses_names_that_would_collide(session, tmp_path) -> None:
+    root = tmp_path / "ds"
+    local_dataset(root, count=2)
+    cfg = SnowflakeConfig(stage="COLLIDE_STAGE", manifest="V_COLLIDE")
+    upload_dataset(session, root, cfg, progress=False)
+    (root / "images" / "000.png").rename(root / "images" / "000.jpg")
+    with pytest.raises(DataError, match="'000.png' and '000.jpg' would share one name"):
+        upload_dataset(session, root, cfg, progress=False)
+
+
+def test_upload_takes_a_folder_source_and_a_table(session, tmp_path) -> None:
+    root = tmp_path / "ds"
+    local_dataset(root, count=6)
+    cfg = SnowflakeConfig(stage="SPLIT_STAGE", manifest="V_SPLIT")
+    with pytest.raises(ConfigError, match="must differ from the manifest view"):
+        upload_dataset(session, root, cfg, table="V_SPLIT", progress=False)
+    source = FolderSource(root, val_fraction=0.5, test_fraction=0.0)
+    counts = upload_dataset(session, source, cfg, table="SPLIT_FILES", progress=False)
+    assert counts == {"uploaded": 12, "skipped": 0, "rows": 6}
+    groups = session.table(f"{DB}.SPLIT_FILES").to_pandas()["IMAGE_GROUP"].value_counts()
+    assert groups.to_dict() == {"TRAIN": 3, "VAL": 3}
+
+
+def test_upload_data_names_the_stage_and_manifest(session, tmp_path) -> None:
+    root = tmp_path / "ds"
+    local_dataset(root, count=2)
+    cfg = SnowflakeConfig(stage="DATA_STAGE", manifest="V_DATA")
+    counts = upload_data(session, root, cfg, progress=False)
+    assert counts == {
+        "uploaded": 4,
+        "skipped": 0,
+        "rows": 2,
+        "stage": f"@{DB}.DATA_STAGE",
+        "manifest": f"{DB}.V_DATA",
+    }

@@ -1,0 +1,93 @@
+"""RunKeeper: the decision threshold, best and early stopping, the time budget, resume."""
+
+import math
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from fissure.config import TrainConfig, load_config
+from fissure.errors import CheckpointError
+from fissure.training import RunKeeper, decision_threshold
+from fissure.training.distributed import Dist
+from fissure.training.keeper import monitored_score
+
+
+def _keeper(tmp_path, **train):
+    """A keeper of a rank that writes no file: only its bookkeeping is under test."""
+    cfg = SimpleNamespace(train=TrainConfig(**train))
+    return RunKeeper(SimpleNamespace(cfg=cfg, dist=Dist(rank=1, world=2)), tmp_path)
+
+
+def _row(epoch, **scores):
+    return {"epoch": epoch, "val_loss": 1.0, "val_iou": 0.5, "val_f1_tuned": 0.5,
+            "threshold": 0.4, **scores}
+
+
+def test_one_decision_threshold_for_both_checkpoints():
+    tuned, fixed = TrainConfig(threshold=0.3), TrainConfig(tune_threshold=False, threshold=0.3)
+    assert decision_threshold({"threshold": 0.7}, tuned) == 0.7
+    assert decision_threshold({"threshold": 0.7}, fixed) == 0.3
+    assert decision_threshold({}, tuned) == 0.3  # before the first epoch
+    assert decision_threshold(None, tuned) == 0.3
+
+
+def test_monitored_score():
+    row = _row(1, val_loss=0.25, val_iou=0.5, val_f1_tuned=0.75)
+    assert monitored_score(row, "loss") == -0.25
+    assert monitored_score(row, "iou") == 0.5
+    assert monitored_score(row, "f1") == 0.75
+
+
+def test_best_improves_by_more_than_min_delta(tmp_path):
+    keeper = _keeper(tmp_path, min_delta=0.1)
+    assert keeper.end_epoch(_row(1, val_iou=0.5))
+    assert not keeper.end_epoch(_row(2, val_iou=0.55))
+    assert not keeper.end_epoch(_row(3, val_iou=math.nan))  # never "best"
+    assert keeper.end_epoch(_row(4, val_iou=0.7))
+    state = keeper.state
+    assert (state.epoch, state.best, state.best_epoch, state.bad_epochs) == (4, 0.7, 4, 0)
+    assert len(state.history) == 4 and not list(tmp_path.iterdir())  # rank 1 writes nothing
+
+
+def test_stop_reasons(tmp_path):
+    keeper = _keeper(tmp_path, patience=2, max_minutes=1.0)
+    now = time.monotonic()
+    assert keeper.stop_reason(now) is None
+    keeper.state.bad_epochs = 2
+    assert keeper.stop_reason(now).startswith("early stopping: no improvement for 2 epochs")
+    keeper.state.bad_epochs = 0
+    assert keeper.stop_reason(now - 61) == "time budget of 1.0 min reached"
+    assert _keeper(tmp_path, patience=0).stop_reason(now - 1e6) is None
+
+
+def test_resume_needs_last_pt(tmp_path):
+    with pytest.raises(CheckpointError, match="no last.pt"):
+        _keeper(tmp_path).resume()
+
+
+def test_api_resume_needs_last_pt(tmp_path):
+    from fissure import api
+
+    with pytest.raises(CheckpointError, match="no last.pt"):
+        api.resume(tmp_path)
+
+
+def test_resume_restores_state_and_removes_half_written_files(tmp_path, tiny_overrides):
+    from fissure.data import build_source
+    from fissure.training import build_setup
+
+    cfg = load_config(None, tiny_overrides + ["train.device=cpu", "train.ema=0.9"])
+    setup = build_setup(cfg, build_source(cfg.data))
+    keeper = RunKeeper(setup, tmp_path)
+    keeper.state.epoch, keeper.state.best = 3, 0.25
+    keeper.state.history.append(_row(3, threshold=0.35))
+    keeper.save_last(step=2)
+    (tmp_path / ".last.pt.123.tmp").write_bytes(b"half")
+    fresh = RunKeeper(build_setup(cfg, build_source(cfg.data)), tmp_path)
+    assert fresh.resume() == 2
+    assert (fresh.state.epoch, fresh.state.best) == (3, 0.25)
+    assert not list(tmp_path.glob(".*.tmp"))
+    other = load_config(None, tiny_overrides + ["train.device=cpu", "model.encoder=resnet34"])
+    with pytest.raises(CheckpointError, match="resnet18"):
+        RunKeeper(build_setup(other, build_source(other.data)), tmp_path).resume()
