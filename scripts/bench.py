@@ -34,7 +34,8 @@ Usage::
     python scripts/bench.py --device cuda        # unchanged on a GPU
 
 The markdown table goes to stdout, progress to stderr. ``segmentation_models_pytorch`` and
-``psutil`` come from the ``bench`` extra; without smp its comparisons are skipped with a note.
+``psutil`` come from the ``bench`` extra. Without smp the run stops with one line naming the
+extra, unless ``--no-comparisons`` asks to skip those rows (each skip is noted).
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from benchkit.common import Section, Settings, log, machine_info, machine_line
+from benchkit.common import Section, Settings, load_smp, log, machine_info, machine_line
 from benchkit.e2e import bench_e2e
 from benchkit.evaluation import bench_eval, child_eval
 from benchkit.loader import bench_loader
@@ -61,6 +62,7 @@ from benchkit.step import bench_train, profile_train_step
 
 SECTIONS = ("train", "util", "loader", "e2e", "eval", "predict")
 NEEDS = {"util": ("train",), "loader": ("train",)}
+COMPARED = {"train", "predict"}  # sections with a segmentation_models_pytorch comparison
 
 
 # --------------------------------------------------------------------------- output
@@ -118,6 +120,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         help="torch intra-op threads (default: torch's own; 1 with --quick)",
     )
+    parser.add_argument(
+        "--no-comparisons",
+        action="store_true",
+        help="run without segmentation_models_pytorch: its comparison rows are skipped",
+    )
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -147,6 +154,11 @@ def main(argv: list[str] | None = None) -> int:
     wanted = set(only)
     for s in only:
         wanted.update(NEEDS.get(s, ()))
+    if wanted & COMPARED and not args.no_comparisons and load_smp() is None:
+        raise SystemExit(
+            "the smp comparisons of sections train and predict need segmentation_models_pytorch: "
+            "pip install 'fissure[bench]' (or pass --no-comparisons)"
+        )
     st = Settings.quick() if args.quick else Settings()
     if args.reps:
         st.reps = args.reps

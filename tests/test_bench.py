@@ -8,14 +8,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+from fissure.extras import is_installed
+
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "scripts" / "bench.py"
 HEADER = "| section | measurement | fissure | comparison | ratio | target | verdict |"
 
 
 def run_bench(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    compare = () if is_installed("segmentation_models_pytorch") else ("--no-comparisons",)
     return subprocess.run(
-        [sys.executable, str(BENCH), "--quick", *args],
+        [sys.executable, str(BENCH), "--quick", *compare, *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -39,13 +42,19 @@ def test_quick_run_prints_every_section(tmp_path):
 
 
 def test_quick_run_without_smp(tmp_path):
-    """segmentation_models_pytorch is optional: hidden, its comparison is skipped with a note."""
+    """segmentation_models_pytorch is optional: hidden, the run stops with one line naming the
+    extra, unless --no-comparisons asks to skip its rows, each with a note."""
     hide = tmp_path / "hide"
     hide.mkdir()
     (hide / "segmentation_models_pytorch.py").write_text("raise ImportError('hidden by test')\n")
     env = {**os.environ,
            "PYTHONPATH": os.pathsep.join(filter(None, [str(hide), os.environ.get("PYTHONPATH")]))}
-    result = run_bench("--only", "train", env=env)
+    cmd = [sys.executable, str(BENCH), "--quick", "--only", "train"]
+    refused = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    assert refused.stderr.strip().splitlines()[-1].endswith(
+        "pip install 'fissure[bench]' (or pass --no-comparisons)")
+    result = run_bench("--only", "train", "--no-comparisons", env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert HEADER in result.stdout
     assert "segmentation_models_pytorch is not installed" in result.stdout

@@ -23,12 +23,13 @@ PACKAGE = Path(fissure.__file__).parent
 
 # Bottom to top. Units in one layer are independent of each other.
 LAYERS = [
-    {"fissure", "errors", "progress"},
+    {"fissure", "errors"},
+    {"progress", "extras"},
     {"config"},
     {"data"},
     {"model"},
     {"runtime"},
-    {"checkpoint"},
+    {"checkpoint", "environment"},
     {"losses", "metrics"},
     {"training", "evaluation", "prediction"},
     {"snowflake"},

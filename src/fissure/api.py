@@ -37,6 +37,7 @@ from .config import (
 from .data import CrackDataset, PairSource, is_stage_path
 from .data import build_source as folder_source
 from .data.transforms import eval_transform
+from .environment import describe_environment
 from .errors import CheckpointError, ConfigError, DataError, FissureError
 from .evaluation import EvaluateOptions, evaluate_dataset, metrics_document, reload_samples
 from .model import ResNetUNet
@@ -59,6 +60,7 @@ from .training import RunKeeper, build_setup, fit, is_main_process, process_grou
 
 __all__ = [
     "EvaluateOptions",
+    "environment",
     "OutputOptions",
     "PredictOptions",
     "TrainResult",
@@ -188,6 +190,8 @@ def train(
     ``refresh`` fetches a stage source's files again instead of using the local cache;
     ``push`` (``@STAGE/models/RUN/``) uploads the run's results there at the end.
     """
+    if is_main_process():
+        log(describe_environment(cfg.train.device).line())
     with Sessions(connection) as sessions:
         session = _stage_session(cfg, push, sessions)
         source = build_source(cfg.data, refresh, progress, session=session)
@@ -224,6 +228,8 @@ def resume(
     if not (run_dir / "last.pt").is_file():
         raise CheckpointError(f"{run_dir}: no last.pt to resume from")
     cfg = load_config(None, overrides, base=read_yaml(run_dir / "config.yaml"))
+    if is_main_process():
+        log(describe_environment(cfg.train.device).line())
     with Sessions(connection) as sessions:
         session = _stage_session(cfg, push, sessions)
         source = build_source(cfg.data, progress=progress, session=session)
@@ -309,7 +315,8 @@ def _evaluate(checkpoint: str | Path | Checkpoint, data: str | Path | None, spli
     header = {"checkpoint": str(checkpoint if not isinstance(checkpoint, Checkpoint)
                                 else checkpoint.origin),
               "data": source.description, "split": split, "device": str(dev),
-              "compute_dtype": dtype, "thresholds": {"tuned_source": origin}}
+              "compute_dtype": dtype, "environment": describe_environment(str(dev)).as_dict(),
+              "thresholds": {"tuned_source": origin}}
     metrics = metrics_document(result, header)
     if out is not None:
         rows = result.per_image()
@@ -380,6 +387,24 @@ def demo(cfg: Config, out: str | Path = "runs/demo", *, count: int = 120, seed: 
             "outputs": {"run folder": run.run_dir, "checkpoint": run.best,
                         "curves": run.run_dir / "curves.png", "evaluation": out / "eval",
                         "predictions": out / "predictions"}}
+
+
+def environment(device: str = "auto") -> dict[str, str]:
+    """What ``fissure env`` prints: versions, device, CPU precision, threads, GPUs, extras."""
+    env = describe_environment(device)
+    gpus = "; ".join(f"{g['index']}: {g['name']}, {g['memory_gib']} GiB, "
+                     f"{'bf16' if g['bf16'] else 'no bf16'}" for g in env.cuda) or "none"
+    amp = (f"bf16 autocast ({env.amp_dtype})" if env.amp_dtype != "float32"
+           else "fp32 (no native bf16 here)")
+    return {
+        "fissure": env.fissure, "python": env.python, "torch": env.torch,
+        "torchvision": env.torchvision, "device": env.device,
+        "cpu capability": f"{env.cpu_capability} "
+                          f"({'native' if env.cpu_bf16 else 'no native'} bf16)",
+        "train.amp": amp, "cuda devices": gpus, "threads": str(env.threads),
+        "loader workers": f"{env.loader_workers} (train.num_workers default on {env.device})",
+        "extras": ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in env.extras.items()),
+    }
 
 
 # -- moving datasets and runs between this machine and a stage -----------------------------

@@ -19,3 +19,7 @@ class DataError(FissureError):
 
 class CheckpointError(FissureError):
     """A file is not a fissure checkpoint, or does not fit the model asked for."""
+
+
+class MissingExtra(FissureError):
+    """An optional feature's packages are not installed; the message names the extra."""

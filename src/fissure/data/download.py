@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import http.client
 import re
-import sys
 from pathlib import Path
 from urllib.error import HTTPError, URLError
 from urllib.request import Request, urlopen
@@ -20,6 +19,7 @@ from urllib.request import Request, urlopen
 from tqdm import tqdm
 
 from ..errors import DataError
+from ..progress import LOG_INTERVAL, is_terminal
 
 CHUNK = 1 << 20
 USER_AGENT = "fissure-data-get"
@@ -144,9 +144,9 @@ def _read(response) -> bytes:
 def _bar(part: Path, total: int | None, initial: int, progress: bool) -> tqdm:
     """A byte progress bar on stderr, starting at ``initial`` when a download resumes.
 
-    Outside a terminal it redraws every 5 s instead of ten times a second, so captured logs
-    do not fill with updates.
+    Outside a terminal it redraws every :data:`~fissure.progress.LOG_INTERVAL` seconds
+    instead of ten times a second, so captured logs do not fill with updates.
     """
     return tqdm(total=total, initial=initial, unit="B", unit_scale=True, unit_divisor=1024,
                 desc=part.name.removesuffix(".part"), disable=not progress,
-                mininterval=0.1 if sys.stderr.isatty() else 5.0)
+                mininterval=0.1 if is_terminal() else LOG_INTERVAL)

@@ -15,7 +15,6 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from ..config import DEFAULT_THRESHOLD, EvalConfig
 from ..data import CrackDataset, collate, iter_groups, load_pair
@@ -29,6 +28,7 @@ from ..metrics import (
     tolerance_f1,
 )
 from ..model import ResNetUNet
+from ..progress import progress_bar
 from ..runtime import InputPolicy, predict_probs
 
 OUTCOMES = ("TP", "FP", "FN", "TN")
@@ -172,7 +172,7 @@ def evaluate_dataset(
         pin_memory=device.type == "cuda",
     )
     result = EvalResult.create(threshold, cfg)
-    for batch in tqdm(loader, desc="evaluate", disable=not progress, dynamic_ncols=True):
+    for batch in progress_bar(loader, desc="evaluate", unit="batch", enabled=progress):
         result.skipped.extend(batch["skipped"])
         names = iter(batch["name"])
         for images, masks in iter_groups(batch):

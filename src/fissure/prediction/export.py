@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from .. import __version__
 from ..checkpoint import Checkpoint, load_checkpoint
 from ..errors import FissureError
+from ..extras import require
 from ..model import STRIDE, ResNetUNet
 
 FORMATS = ("onnx", "torchscript")
@@ -106,12 +107,7 @@ def export_metadata(ckpt: Checkpoint) -> dict[str, str]:
 
 
 def _export_onnx(model: ResNetUNet, out: Path, metadata: dict[str, str], opset: int) -> None:
-    try:
-        import onnx
-    except ImportError:
-        raise FissureError(
-            "ONNX export needs onnx and onnxscript: pip install 'fissure[export]'"
-        ) from None
+    import onnx
     height = torch.export.Dim("height", min=MIN_SIDE)
     width = torch.export.Dim("width", min=MIN_SIDE)
     # The example size is deliberately no multiple of 32, and the batch is not 1: torch.export
@@ -205,6 +201,8 @@ def export_model(
         raise FissureError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if fmt == "onnx" and opset < 17:
         raise FissureError(f"--opset must be at least 17, got {opset}")
+    if fmt == "onnx":  # torch.onnx imports onnxscript deep inside; say so before that
+        require("export", "ONNX export", ("onnx", "onnxscript"))
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
     model = ckpt.build_model("cpu")
     out = Path(out)

@@ -39,13 +39,13 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from ..checkpoint import Checkpoint, load_checkpoint
 from ..config import DEFAULT_THRESHOLD, EvalConfig
 from ..data.image import _to_uint8, load_image
 from ..data.transforms import image_to_tensor
 from ..errors import FissureError
+from ..progress import progress_bar
 from ..runtime import InputPolicy, forward_logits, select_device
 from .measure import CrackMeasurements, measure_cracks
 from .options import PredictOptions
@@ -247,12 +247,9 @@ def predict_many(
     options = options or PredictOptions()
     predictor = predictor.configured(options)
     tiling = default_tiling(predictor.policy, options)
-    image_bar = tqdm(
-        total=total, desc="images", unit="img", disable=not progress, dynamic_ncols=True
-    )
-    tile_bar = tqdm(
-        total=0, desc="tiles", unit="tile", disable=not progress, leave=False, dynamic_ncols=True
-    )
+    image_bar = progress_bar(total=total, desc="images", unit="img", enabled=progress)
+    tile_bar = progress_bar(total=0, desc="tiles", unit="tile", enabled=progress, inner=True,
+                            leave=False)
     batcher = TileBatcher(predictor.forward, options.batch_size, options.tta, tile_bar.update)
     payloads: dict[int, T] = {}
 

@@ -14,7 +14,7 @@ matplotlib.use("Agg")  # files only; no display on servers or in CI
 import matplotlib.pyplot as plt  # noqa: E402
 
 from ..config import DEFAULT_THRESHOLD  # noqa: E402
-from ..errors import ConfigError  # noqa: E402
+from ..extras import require  # noqa: E402
 from ..training.state import HISTORY_FIELDS  # noqa: E402
 
 
@@ -65,11 +65,8 @@ class TensorBoardLog:
     """Mirrors each history row as scalars under ``<run>/tensorboard``."""
 
     def __init__(self, run_dir: str | Path) -> None:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            raise ConfigError("train.tensorboard: needs the tensorboard package "
-                              "(pip install 'fissure[tensorboard]')") from None
+        require("tensorboard", "train.tensorboard")
+        from torch.utils.tensorboard import SummaryWriter
         self.writer = SummaryWriter(str(Path(run_dir) / "tensorboard"))
 
     def log(self, row: dict[str, Any]) -> None:

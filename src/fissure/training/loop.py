@@ -18,13 +18,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from ..data import iter_groups
 from ..data.loader import epoch_indices, make_loader
 from ..errors import FissureError
 from ..metrics import ThresholdSweep, confusion_counts, f1, iou
-from ..runtime import autocast_for, forward_logits
+from ..progress import progress_bar
+from ..runtime import autocast_dtype, autocast_for, forward_logits
 from .distributed import Dist, all_reduce_sum, any_rank, broadcast_flag, shard
 from .interruption import Interrupt, TrainingInterrupted
 from .keeper import RunKeeper
@@ -60,6 +60,10 @@ def fit(
     log = log if setup.dist.main else _silent
     interrupt = Interrupt()
     started = time.monotonic()
+    ran_on = {"device": str(setup.device),
+              "compute_dtype": str(autocast_dtype(setup.device, cfg.train.amp)).removeprefix(
+                  "torch."),
+              "cpu": torch.backends.cpu.get_cpu_capability()}
     with interrupt.installed():
         while keeper.state.epoch < cfg.train.epochs:
             tick = time.monotonic()
@@ -76,6 +80,7 @@ def fit(
             row["lr"] = setup.optimizer.param_groups[0]["lr"]
             row["seconds"] = round(time.monotonic() - tick, 2)
             row["skipped"] = len(keeper.state.skipped)
+            row.update(ran_on)
             improved = keeper.end_epoch(row)
             log(_epoch_line(row, cfg.train.epochs, improved))
             if on_epoch_end is not None and setup.dist.main:
@@ -157,8 +162,8 @@ def train_one_epoch(
         # resumed from a last.pt saved after the epoch's final step (older versions did)
         return EpochOutcome({"train_loss": math.nan, "train_iou": math.nan})
     loader = make_loader(setup.train_set, setup.batch_size, setup.workers, setup.device, mine)
-    bar = tqdm(loader, desc=f"epoch {state.epoch + 1}/{cfg.train.epochs} train",
-               leave=False, disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(loader, desc=f"epoch {state.epoch + 1}/{cfg.train.epochs} train",
+                       enabled=progress, leave=False)
     tally = _Tally()
     setup.optimizer.zero_grad(set_to_none=True)
     try:
@@ -318,8 +323,8 @@ def validate(
     loader = make_loader(setup.val_set, cfg.eval.batch_size, setup.workers, setup.device, mine)
     sweep = ThresholdSweep(cfg.eval.thresholds, tolerance=0, per_image=False)
     tally = _Tally()
-    bar = tqdm(loader, desc=f"epoch {state.epoch + 1}/{cfg.train.epochs} val",
-               leave=False, disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(loader, desc=f"epoch {state.epoch + 1}/{cfg.train.epochs} val",
+                       enabled=progress, inner=True, leave=False)
     for batch in bar:
         _note_skipped(setup, state, batch["skipped"], log)
         for images, masks in iter_groups(batch):

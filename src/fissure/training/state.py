@@ -15,7 +15,10 @@ from ..errors import FissureError
 from .distributed import Dist, merge_dicts
 
 HISTORY_FIELDS = ("epoch", "train_loss", "train_iou", "val_loss", "val_iou", "val_f1",
-                  "val_f1_tuned", "threshold", "lr", "seconds", "skipped")
+                  "val_f1_tuned", "threshold", "lr", "seconds", "skipped", "device",
+                  "compute_dtype", "cpu")
+"""Columns of ``history.csv``; the last three say where the epoch ran (runs from before
+they existed leave them empty)."""
 
 
 @dataclass
