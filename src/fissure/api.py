@@ -36,10 +36,12 @@ from .config import (
 )
 from .data import CrackDataset, PairSource, is_stage_path
 from .data import build_source as folder_source
+from .data.stats import dataset_stats, implied_crop
 from .data.transforms import eval_transform
 from .environment import describe_environment
 from .errors import CheckpointError, ConfigError, DataError, FissureError
 from .evaluation import EvaluateOptions, evaluate_dataset, metrics_document, reload_samples
+from .losses import auto_pos_weight
 from .model import ResNetUNet
 from .prediction import OutputOptions, PredictOptions, predict_files
 from .report import (
@@ -65,6 +67,7 @@ __all__ = [
     "PredictOptions",
     "TrainResult",
     "build_source",
+    "data_stats",
     "demo",
     "evaluate",
     "load_model",
@@ -387,6 +390,21 @@ def demo(cfg: Config, out: str | Path = "runs/demo", *, count: int = 120, seed: 
             "outputs": {"run folder": run.run_dir, "checkpoint": run.best,
                         "curves": run.run_dir / "curves.png", "evaluation": out / "eval",
                         "predictions": out / "predictions"}}
+
+
+def data_stats(data: str | Path, *, progress: bool = True) -> dict[str, Any]:
+    """Per split of a dataset folder (or a config's data), its sizes, crack share, widths and
+    crack-free share, and the recipe settings they imply: the largest crop every training
+    image holds and the ``pos_weight`` that ``pos_weight: auto`` would derive."""
+    path = Path(data)
+    data_cfg = load_config(path).data if path.is_file() else replace(
+        DataConfig(), root=str(path), split_files=None)
+    splits = dataset_stats(build_source(data_cfg, progress=progress), progress)
+    train = next((s for s in splits if s.split == "train"), splits[0])
+    implied = {"data.size (crop mode)": implied_crop(train)}
+    if train.crack_fraction > 0:
+        implied["train.loss.params.pos_weight"] = round(auto_pos_weight(train.crack_fraction), 2)
+    return {"splits": splits, "implied": implied}
 
 
 def environment(device: str = "auto") -> dict[str, str]:

@@ -216,6 +216,33 @@ def data_synth(out, count, size, seed) -> None:
                + ", ".join(f"{k} {v}" for k, v in counts.items()))
 
 
+@data.command("stats")
+@click.argument("root", type=click.Path(exists=True))
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def data_stats(root, quiet) -> None:
+    """Per split of ROOT: image sizes, crack-pixel share, crack widths, crack-free images.
+
+    ROOT is a dataset folder (any layout fissure reads) or a YAML config. The last lines
+    give the settings the data implies: the largest crop every training image holds, and
+    the pos_weight that `pos_weight: auto` derives from the crack share.
+
+    \b
+    Example:
+      fissure data stats data/cfd
+    """
+    found = api.data_stats(root, progress=not quiet)
+    for s in found["splits"]:
+        sizes = ", ".join(f"{k} x{n}" for k, n in list(s.sizes.items())[:3])
+        more = f" (+{len(s.sizes) - 3} more)" if len(s.sizes) > 3 else ""
+        widths = ("none" if s.width_median is None
+                  else f"median {s.width_median:.1f}, p90 {s.width_p90:.1f} px")
+        click.echo(f"{s.split:>5}: {s.images} images, sides {s.min_side}-{s.max_side} px "
+                   f"({sizes}{more}); crack {100 * s.crack_fraction:.2f} % of pixels; "
+                   f"crack-free {100 * s.crack_free_share:.0f} %; widths {widths}")
+    for key, value in found["implied"].items():
+        click.echo(f"implied {key}: {value}")
+
+
 @data.command("get")
 @click.argument("name")
 @click.option("--out", type=click.Path(file_okay=False),
