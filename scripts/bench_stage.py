@@ -11,10 +11,15 @@ to a Snowpark local-testing stage under the notebook's names, then times:
   private temporary folder, the cache path (read the cached file, decode), and decoding
   alone from memory.
 
+With ``--fill-only`` it measures the cache fill alone, both ways: one GET per file, and
+one GET per folder (``images/``, ``masks/``) with ``parallel=`` threads, counting the GET
+queries each issues (``session.file.get`` is wrapped).
+
 The emulator's stage is a local folder, so every stage read here is far cheaper than a
 real one (no network round trip): the gaps measured are lower bounds.
 
     .venv/bin/python scripts/bench_stage.py --count 500
+    .venv/bin/python scripts/bench_stage.py --fill-only --count 2000 --size 128
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from fissure.config import SnowflakeConfig
 from fissure.data import load_pair
 from fissure.data.image import decode_image, decode_mask
 from fissure.data.synth import generate_dataset
+from fissure.snowflake.cache import FillOptions
 from fissure.snowflake.source import StageSource
 from fissure.snowflake.upload import upload_dataset
 
@@ -72,12 +78,62 @@ def fresh_get_read(session, path: str, mode: str) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(gzip.decompress(data))).convert(mode))
 
 
+class GetCounter:
+    """Counts the GET queries a fill issues (``session.file.get`` wrapped)."""
+
+    def __init__(self, session) -> None:
+        self.real = session.file.get
+        self.calls = 0
+        session.file.get = self
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        return self.real(*args, **kwargs)
+
+
+def fill_rows(session, cfg: SnowflakeConfig, work: Path, repeat: int) -> list[tuple]:
+    """(way, GET queries, seconds, files) of a cache fill by file and by prefix, each into
+    a new empty cache, best of ``repeat``."""
+    ways = {"one GET per file": FillOptions(progress=False, prefix_min=10**9),
+            "one GET per folder (prefix, parallel=8)": FillOptions(progress=False)}
+    counter = GetCounter(session)
+    rows = []
+    for way, options in ways.items():
+        best, calls, files = float("inf"), 0, 0
+        for attempt in range(repeat):
+            here = SnowflakeConfig(cache_dir=str(work / f"cache-{len(rows)}-{attempt}"))
+            source = StageSource(session, here, reader="cache", fill=options)
+            counter.calls = 0
+            start = time.perf_counter()
+            pairs = source.samples("all")
+            best = min(best, time.perf_counter() - start)
+            calls, files = counter.calls, 2 * len(pairs)
+        rows.append((way, calls, best, files))
+    return rows
+
+
+def print_fill(rows: list[tuple], args: argparse.Namespace, t_gen: float, t_up: float) -> None:
+    command = "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
+    print(f"Command: `{command}`  ")
+    print(f"Machine: {cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
+          "Snowpark local-testing stage (no network)  ")
+    print(f"Data: {args.count} pairs of {args.size}x{args.size} px, gzip PNG (synthetic), "
+          f"generated in {t_gen:.1f} s, uploaded in {t_up:.1f} s; fill: best of {args.repeat} "
+          "into an empty cache\n")
+    print("| cache fill | GET queries | files | wall s | ms per file |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for way, calls, seconds, files in rows:
+        print(f"| {way} | {calls} | {files} | {seconds:.2f} | {1000 * seconds / files:.2f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", type=int, default=500, help="image/mask pairs")
     parser.add_argument("--size", type=int, default=448, help="image side in px")
     parser.add_argument("--repeat", type=int, default=2, help="best of R for steady states")
     parser.add_argument("--workdir", help="folder for data and cache (default: a temp folder)")
+    parser.add_argument("--fill-only", action="store_true",
+                        help="measure the cache fill only: per file against by prefix")
     args = parser.parse_args()
     torch.set_num_threads(max(1, os.cpu_count() or 1))
 
@@ -88,14 +144,18 @@ def main() -> None:
     t_gen = timed(lambda: generate_dataset(data, count=args.count, size=args.size, seed=0))
     session = Session.builder.config("local_testing", True).create()
     cfg = SnowflakeConfig(cache_dir=str(work / "cache"))
-    t_up = timed(lambda: upload_dataset(data, session, cfg, progress=False))
+    t_up = timed(lambda: upload_dataset(session, data, cfg, progress=False))
+    if args.fill_only:
+        print_fill(fill_rows(session, cfg, work, args.repeat), args, t_gen, t_up)
+        session.close()
+        return
 
     def decode_all(source: StageSource) -> None:
         for sample in source.samples("all"):
             load_pair(source, sample)
 
     def new_source() -> StageSource:
-        return StageSource(session, cfg, reader="cache", progress=False)
+        return StageSource(session, cfg, reader="cache", fill=FillOptions(progress=False))
 
     first = new_source()
     t1 = timed(lambda: decode_all(first))

@@ -1,4 +1,5 @@
-"""Helpers for tests/snowflake/: tiny datasets, a download counter, a hashing Dataset.
+"""Helpers for tests/snowflake/: tiny datasets, GET and PUT counters, a real account's
+missing-file error, Snowflake runtimes and a read-only folder, a hashing Dataset.
 
 Imported by name (tests/ is on the path); the shared fixtures are in
 tests/snowflake/conftest.py. Not named ``snowflake``: a module of that name on the path
@@ -7,17 +8,24 @@ would shadow the Snowflake library.
 
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
 import io
+import os
+import sys
+import tempfile
 import threading
+import types
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 from torch.utils.data import Dataset
 
 from fissure.data.synth import generate_dataset
+from fissure.snowflake.environment import ACCOUNT_ENV, HOST_ENV, TOKEN_FILE_ENV
 from fissure.snowflake.source import StageSource
 
 STAGE = "@PROJET_FISSURES.STORAGE_SCHEMA.MY_FISSURE_STAGE"
@@ -45,12 +53,20 @@ def write_manifest(session, name: str, rows: list[list], columns: list[str] = CO
 
 
 class CountingGets:
-    """Wraps ``session.file.get`` to count (and optionally fail) stage downloads."""
+    """Wraps ``session.file.get`` to count (and optionally fail) stage downloads.
 
-    def __init__(self, session, monkeypatch, fail_after: int | None = None) -> None:
+    ``calls`` holds each GET's stage path, ``options`` its keyword arguments. Paths in
+    ``missing`` fail as a real account fails them (see :func:`file_not_exists`).
+    """
+
+    def __init__(
+        self, session, monkeypatch, fail_after: int | None = None, missing: set[str] = frozenset()
+    ) -> None:
         self.real = type(session.file).get.__get__(session.file)  # never an earlier patch
         self.calls: list[str] = []
+        self.options: list[dict] = []
         self.fail_after = fail_after
+        self.missing = set(missing)
         self._lock = threading.Lock()
         monkeypatch.setattr(session.file, "get", self)
 
@@ -59,7 +75,49 @@ class CountingGets:
             if self.fail_after is not None and len(self.calls) >= self.fail_after:
                 raise RuntimeError("connection dropped for good")
             self.calls.append(stage_path)
+            self.options.append(kwargs)
+        if stage_path in self.missing:
+            raise file_not_exists()
         return self.real(stage_path, target, **kwargs)
+
+    def per_file(self) -> list[str]:
+        """The GETs of one file (not of a folder prefix ending in '/')."""
+        return [c for c in self.calls if not c.endswith("/")]
+
+
+class CountingPuts:
+    """Wraps ``session.file.put`` (folder PUTs) and ``put_stream`` (one file each)."""
+
+    def __init__(self, session, monkeypatch) -> None:
+        self.puts: list[tuple[str, str, dict]] = []
+        self.streams: list[str] = []
+        put = type(session.file).put.__get__(session.file)
+        stream = type(session.file).put_stream.__get__(session.file)
+
+        def counted_put(local, target, **kwargs):
+            self.puts.append((local, target, kwargs))
+            return put(local, target, **kwargs)
+
+        def counted_stream(data, target, **kwargs):
+            self.streams.append(target)
+            return stream(data, target, **kwargs)
+
+        monkeypatch.setattr(session.file, "put", counted_put)
+        monkeypatch.setattr(session.file, "put_stream", counted_stream)
+
+
+def file_not_exists():
+    """What GET of a missing stage file raises on a real account.
+
+    snowflake-connector-python 4.8, file_transfer_agent.py (``_raise_put_get_error`` is on
+    by default): ``OperationalError`` with errno ``ER_FILE_NOT_EXISTS`` (253006). Snowpark
+    does not wrap it (it wraps only ``ProgrammingError``).
+    """
+    from snowflake.connector.errors import OperationalError
+
+    return OperationalError(
+        msg="While getting file(s) there was an error: the file does not exist.", errno=253006
+    )
 
 
 class HashDataset(Dataset):
@@ -100,3 +158,36 @@ def gzip_dataset(root: Path, count: int = 12, size: int = 64) -> Path:
         path.with_name(path.name + ".gz").write_bytes(gzip.compress(path.read_bytes(), mtime=0))
         path.unlink()
     return root
+
+
+def in_warehouse(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The warehouse sandbox, as Snowpark detects it: the ``_snowflake`` module exists."""
+    monkeypatch.setitem(sys.modules, "_snowflake", types.ModuleType("_snowflake"))
+
+
+def on_container(monkeypatch: pytest.MonkeyPatch, folder: Path, token: str = "tok") -> Path:
+    """A Container Runtime process: its token file and variables, in a temporary folder."""
+    path = folder / "session" / "token"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(token + "\n")
+    monkeypatch.setenv(TOKEN_FILE_ENV, str(path))
+    monkeypatch.setenv(HOST_ENV, "acme.snowflakecomputing.com")
+    monkeypatch.setenv(ACCOUNT_ENV, "ACME")
+    return path
+
+
+def read_only(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make ``folder`` refuse new files, as a Workspaces notebook's working folder does."""
+    folder.mkdir(parents=True, exist_ok=True)
+    folder.chmod(0o555)
+    if os.access(folder, os.W_OK):
+        # root ignores file modes: stand in for a read-only mount, which is what refuses
+        # root too, at the one call that probes the folder.
+        real = tempfile.mkstemp
+
+        def refuse(*args, dir=None, **kwargs):
+            if dir is not None and Path(dir).resolve() == folder.resolve():
+                raise OSError(errno.EROFS, "Read-only file system")
+            return real(*args, dir=dir, **kwargs)
+
+        monkeypatch.setattr(tempfile, "mkstemp", refuse)

@@ -29,9 +29,9 @@ def test_fissure_env_prints_every_item():
     result = CliRunner().invoke(cli, ["env", "--device", "cpu"])
     assert result.exit_code == 0, result.output
     for key in ("python", "torch", "torchvision", "device", "cpu capability", "train.amp",
-                "cuda devices", "threads", "loader workers", "extras"):
+                "cuda devices", "threads", "loader workers", "extras", "snowflake session"):
         assert f"{key}: " in result.output, key
-    assert "export yes" in result.output
+    assert "export yes" in result.output and "snowflake session: " in result.output
 
 
 def test_a_run_logs_records_and_reports_the_machine(tiny_config, tmp_path):

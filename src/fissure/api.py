@@ -9,10 +9,14 @@
     fissure.predict(run.best, ["photos/"], "runs/demo/pred")
 
 Checkpoints, inputs and outputs may be Snowflake stage paths (``@DB.SCHEMA.STAGE/...``).
-A call opens the session it needs once and passes it down: ``connection`` (a
-``connections.toml`` name, what ``--connection`` gives) comes first, then the name a config
-or checkpoint holds (``data.snowflake.connection``), then the active session (a Snowflake
-notebook's).
+A call opens the session it needs once and passes it down (see
+:mod:`fissure.snowflake.session`). Inside Snowflake (a notebook, a stored procedure, the
+Container Runtime) the active session is used, and a connection name is ignored with one
+line saying so. Outside, ``connection`` (a ``connections.toml`` name, what ``--connection``
+gives) comes first, then the name a config or checkpoint holds
+(``data.snowflake.connection``), then the process's active session, then the connector's
+default connection. Inside Snowflake, run folders and outputs whose folder cannot be written
+go under ``/tmp``, and loader workers are 0 in the warehouse sandbox.
 """
 
 from __future__ import annotations
@@ -54,8 +58,9 @@ from .report import (
 )
 from .runtime import autocast_dtype
 from .snowflake import runs as stage_runs
+from .snowflake.environment import loader_workers, writable_dir
 from .snowflake.runs import check_push_target, push_outputs, read_checkpoint, stage_fetcher
-from .snowflake.session import Sessions
+from .snowflake.session import Sessions, describe_session
 from .snowflake.source import StageSource
 from .snowflake.upload import upload_data as upload_dataset
 from .training import RunKeeper, build_setup, fit, is_main_process, process_group
@@ -113,9 +118,10 @@ def build_source(
 
 
 def prepare_run_dir(out: str | Path | None, overwrite: bool = False) -> Path:
-    """A fresh run folder: ``out`` if it holds no run, or ``runs/<timestamp>`` when not given."""
+    """A fresh run folder: ``out`` if it holds no run, or ``runs/<timestamp>`` when not given
+    (below ``/tmp`` inside Snowflake when the working folder is read-only)."""
     if out is None:
-        out = Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+        out = writable_dir(Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
     run_dir = Path(out)
     if run_dir.exists() and not run_dir.is_dir():
         raise FissureError(f"{run_dir}: exists and is not a folder")
@@ -136,6 +142,8 @@ def _fit(cfg: Config, source: PairSource, run_dir: Path, *, resuming: bool, prog
     """Build the run from ``cfg``, train it (continuing ``last.pt`` when ``resuming``) and
     write history, curves and skipped files after every epoch."""
     board = TensorBoardLog(run_dir) if cfg.train.tensorboard else None
+    workers = loader_workers(cfg.train.num_workers, log)  # 0 in the warehouse sandbox
+    cfg = replace(cfg, train=replace(cfg.train, num_workers=workers))
     with process_group():
         setup = build_setup(cfg, source)
         keeper = RunKeeper(setup, run_dir)
@@ -172,9 +180,12 @@ def _stage_session(cfg: Config, push: str | None, sessions: Sessions) -> Any:
     return None
 
 
-def _push(session: Any, run_dir: Path, push: str | None, log: Log) -> None:
+def _push(sessions: Sessions, cfg: Config, run_dir: Path, push: str | None, log: Log) -> None:
+    """Upload the run; the session is looked up again: hours of training may have closed it."""
     if push and is_main_process():  # under torchrun every rank gets here; one upload is enough
-        stage_runs.push_run(session, run_dir, push, log=log)
+        name = cfg.data.snowflake.connection
+        stage_runs.push_run(sessions.get(name), run_dir, push, log=log,
+                            reopen=lambda: sessions.reopen(name))
 
 
 def train(
@@ -195,25 +206,27 @@ def train(
     """
     if is_main_process():
         log(describe_environment(cfg.train.device).line())
-    with Sessions(connection) as sessions:
+    with Sessions(connection, log=log) as sessions:
         session = _stage_session(cfg, push, sessions)
         source = build_source(cfg.data, refresh, progress, session=session)
         run_dir = _new_run_dir(cfg, out, overwrite, log)
         result = _fit(cfg, source, run_dir, resuming=False, progress=progress, log=log)
-        _push(session, run_dir, push, log)
+        _push(sessions, cfg, run_dir, push, log)
     return result
 
 
 def _new_run_dir(cfg: Config, out: str | Path | None, overwrite: bool, log: Log) -> Path:
     """The run folder, made and given ``config.yaml`` by rank 0 only."""
     if is_main_process():
-        run_dir = prepare_run_dir(out, overwrite)
+        # Inside Snowflake a read-only working folder sends the run under /tmp (logged).
+        run_dir = prepare_run_dir(None if out is None else writable_dir(out, log), overwrite)
         save_config(cfg, run_dir / "config.yaml")
         log(f"run folder: {run_dir}")
         return run_dir
     if out is None:
         raise ConfigError("--out: give the run folder explicitly when training under torchrun")
-    return Path(out)  # rank 0 of a torchrun group owns the folder; the others never write it
+    # rank 0 of a torchrun group owns the folder; the others never write it
+    return writable_dir(out, lambda line: None)
 
 
 def resume(
@@ -233,13 +246,13 @@ def resume(
     cfg = load_config(None, overrides, base=read_yaml(run_dir / "config.yaml"))
     if is_main_process():
         log(describe_environment(cfg.train.device).line())
-    with Sessions(connection) as sessions:
+    with Sessions(connection, log=log) as sessions:
         session = _stage_session(cfg, push, sessions)
         source = build_source(cfg.data, progress=progress, session=session)
         if overrides and is_main_process():
             save_config(cfg, run_dir / "config.yaml")
         result = _fit(cfg, source, run_dir, resuming=True, progress=progress, log=log)
-        _push(session, run_dir, push, log)
+        _push(sessions, cfg, run_dir, push, log)
     return result
 
 
@@ -312,8 +325,9 @@ def _evaluate(checkpoint: str | Path | Checkpoint, data: str | Path | None, spli
         thr, origin = ckpt.threshold, "stored in the checkpoint"
     dev = next(model.parameters()).device
     policy = ckpt.policy if opts.amp is None else replace(ckpt.policy, amp=opts.amp)
+    workers = loader_workers(opts.num_workers) or 0  # 0 in the warehouse sandbox
     result = evaluate_dataset(model, dataset, policy, thr, ckpt.config.eval, dev,
-                              opts.num_workers, progress)
+                              workers, progress)
     dtype = str(autocast_dtype(dev, policy.amp)).removeprefix("torch.")
     header = {"checkpoint": str(checkpoint if not isinstance(checkpoint, Checkpoint)
                                 else checkpoint.origin),
@@ -322,6 +336,7 @@ def _evaluate(checkpoint: str | Path | Checkpoint, data: str | Path | None, spli
               "thresholds": {"tuned_source": origin}}
     metrics = metrics_document(result, header)
     if out is not None:
+        out = writable_dir(out)  # /tmp inside Snowflake when the folder is read-only
         rows = result.per_image()
         picks = pick_samples(rows, opts.samples_per_group)
         write_eval_reports(metrics, rows, reload_samples(model, dataset, picks, policy, dev), out)
@@ -361,6 +376,7 @@ def _predict(ckpt: Checkpoint, inputs: Sequence[str | Path], out: str,
     if any(is_stage_path(str(item)) for item in inputs):
         fetch = stage_fetcher(sessions.get())
     if not is_stage_path(out):
+        out = str(writable_dir(out))  # /tmp inside Snowflake when the folder is read-only
         return predict_files(ckpt, inputs, out, options, output, fetch=fetch, progress=progress)
     with tempfile.TemporaryDirectory(prefix="fissure-predict-") as tmp:
         records = predict_files(ckpt, inputs, tmp, options, output, fetch=fetch,
@@ -407,8 +423,9 @@ def data_stats(data: str | Path, *, progress: bool = True) -> dict[str, Any]:
     return {"splits": splits, "implied": implied}
 
 
-def environment(device: str = "auto") -> dict[str, str]:
-    """What ``fissure env`` prints: versions, device, CPU precision, threads, GPUs, extras."""
+def environment(device: str = "auto", connection: str | None = None) -> dict[str, str]:
+    """What ``fissure env`` prints: versions, device, CPU precision, threads, GPUs, extras,
+    and the Snowflake session a command would use (named, never opened)."""
     env = describe_environment(device)
     gpus = "; ".join(f"{g['index']}: {g['name']}, {g['memory_gib']} GiB, "
                      f"{'bf16' if g['bf16'] else 'no bf16'}" for g in env.cuda) or "none"
@@ -422,6 +439,7 @@ def environment(device: str = "auto") -> dict[str, str]:
         "train.amp": amp, "cuda devices": gpus, "threads": str(env.threads),
         "loader workers": f"{env.loader_workers} (train.num_workers default on {env.device})",
         "extras": ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in env.extras.items()),
+        "snowflake session": describe_session(connection),
     }
 
 
@@ -452,8 +470,9 @@ def push_run(run_dir: str | Path, prefix: str, *, connection: str | None = None,
     if (run_dir / "config.yaml").is_file():
         stored = read_yaml(run_dir / "config.yaml").get("data") or {}
         configured = (stored.get("snowflake") or {}).get("connection")
-    with Sessions(connection) as sessions:
-        return stage_runs.push_run(sessions.get(configured), run_dir, prefix, log=log)
+    with Sessions(connection, log=log) as sessions:
+        return stage_runs.push_run(sessions.get(configured), run_dir, prefix, log=log,
+                                   reopen=lambda: sessions.reopen(configured))
 
 
 def pull(stage_path: str, out: str | Path = ".", *, connection: str | None = None) -> Path:

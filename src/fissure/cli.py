@@ -303,7 +303,8 @@ def demo(config_path, out, overrides, quiet) -> None:
 @cli.command("env")
 @click.option("--device", default="auto", show_default=True,
               help="The device to describe (auto: the one training would choose).")
-def env(device) -> None:
+@click.option("--connection", help="Snowflake connection name to describe (never opened).")
+def env(device, connection) -> None:
     """Show what this machine offers fissure: versions, device, CPU precision, extras.
 
     \b
@@ -315,7 +316,7 @@ def env(device) -> None:
     Example:
       fissure env
     """
-    info = api.environment(device)
+    info = api.environment(device, connection)
     width = max(map(len, info))
     for key, value in info.items():
         click.echo(f"{key:>{width}}: {value}")
@@ -353,8 +354,9 @@ def export(checkpoint, fmt, out, opset, no_verify) -> None:
 def snowflake() -> None:
     """Move datasets and models between this machine and a Snowflake stage.
 
-    Every command takes --connection NAME (an entry of ~/.snowflake/connections.toml);
-    without it the active session is used (inside a Snowflake notebook).
+    Every command takes --connection NAME (an entry of connections.toml); inside Snowflake
+    the active session is used instead; outside, without it, the config's connection, then
+    the connector's default connection.
     """
 
 

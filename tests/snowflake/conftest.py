@@ -9,13 +9,19 @@ from __future__ import annotations
 
 import gzip
 import io
+import sys
 from pathlib import Path
 
 import pytest
 from stage_helpers import DB, GROUPS, MANIFEST, STAGE, pair, png, write_manifest
 
 from fissure.config import SnowflakeConfig
-from fissure.snowflake.session import READER_ENV
+from fissure.snowflake.environment import (
+    ACCOUNT_ENV,
+    HOST_ENV,
+    READER_ENV,
+    TOKEN_FILE_ENV,
+)
 
 
 @pytest.fixture(scope="module")
@@ -53,3 +59,12 @@ def cfg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> SnowflakeConfig:
     """The default names, with a cache of the test's own; the reader is detected."""
     monkeypatch.delenv(READER_ENV, raising=False)
     return SnowflakeConfig(cache_dir=str(tmp_path / "cache"))
+
+
+@pytest.fixture()
+def outside(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process outside Snowflake, whatever the machine running the tests holds."""
+    monkeypatch.delitem(sys.modules, "_snowflake", raising=False)
+    for name in (TOKEN_FILE_ENV, HOST_ENV, ACCOUNT_ENV, READER_ENV):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(TOKEN_FILE_ENV, "/nonexistent/fissure/token")

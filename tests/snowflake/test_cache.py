@@ -1,7 +1,9 @@
-"""Tests for fissure.snowflake.cache: filling once, reuse, refresh, resumption, and retries."""
+"""Tests for fissure.snowflake.cache: filling once (by prefix or file by file), reuse,
+refresh, resumption, retries, and missing files."""
 
 from __future__ import annotations
 
+import io
 import threading
 from pathlib import Path
 
@@ -9,14 +11,25 @@ import pytest
 from stage_helpers import STAGE, CountingGets
 
 from fissure.errors import DataError
-from fissure.snowflake.cache import StageCache
+from fissure.snowflake.cache import FillOptions, StageCache
 from fissure.snowflake.files import StageFileMissing
 from fissure.snowflake.source import StageSource
 
+QUIET = FillOptions(progress=False)
 
-def _source(session, cfg, **kwargs) -> StageSource:
-    kwargs.setdefault("progress", False)
-    return StageSource(session, cfg, **kwargs)
+
+def _source(session, cfg, refresh: bool = False, **fill) -> StageSource:
+    return StageSource(session, cfg, refresh, fill=FillOptions(progress=False, **fill))
+
+
+def _put_many(session, folder: str, count: int) -> dict[str, bytes]:
+    """``count`` small files under ``folder`` of the stage: rel -> content."""
+    files = {f"{folder}/{i:03d}.png.gz": f"{folder}-{i}".encode() * 3 for i in range(count)}
+    for rel, data in files.items():
+        session.file.put_stream(
+            io.BytesIO(data), f"{STAGE}/{rel}", auto_compress=False, overwrite=True
+        )
+    return files
 
 
 def test_cache_is_reused_and_refresh_refetches(session, staged, cfg, monkeypatch) -> None:
@@ -118,21 +131,84 @@ def test_fill_names_every_missing_file_after_caching_the_rest(session, staged, t
         )
     }
     with pytest.raises(StageFileMissing) as info:
-        cache.fill(session, wanted, progress=False)
+        cache.fill(session, wanted, options=QUIET)
     assert str(info.value) == (
         f"{STAGE}/images/gone.png.gz, {STAGE}/masks/gone2.png.gz: not found in the stage"
     )
     assert cache.is_current("images/001.png.gz") and cache.is_current("masks/001.png.gz")
     assert cache.path("masks/001.png.gz").read_bytes() == staged[f"{STAGE}/masks/001.png.gz"]
-    assert cache.fill(session, {"images/001.png.gz": None}, progress=False) == 0
+    assert cache.fill(session, {"images/001.png.gz": None}, options=QUIET) == 0
 
 
 def test_claimed_hash_and_refresh_make_a_cached_file_stale(session, staged, tmp_path) -> None:
     cache = StageCache(tmp_path / "cache", STAGE)
     rel = "images/002.png.gz"
-    assert cache.fill(session, {rel: "h1"}, progress=False) == 1
+    assert cache.fill(session, {rel: "h1"}, options=QUIET) == 1
     assert cache.is_current(rel, "h1") and not cache.is_current(rel, "h2")
     assert not cache.is_current(rel, "h1", since=float("inf"))
-    assert cache.fill(session, {rel: "h2"}, progress=False) == 1  # re-uploaded content
+    assert cache.fill(session, {rel: "h2"}, options=QUIET) == 1  # re-uploaded content
     index = (tmp_path / "cache" / "index.jsonl").read_text().splitlines()
     assert len(index) == 1 and '"src": "h2"' in index[0]
+
+
+@pytest.mark.parametrize("prefix_min", [32, 8], ids=["file-by-file", "by-prefix"])
+def test_missing_file_among_20_on_a_real_account(session, tmp_path, monkeypatch, prefix_min):
+    # A real account answers GET of a missing file with the connector's OperationalError
+    # errno 253006 (connector 4.8 file_transfer_agent.py), which is not a transient error:
+    # one GET for it, no backoff, one error naming it, and the 19 others cached.
+    folder = f"m20-{prefix_min}"
+    files = _put_many(session, folder, 19)
+    gone = f"{folder}/gone.png.gz"
+    gets = CountingGets(session, monkeypatch, missing={f"{STAGE}/{gone}"})
+    cache = StageCache(tmp_path / "cache", STAGE)
+    delays: list[float] = []
+    options = FillOptions(progress=False, prefix_min=prefix_min, sleep=delays.append)
+    with pytest.raises(StageFileMissing) as info:
+        cache.fill(session, dict.fromkeys([*files, gone]), options=options)
+    assert str(info.value) == f"{STAGE}/{gone}: not found in the stage"
+    assert delays == [] and gets.per_file().count(f"{STAGE}/{gone}") == 1
+    if prefix_min == 32:  # 20 files: below the prefix threshold, one GET each
+        assert len(gets.calls) == 20 and gets.per_file() == gets.calls
+    else:  # the folder in one GET, then the one file it lacked on its own
+        assert gets.calls == [f"{STAGE}/{folder}/", f"{STAGE}/{gone}"]
+    for rel, data in files.items():
+        assert cache.is_current(rel) and cache.path(rel).read_bytes() == data
+    assert not cache.is_current(gone)
+
+
+def test_fill_names_ten_missing_files_then_a_count(session, tmp_path, monkeypatch) -> None:
+    wanted = {f"absent/{i:02d}.png.gz": None for i in range(12)}
+    gets = CountingGets(session, monkeypatch, missing={f"{STAGE}/{rel}" for rel in wanted})
+    with pytest.raises(StageFileMissing) as info:
+        StageCache(tmp_path / "cache", STAGE).fill(session, wanted, options=QUIET)
+    names = ", ".join(f"{STAGE}/absent/{i:02d}.png.gz" for i in range(10))
+    assert str(info.value) == f"{names} and 2 more: not found in the stage"
+    assert len(gets.calls) == 12
+
+
+def test_fill_by_prefix_takes_one_get_per_folder(session, staged, cfg, monkeypatch) -> None:
+    gets = CountingGets(session, monkeypatch)
+    source = _source(session, cfg, prefix_min=2, parallel=5)
+    train = source.samples("train")  # 3 of the 6 pairs: half of each folder is due
+    assert gets.calls == [f"{STAGE}/images/", f"{STAGE}/masks/"]
+    assert [o["parallel"] for o in gets.options] == [5, 5]
+    source.samples("val")  # the folder GETs brought the manifest's other files along
+    source.samples("test")
+    assert len(gets.calls) == 2
+    for sample in train + source.samples("val"):
+        assert source.read(sample.image) == staged[sample.image]
+        assert source.read(sample.mask) == staged[sample.mask]
+
+
+def test_partial_refresh_falls_back_to_per_file_gets(session, staged, cfg, monkeypatch) -> None:
+    _source(session, cfg, prefix_min=2).samples("all")
+    source = _source(session, cfg, prefix_min=2)
+    stale = source.cache.path("images/004.png.gz")
+    stale.write_bytes(b"cut")  # one file of twelve is stale: not worth a folder GET
+    gets = CountingGets(session, monkeypatch)
+    source.samples("all")
+    assert gets.calls == [f"{STAGE}/images/004.png.gz"]
+    assert source.read(f"{STAGE}/images/004.png.gz") == staged[f"{STAGE}/images/004.png.gz"]
+    gets = CountingGets(session, monkeypatch)
+    _source(session, cfg, refresh=True, prefix_min=2).samples("all")  # all due: by prefix
+    assert gets.calls == [f"{STAGE}/images/", f"{STAGE}/masks/"]

@@ -1,25 +1,23 @@
-"""Tests for fissure.snowflake.files: names, retries, single-file push and fetch."""
+"""Tests for fissure.snowflake.files: names, what an error means, retries."""
 
 from __future__ import annotations
 
-import gzip
-import io
-import os
-
 import pytest
-import torch
-from stage_helpers import STAGE
+from stage_helpers import STAGE, file_not_exists
 
 from fissure.config import SnowflakeConfig
 from fissure.errors import ConfigError, DataError
 from fissure.snowflake.files import (
-    fetch_file,
+    SessionGone,
+    is_missing_error,
+    is_missing_file,
+    is_session_gone,
     is_transient,
     listed,
-    push_files,
     qualified,
     stage_name,
     stage_rel,
+    transfer_error,
     validate_stage_name,
     with_retries,
 )
@@ -45,39 +43,52 @@ def test_retries_only_transient_errors_with_backoff() -> None:
     assert is_transient(ConnectionResetError()) and is_transient(TimeoutError())
 
 
-def test_push_and_fetch_model_files(session, tmp_path) -> None:
-    weights = os.urandom(3000)
-    plain = tmp_path / "best_model.pth"
-    plain.write_bytes(weights)
-    packed = tmp_path / "gz" / "best_model.pth.gz"
-    packed.parent.mkdir()
-    packed.write_bytes(gzip.compress(weights))
-    prefix = f"{STAGE}/models"
-    assert push_files(session, [plain], prefix + "/") == [f"{prefix}/best_model.pth"]
-    assert push_files(session, [packed], prefix) == [f"{prefix}/best_model.pth.gz"]
+def test_a_missing_file_on_a_real_account_is_never_retried() -> None:
+    # connector 4.8 raises OperationalError (its network-error class) with errno 253006 for
+    # GET of a missing file: it must not be taken for a hiccup (4 GETs, 3.5 s of backoff).
+    missing = file_not_exists()
+    assert is_missing_file(missing) and is_missing_error(missing) and not is_transient(missing)
+    calls: list[int] = []
+    delays: list[float] = []
 
-    got = fetch_file(session, f"{prefix}/best_model.pth", tmp_path / "a")
-    assert got == tmp_path / "a" / "best_model.pth" and got.read_bytes() == weights
-    got = fetch_file(session, f"{prefix}/best_model.pth.gz", tmp_path / "b")
-    assert got == tmp_path / "b" / "best_model.pth" and got.read_bytes() == weights
-    assert [p.name for p in (tmp_path / "b").iterdir()] == ["best_model.pth"]
+    def get() -> None:
+        calls.append(1)
+        raise missing
 
-    torch.save({"w": torch.arange(3)}, tmp_path / "ckpt.pt")
-    push_files(session, [tmp_path / "ckpt.pt"], prefix)
-    state = torch.load(fetch_file(session, f"{prefix}/ckpt.pt", tmp_path / "c"), weights_only=True)
-    assert state["w"].tolist() == [0, 1, 2]
+    with pytest.raises(type(missing)):
+        with_retries(get, "@S/images/x.png.gz", sleep=delays.append)
+    assert calls == [1] and delays == []
 
-    with pytest.raises(DataError, match=rf"^{prefix}/absent\.pth: file not found in the stage"):
-        fetch_file(session, f"{prefix}/absent.pth", tmp_path / "d")
-    session.file.put_stream(
-        io.BytesIO(b"\x1f\x8bjunk"), f"{prefix}/broken.pth.gz", auto_compress=False, overwrite=True
-    )
-    with pytest.raises(DataError, match="broken.pth.gz: corrupt or truncated gzip"):
-        fetch_file(session, f"{prefix}/broken.pth.gz", tmp_path / "e")
-    with pytest.raises(DataError, match="not a stage path"):
-        push_files(session, [plain], "models/")
-    with pytest.raises(DataError, match="file not found"):
-        push_files(session, [tmp_path / "nothing.pth"], prefix)
+
+def test_the_emulators_missing_file_and_snowpark_wrapping() -> None:
+    from snowflake.connector.errors import OperationalError, ProgrammingError
+    from snowflake.snowpark.exceptions import SnowparkSQLException
+    from snowflake.snowpark.mock.exceptions import SnowparkLocalTestingException
+
+    assert is_missing_file(SnowparkLocalTestingException("the file does not exist: /x/a.png"))
+    # Snowpark wraps a ProgrammingError (PUT of a missing local file, same errno) in its own
+    # SnowparkSQLException, keeping the connector error as conn_error.
+    inner = ProgrammingError(msg="File doesn't exist: /x", errno=253006)
+    wrapped = SnowparkSQLException("File doesn't exist", conn_error=inner)
+    assert is_missing_file(wrapped) and not is_transient(wrapped)
+    assert not is_missing_file(OperationalError(msg="connection reset", errno=254000))
+    assert not is_missing_file(OSError(2, "No such file"))  # a local errno, not the connector's
+
+
+def test_a_session_gone_is_reconnected_not_retried() -> None:
+    from snowflake.connector.errors import DatabaseError, ProgrammingError
+    from snowflake.snowpark.exceptions import SnowparkSessionException
+
+    # network.py: 390114 (master token expired) after 4 hours idle without keep-alive;
+    # Snowpark's own 1404 when the client already knows the session is closed.
+    expired = ProgrammingError(msg="Authentication token has expired.", errno=390114)
+    closed = SnowparkSessionException("the session has been closed", error_code="1404")
+    for exc in (expired, closed, DatabaseError(msg="Connection is closed", errno=250002)):
+        assert is_session_gone(exc) and not is_transient(exc)
+    error = transfer_error(expired, "@S/models/best.pt", "upload")
+    assert isinstance(error, SessionGone) and "expired or closed" in str(error)
+    other = transfer_error(RuntimeError("boom"), "@S/x", "upload")
+    assert type(other) is DataError and str(other) == "@S/x: cannot upload (boom)"
 
 
 def test_stage_names() -> None:

@@ -10,15 +10,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from stage_helpers import STAGE, pair, png
+from stage_helpers import STAGE, CountingGets, CountingPuts, pair, png
 
 from fissure.checkpoint import Checkpoint
 from fissure.config import load_config
-from fissure.errors import CheckpointError, ConfigError, DataError, FissureError
+from fissure.errors import CheckpointError, ConfigError, DataError
 from fissure.model import build_model
 from fissure.prediction.files import find_inputs
-from fissure.snowflake import runs
-from fissure.snowflake.files import fetch_file, push_files
+from fissure.snowflake import runs, transfer
+from fissure.snowflake.files import SessionGone
 from fissure.snowflake.runs import (
     PUSH_FILES,
     check_push_target,
@@ -28,6 +28,7 @@ from fissure.snowflake.runs import (
     read_checkpoint,
     stage_fetcher,
 )
+from fissure.snowflake.transfer import fetch_file, push_files
 
 MODELS = f"{STAGE}/models/runs-test"
 
@@ -139,9 +140,105 @@ def test_stage_fetcher_reads_named_images_on_demand(session, tmp_path) -> None:
     assert [i.source for i in found] == [f"{STAGE}/photos/b.png.gz"]
     assert found[0].read() == raw  # gunzipped on the way, as a model pulled is
     assert str(found[0].location) == f"{STAGE[1:]}/photos/b.png.gz"
-    with pytest.raises(FissureError, match="name stage images one by one"):
+    with pytest.raises(DataError) as info:  # the emulator has no LIST
         fetch(f"{STAGE}/photos/", "**/*")
+    assert "cannot be listed in Snowpark's local emulator" in str(info.value)
     missing = fetch(f"{STAGE}/photos/absent.png", "**/*")  # read on demand: fails when read
     with pytest.raises(DataError, match="absent.png: file not found in the stage"):
         missing[0].read()
     assert fetch_file(session, f"{STAGE}/photos/b.png.gz", tmp_path / "x").name == "b.png"
+
+
+def test_predict_a_stage_folder_on_a_real_account(session, tmp_path, monkeypatch) -> None:
+    from snowflake.snowpark import ListResult
+
+    folder = f"{STAGE}/site7/"
+    local = tmp_path / "site7"
+    (local / "sub").mkdir(parents=True)
+    files = {"a.jpg": png(pair(3)[0]), "b.png.gz": gzip.compress(png(pair(4)[0]), mtime=0)}
+    for name, data in files.items():
+        (local / name).write_bytes(data)
+    (local / "notes.txt").write_text("not an image")
+    (local / "sub" / "a.jpg").write_bytes(png(pair(5)[0]))  # same base name, in a sub-folder
+    push_files(session, [local / n for n in (*files, "notes.txt")], folder)
+    push_files(session, [local / "sub" / "a.jpg"], folder + "sub")
+    rows = [  # LIST on a real account: '<stage in lower case>/<path>' (sql-reference/sql/list)
+        ListResult(f"my_fissure_stage/site7/{rel}", (local / rel).stat().st_size, "", None, "")
+        for rel in ("a.jpg", "b.png.gz", "notes.txt", "sub/a.jpg")
+    ]
+    monkeypatch.setattr(transfer, "is_local_testing", lambda s: False)
+    monkeypatch.setattr(session.file, "list", lambda location, **kw: rows)  # LIST only
+    found = find_inputs([folder], fetch=stage_fetcher(session))
+    names = ["a.jpg", "b.png.gz", "sub/a.jpg"]  # images only, in sub-folders too
+    assert [i.source for i in found] == [folder + name for name in names]
+    gets = CountingGets(session, monkeypatch)
+    assert found[1].read() == files["b.png.gz"]  # as stored: the decoder reads gzip
+    assert found[0].read() == files["a.jpg"] and found[2].read() == png(pair(5)[0])
+    # One GET brought the folder; the two a.jpg share a name once flattened: one GET each.
+    assert gets.calls == [folder, f"{folder}a.jpg", f"{folder}sub/a.jpg"]
+    top = find_inputs([folder], pattern="*.jpg", fetch=stage_fetcher(session))
+    assert [i.source for i in top] == [f"{folder}a.jpg"]
+
+
+def test_push_run_keeps_the_session_it_was_given(session, checkpoint_file, tmp_path) -> None:
+    from snowflake.snowpark import Session
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "best.pt").write_bytes(checkpoint_file.read_bytes())
+    other = Session.builder.config("local_testing", True).create()
+    try:  # two sessions: "the" active session no longer exists, and is never looked for
+        pushed = push_run(other, run_dir, f"{STAGE}/models/kept/", log=lambda line: None)
+        assert pushed == [f"{STAGE}/models/kept/best.pt"]
+        assert pull(other, pushed[0], tmp_path / "back").read_bytes() == (
+            run_dir / "best.pt"
+        ).read_bytes()
+        with pytest.raises(DataError, match="file not found in the stage"):
+            pull(session, pushed[0], tmp_path / "not-there")  # another session's stage
+    finally:
+        other.close()
+
+
+def test_push_after_a_long_run_reconnects(session, checkpoint_file, tmp_path, monkeypatch):
+    from snowflake.snowpark import Session
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "best.pt").write_bytes(checkpoint_file.read_bytes())
+    gone = Session.builder.config("local_testing", True).create()
+    gone.close()  # what Snowflake does to a session idle for 4 hours without keep-alive
+    with pytest.raises(SessionGone, match="session has expired or closed"):
+        push_run(gone, run_dir, f"{STAGE}/models/late/", log=lambda line: None)
+    lines: list[str] = []
+    pushed = push_run(gone, run_dir, f"{STAGE}/models/late/", log=lines.append,
+                      reopen=lambda: session)
+    assert pull(session, pushed[0], tmp_path / "back").name == "best.pt"
+    assert lines[0] == "the Snowflake session has closed; opening a new one"
+
+    # Closed on the server while the client still thinks it open: the PUT says so
+    # (connector network.py: 390114 "Authentication token has expired").
+    from snowflake.connector.errors import ProgrammingError
+
+    def expired(*args, **kwargs):
+        raise ProgrammingError(msg="Authentication token has expired.", errno=390114)
+
+    stale = Session.builder.config("local_testing", True).create()
+    try:
+        monkeypatch.setattr(stale.file, "put", expired)
+        lines.clear()
+        push_run(stale, run_dir, f"{STAGE}/models/later/", log=lines.append,
+                 reopen=lambda: session)
+        assert lines[0] == "the Snowflake session has expired; opening a new one"
+        assert pull(session, f"{STAGE}/models/later/best.pt", tmp_path / "b2").is_file()
+    finally:
+        stale.close()
+
+
+def test_outputs_go_up_in_one_put(session, tmp_path, monkeypatch) -> None:
+    folder = tmp_path / "out"
+    folder.mkdir()
+    for i in range(5):
+        (folder / f"{i}.png").write_bytes(png(pair(i)[1]))
+    puts = CountingPuts(session, monkeypatch)
+    push_outputs(session, folder, f"{STAGE}/predictions/many/")
+    assert len(puts.puts) == 1 and not puts.streams

@@ -5,11 +5,22 @@ from __future__ import annotations
 import hashlib
 import io
 import pickle
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
-from stage_helpers import COLUMNS, DB, MANIFEST, STAGE, HashDataset, pair, write_manifest
+from stage_helpers import (
+    COLUMNS,
+    DB,
+    MANIFEST,
+    STAGE,
+    HashDataset,
+    on_container,
+    pair,
+    read_only,
+    write_manifest,
+)
 from torch.utils.data import DataLoader
 
 from fissure.config import SnowflakeConfig
@@ -20,8 +31,7 @@ from fissure.snowflake.source import StageSource, read_manifest
 
 
 def _source(session, cfg, **kwargs) -> StageSource:
-    kwargs.setdefault("progress", False)
-    return StageSource(session, cfg, **kwargs)
+    return StageSource.from_config(cfg, session=session, progress=False, **kwargs)
 
 
 # -- listing and reading ----------------------------------------------------------------
@@ -160,6 +170,14 @@ BAD_MANIFESTS = {  # case: (rows, a fragment of the error); two-column rows lack
         [["1.png", "1.png", "TRAIN"], ["2.png", "1.png", "TEST"]],
         "row 2 MASK_NAME '1.png' (same mask as row 1)",
     ),
+    "case-image": (  # one file in a cache on a case-insensitive disk (macOS, Windows)
+        [["a.png", "a.png", "TRAIN"], ["A.png", "b.png", "TEST"]],
+        "row 2 IMAGE_NAME 'A.png' (differs only in case from row 1 'a.png')",
+    ),
+    "case-mask": (
+        [["a.png", "m.png", "TRAIN"], ["b.png", "M.PNG", "TEST"]],
+        "row 2 MASK_NAME 'M.PNG' (differs only in case from row 1 'm.png')",
+    ),
     "dotdot": ([["../../etc/1.png", "1.png", "TRAIN"]], "row 1 IMAGE_NAME '../../etc/1.png' ('..'"),
     "absolute": ([["/etc/1.png", "1.png", "TRAIN"]], "'/etc/1.png' (absolute path)"),
     "control": ([["1.png", "0\n1.png", "TRAIN"]], "row 1 MASK_NAME '0\\n1.png' (control"),
@@ -192,6 +210,27 @@ def test_manifest_problems_are_listed_together(session, cfg) -> None:
     write_manifest(session, f"{DB}.M_MANY", rows)
     with pytest.raises(DataError, match=r"13 bad row\(s\): row 1 .* and 3 more$"):
         _source(session, SnowflakeConfig(manifest="M_MANY", cache_dir=cfg.cache_dir))
+
+
+def test_cache_goes_to_tmp_when_its_folder_is_read_only_inside_snowflake(
+    session, staged, cfg, monkeypatch, tmp_path
+) -> None:
+    locked = tmp_path / "home"
+    read_only(locked, monkeypatch)
+    on_container(monkeypatch, tmp_path / "runtime")  # a Container Runtime notebook
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    lines: list[str] = []
+    try:
+        relocated = SnowflakeConfig(cache_dir=str(locked / "cache"))
+        source = StageSource.from_config(relocated, session=session, progress=False,
+                                         log=lines.append)
+        assert source.cache.root.is_relative_to(tmp_path / "tmp" / locked.relative_to("/"))
+        sample = source.samples("test")[0]
+        assert source.read(sample.image) == staged[sample.image]
+        assert lines == [f"{locked / 'cache'}: not writable here; using "
+                         f"{tmp_path / 'tmp' / locked.relative_to('/') / 'cache'}"]
+    finally:
+        locked.chmod(0o755)
 
 
 def test_missing_manifest_and_empty_split(session, staged, cfg) -> None:

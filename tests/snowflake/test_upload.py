@@ -13,14 +13,13 @@ from fissure.config import SnowflakeConfig
 from fissure.data import FolderSource, load_pair
 from fissure.data.image import decode_image, decode_mask
 from fissure.errors import ConfigError, DataError
-from fissure.snowflake.files import fetch_file
 from fissure.snowflake.source import StageSource
+from fissure.snowflake.transfer import fetch_file
 from fissure.snowflake.upload import upload_data, upload_dataset
 
 
 def _source(session, cfg, **kwargs) -> StageSource:
-    kwargs.setdefault("progress", False)
-    return StageSource(session, cfg, **kwargs)
+    return StageSource.from_config(cfg, session=session, progress=False, **kwargs)
 
 
 def test_upload_is_idempotent_and_round_trips(session, tmp_path) -> None:
@@ -85,6 +84,51 @@ def test_upload_refuses_names_that_would_collide(session, tmp_path) -> None:
     (root / "images" / "000.png").rename(root / "images" / "000.jpg")
     with pytest.raises(DataError, match="'000.png' and '000.jpg' would share one name"):
         upload_dataset(session, root, cfg, progress=False)
+
+
+def test_upload_refuses_names_differing_only_in_case(session, tmp_path) -> None:
+    root = tmp_path / "ds"
+    local_dataset(root, count=2)
+    for folder in ("images", "masks"):  # ab.png and AB.png: one file on macOS or Windows
+        (root / folder / "000.png").rename(root / folder / "ab.png")
+        (root / folder / "001.png").rename(root / folder / "AB.png")
+    cfg = SnowflakeConfig(stage="CASE_STAGE", manifest="V_CASE")
+    with pytest.raises(DataError) as info:
+        upload_dataset(session, root, cfg, progress=False)
+    message = str(info.value)
+    assert "AB.png" in message and "ab.png" in message and "differing only in case" in message
+
+
+def test_a_stage_made_on_an_account_has_encryption_and_a_directory(session, tmp_path, monkeypatch):
+    # The emulator makes stages on first put and has no SQL: stand in for session.sql alone,
+    # to see the statements a real account receives.
+    from fissure.snowflake import upload
+
+    statements: list[str] = []
+
+    class Ran:
+        def __init__(self, text: str) -> None:
+            statements.append(text)
+
+        def collect(self) -> list:
+            return []
+
+    monkeypatch.setattr(upload, "is_local_testing", lambda s: False)
+    monkeypatch.setattr(session, "sql", Ran)
+    root = tmp_path / "ds"
+    local_dataset(root, count=2)
+    cfg = SnowflakeConfig(stage="SSE_STAGE", manifest="V_SSE")
+    assert upload_dataset(session, root, cfg, progress=False)["uploaded"] == 4
+    stage = f"{DB}.SSE_STAGE"
+    assert statements == [
+        f"CREATE STAGE IF NOT EXISTS {stage} "
+        "ENCRYPTION = (TYPE = 'SNOWFLAKE_SSE') DIRECTORY = (ENABLE = TRUE)",
+        f"ALTER STAGE {stage} REFRESH",  # internal stages' directory tables refresh by hand
+    ]
+    assert upload.create_stage_sql(f"@{stage}") == statements[0]
+    statements.clear()
+    upload_dataset(session, root, cfg, progress=False)  # nothing new: no refresh
+    assert statements == [statements[0]] and statements[0].startswith("CREATE STAGE")
 
 
 def test_upload_takes_a_folder_source_and_a_table(session, tmp_path) -> None:

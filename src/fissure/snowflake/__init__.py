@@ -1,10 +1,15 @@
 """Snowflake: the only package that imports the ``snowflake`` library.
 
-* :mod:`~fissure.snowflake.session`: opening or finding a Snowpark session, and where this
-  process runs. Every other function here takes the session as a parameter; none is kept
-  in a module global.
-* :mod:`~fissure.snowflake.files`: stage names, retried transfers, single-file GET and PUT,
-  manifest tables.
+* :mod:`~fissure.snowflake.environment`: where this process runs (the warehouse sandbox,
+  the Container Runtime, outside) and the defaults that follow: the stage reader, loader
+  workers, writable folders.
+* :mod:`~fissure.snowflake.session`: which session an operation uses, opened with
+  keep-alive and reopened when closed. Every other function here takes the session as a
+  parameter; none is kept in a module global.
+* :mod:`~fissure.snowflake.files`: stage names, what an error means (missing file,
+  transient, session gone), retries, manifest tables.
+* :mod:`~fissure.snowflake.transfer`: GET and PUT, one file or a whole prefix per query,
+  and LIST.
 * :mod:`~fissure.snowflake.cache`: the local copy of a stage's files that training reads.
 * :mod:`~fissure.snowflake.source`: the manifest read into samples, and
   :class:`~fissure.snowflake.source.StageSource`, a :class:`fissure.data.PairSource`.

@@ -1,10 +1,9 @@
-"""Files in a Snowflake stage: names, retried transfers, single-file get and put, tables.
+"""Files in a Snowflake stage: names, errors, retries, and manifest tables.
 
-Snowpark's ``get_stream`` downloads to ``tempfile.gettempdir()/<basename>``, so
-``images/001.png.gz`` and ``masks/001.png.gz`` collide when read concurrently. Here a
-file is fetched with ``session.file.get`` into a private temporary folder and moved into
-place with ``os.replace``, so a file only ever appears complete under its final name.
-The local cache built on this is :mod:`fissure.snowflake.cache`.
+What a failure means decides what happens next: a missing file is reported at once and
+never retried (:func:`is_missing_file`), a network or service hiccup is retried with
+backoff (:func:`is_transient`), and a session the server dropped is opened again by the
+caller (:func:`is_session_gone`). Files are moved by :mod:`fissure.snowflake.transfer`.
 
 The stage is spelled fully qualified everywhere (:func:`stage_name`): the local-testing
 emulator treats ``@STAGE`` and ``@DB.SCH.STAGE`` as two stages.
@@ -13,25 +12,14 @@ emulator treats ``@STAGE`` and ``@DB.SCH.STAGE`` as two stages.
 from __future__ import annotations
 
 import errno
-import gzip
-import io
-import os
 import re
-import shutil
-import tempfile
 import time
 import unicodedata
-import zlib
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor, as_completed
-from pathlib import Path
 from typing import Any, TypeVar
-
-from tqdm.auto import tqdm
 
 from ..config import SnowflakeConfig
 from ..data import is_stage_path
-from ..data.image import GZIP_MAGIC
 from ..errors import ConfigError, DataError
 
 T = TypeVar("T")
@@ -47,12 +35,24 @@ _RETRYABLE = (  # noqa: SIM905 (one line per name would dwarf the rule it states
     "GatewayTimeoutError RequestTimeoutError BadGatewayError TooManyRequests "
     "OtherHTTPRetryableError RequestExceedMaxRetryError PresignedUrlExpiredError"
 ).split()
+# The connector's ER_FILE_NOT_EXISTS: GET of a path with no file under it (OperationalError,
+# raw through Snowpark) or PUT of a missing local file (ProgrammingError).
+FILE_NOT_EXISTS = 253006
+# The session is gone: expired (390112), its login expired (390114), no longer exists
+# (390111), or the connection was closed (250002, ER_CONNECTION_IS_CLOSED).
+_SESSION_GONE = {390111, 390112, 390114, 250002}
+# Snowpark's own: session expired (1402), session closed (1404).
+_SNOWPARK_SESSION_GONE = {"1402", "1404"}
 # A safe SQL identifier: unquoted, or quoted without quotes inside (names go into SQL text).
 _IDENT = re.compile(r'^(?:[A-Za-z_][A-Za-z0-9_$]*|"[^"]+")$')
 
 
 class StageFileMissing(DataError):
     """A file the manifest names is not in the stage."""
+
+
+class SessionGone(DataError):
+    """The session expired or was closed: a new session can go on, another try cannot."""
 
 
 def reason(exc: BaseException) -> str:
@@ -68,9 +68,55 @@ def listed(items: Iterable[str], limit: int = 10) -> str:
     return ", ".join(items[:limit]) + more
 
 
+def _errnos(exc: BaseException) -> set[int]:
+    """The connector error numbers ``exc`` carries, itself or wrapped by Snowpark."""
+    found: set[int] = set()
+    for err in (exc, getattr(exc, "conn_error", None)):
+        number = getattr(err, "errno", None) if err is not None else None
+        if isinstance(number, int) and not isinstance(err, OSError):
+            found.add(number)
+    code = getattr(exc, "sql_error_code", None)
+    if isinstance(code, int):
+        found.add(code)
+    return found
+
+
+def is_missing_file(exc: BaseException) -> bool:
+    """Whether ``exc`` says a stage file is not there, which no retry can change.
+
+    A real account says it with the connector's ``OperationalError`` errno 253006 ("the file
+    does not exist"), raised raw through ``session.file.get``; the emulator with its own
+    ``SnowparkLocalTestingException``, in the same words.
+    """
+    if FILE_NOT_EXISTS in _errnos(exc):
+        return True
+    return type(exc).__name__ == "SnowparkLocalTestingException" and (
+        "does not exist" in str(exc).lower()
+    )
+
+
+def is_session_gone(exc: BaseException) -> bool:
+    """Whether ``exc`` says the session itself has expired or closed: reconnect, not retry."""
+    if _errnos(exc) & _SESSION_GONE:
+        return True
+    return str(getattr(exc, "error_code", "")) in _SNOWPARK_SESSION_GONE
+
+
+def transfer_error(exc: BaseException, what: str, doing: str) -> DataError:
+    """The one-line error of a failed transfer of ``what``: :class:`SessionGone` when the
+    session is the cause, else a DataError saying what could not be done."""
+    if is_session_gone(exc):
+        return SessionGone(f"{what}: the Snowflake session has expired or closed ({reason(exc)})")
+    return DataError(f"{what}: cannot {doing} ({reason(exc)})")
+
+
 def is_transient(exc: BaseException) -> bool:
-    """Whether ``exc`` looks like a network or service hiccup worth another try."""
-    if isinstance(exc, DataError):
+    """Whether ``exc`` looks like a network or service hiccup worth another try.
+
+    Never a missing file nor a gone session, although the connector raises the first as an
+    ``OperationalError``, the class of its network errors.
+    """
+    if isinstance(exc, DataError) or is_missing_file(exc) or is_session_gone(exc):
         return False
     from snowflake.connector import errors as ce
     from snowflake.snowpark.exceptions import SnowparkSQLException
@@ -114,7 +160,10 @@ def with_retries(
 
 
 def is_missing_error(exc: BaseException) -> bool:
-    """Snowflake's (and the emulator's) way of saying an object or file is not there."""
+    """Snowflake's (and the emulator's) way of saying an object (a table, a stage) or a file
+    is not there, in words: for tables and views, whose errors carry no file errno."""
+    if is_missing_file(exc):
+        return True
     text = str(exc).lower()
     return "does not exist" in text or "not found" in text
 
@@ -216,137 +265,3 @@ def match_columns(frame: Any, name: str, wanted: Iterable[str], hint: str) -> di
         found = ", ".join(map(str, frame.columns)) or "none"
         raise DataError(f"{name}: missing column(s) {', '.join(missing)} (found {found}); {hint}")
     return {w: actual[w.upper()] for w in wanted}
-
-
-# -- single-file transfers ----------------------------------------------------------------
-
-
-def download(
-    session: Any, stage_path: str, dest: Path, scratch: Path, sleep: Sleep = time.sleep
-) -> int:
-    """Fetch one stage file to ``dest`` atomically; returns its size in bytes.
-
-    ``scratch`` must be on the filesystem of ``dest`` so that the final move is atomic.
-    GET matches by prefix on a real stage (``a.png.gz`` also brings ``a.png.gz.bak``),
-    so only the file with the exact basename is kept.
-    """
-    basename = stage_path.rsplit("/", 1)[-1]
-    scratch.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=scratch, prefix="get-") as tmp:
-        got = Path(tmp) / basename
-
-        def fetch() -> int:
-            got.unlink(missing_ok=True)
-            results = session.file.get(stage_path, tmp)
-            mine = [r for r in results or [] if Path(str(getattr(r, "file", ""))).name == basename]
-            expected = getattr(mine[0], "size", None) if mine else None
-            if expected is not None and int(expected) < 0:
-                raise ConnectionError("the connector reported a failed download")  # retried
-            if not got.is_file():
-                raise StageFileMissing(f"{stage_path}: file not found in the stage")
-            size = got.stat().st_size
-            if expected is not None and int(expected) != size:
-                raise ConnectionError(f"got {size} bytes of {int(expected)}")  # retried
-            return size
-
-        try:
-            size = with_retries(fetch, stage_path, sleep=sleep)
-        except DataError:
-            raise
-        except Exception as exc:
-            if is_missing_error(exc):
-                raise StageFileMissing(f"{stage_path}: file not found in the stage") from None
-            raise DataError(f"{stage_path}: cannot download ({reason(exc)})") from None
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.replace(got, dest)
-        except OSError as exc:
-            raise DataError(f"{dest}: cannot write ({reason(exc)})") from None
-    return size
-
-
-def put_bytes(session: Any, stage_path: str, data: bytes, sleep: Sleep = time.sleep) -> None:
-    """Upload ``data`` as ``stage_path`` exactly as given (no compression), replacing it."""
-
-    def go() -> Any:
-        return session.file.put_stream(
-            io.BytesIO(data), stage_path, auto_compress=False, overwrite=True
-        )
-
-    try:
-        with_retries(go, stage_path, sleep=sleep)
-    except DataError:
-        raise
-    except Exception as exc:
-        raise DataError(f"{stage_path}: cannot upload ({reason(exc)})") from None
-
-
-def push_files(session: Any, files: list[Path], stage_prefix: str) -> list[str]:
-    """Upload local ``files`` as-is under ``stage_prefix``; returns their stage paths."""
-    if not is_stage_path(stage_prefix):
-        raise DataError(f"{stage_prefix!r}: not a stage path (it must start with '@')")
-    out = []
-    for file in map(Path, files):
-        if not file.is_file():
-            raise DataError(f"{file}: file not found")
-        target = validate_stage_name(f"{stage_prefix.rstrip('/')}/{file.name}")
-        put_bytes(session, target, file.read_bytes())
-        out.append(target)
-    return out
-
-
-def fetch_file(session: Any, stage_path: str, dest_dir: Path) -> Path:
-    """Download one stage file into ``dest_dir``; gzip content (by magic) is decompressed.
-
-    ``models/best_model.pth.gz`` arrives as ``best_model.pth`` whether or not it really
-    was compressed, which is what the original notebook tripped over.
-    """
-    if not is_stage_path(stage_path):
-        raise DataError(f"{stage_path!r}: not a stage path (it must start with '@')")
-    validate_stage_name(stage_path)
-    dest_dir = Path(dest_dir).expanduser()
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    base = stage_path.rsplit("/", 1)[-1]
-    target = dest_dir / (base[:-3] if base.lower().endswith(".gz") and len(base) > 3 else base)
-    with tempfile.TemporaryDirectory(dir=dest_dir, prefix=".fissure-get-") as tmp:
-        got = Path(tmp) / "file"
-        download(session, stage_path, got, Path(tmp) / "scratch")
-        with got.open("rb") as f:
-            compressed = f.read(2) == GZIP_MAGIC
-        if compressed:
-            plain = Path(tmp) / "plain"
-            try:
-                with gzip.open(got, "rb") as src, plain.open("wb") as dst:
-                    shutil.copyfileobj(src, dst, 1 << 20)
-            except (OSError, EOFError, zlib.error) as exc:
-                raise DataError(f"{stage_path}: corrupt or truncated gzip data ({exc})") from None
-            got = plain
-        os.replace(got, target)
-    return target
-
-
-def run_threads(
-    fn: Callable[[T], Any], items: list[T], workers: int, desc: str, progress: bool
-) -> list[T]:
-    """Apply ``fn`` to ``items`` on ``workers`` threads under a progress bar.
-
-    Returns the items whose stage file is missing. Any other error stops the run at once
-    (files not yet started are cancelled) rather than retrying thousands of files against
-    a dead network, and is raised.
-    """
-    missing: list[T] = []
-    pool = ThreadPoolExecutor(max_workers=max(1, workers))
-    bar = tqdm(total=len(items), desc=desc, unit="file", disable=not progress)
-    try:
-        futures = {pool.submit(fn, item): item for item in items}
-        for future in as_completed(futures):
-            bar.update(1)
-            exc = future.exception()
-            if isinstance(exc, StageFileMissing):
-                missing.append(futures[future])
-            elif exc is not None:
-                raise exc
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-        bar.close()
-    return missing

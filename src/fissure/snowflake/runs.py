@@ -1,24 +1,35 @@
 """The Snowflake side of runs: stage checkpoints, pushing runs and predictions, pulling files,
 and stage images as prediction inputs.
 
-These are the operations :mod:`fissure.api` builds on; each takes the session it works on.
-The stage files themselves are moved by :mod:`fissure.snowflake.files`.
+These are the operations :mod:`fissure.api` builds on; each takes the session it works on
+and keeps to it. The stage files themselves are moved by :mod:`fissure.snowflake.transfer`:
+a run's files and a prediction's outputs go up in one PUT, and a stage folder given as a
+prediction input is listed (``LIST``, real accounts only) and fetched in one GET.
 """
 
 from __future__ import annotations
 
+import re
 import tempfile
+import threading
+from collections import Counter
 from collections.abc import Callable, Iterable
+from functools import partial
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..checkpoint import Checkpoint, load_checkpoint
 from ..data import is_stage_path
 from ..data.image import is_image_name
-from ..errors import CheckpointError, ConfigError, DataError, FissureError
+from ..errors import CheckpointError, ConfigError, DataError
 from ..prediction.files import Fetch, InputImage
 from ..training.distributed import is_main_process
-from .files import fetch_file, push_files, validate_stage_name
+from .files import SessionGone, validate_stage_name
+from .session import is_alive
+from .transfer import PARALLEL, fetch_file, get_prefix, list_stage, push_files
+
+T = TypeVar("T")
+Log = Callable[[str], None]
 
 if TYPE_CHECKING:
     from snowflake.snowpark import Session
@@ -61,18 +72,46 @@ def check_push_target(prefix: str) -> str:
     return prefix
 
 
+def on_live_session(
+    work: Callable[[Any], T], session: Session, reopen: Callable[[], Session] | None, log: Log
+) -> T:
+    """``work(session)``, on a new session from ``reopen`` if this one has closed.
+
+    After hours of training on the local cache the session may be gone: closed as the
+    client knows, or expired on the server, which only the next query tells. Without
+    ``reopen`` the one-line :class:`~fissure.snowflake.files.SessionGone` stands.
+    """
+    if reopen is not None and not is_alive(session):
+        log("the Snowflake session has closed; opening a new one")
+        session = reopen()
+    try:
+        return work(session)
+    except SessionGone:
+        if reopen is None:
+            raise
+    log("the Snowflake session has expired; opening a new one")
+    return work(reopen())
+
+
 def push_run(
-    session: Session, run_dir: str | Path, prefix: str, *, log: Callable[[str], None] = print
+    session: Session,
+    run_dir: str | Path,
+    prefix: str,
+    *,
+    log: Log = print,
+    reopen: Callable[[], Session] | None = None,
 ) -> list[str]:
     """Upload a run's ``best.pt``, ``config.yaml`` and metrics (:data:`PUSH_FILES`) under
-    ``prefix``; returns their stage paths (none on a torchrun rank other than 0)."""
+    ``prefix`` in one PUT, on ``session``; returns their stage paths (none on a torchrun rank
+    other than 0). ``reopen`` gives a new session when this one has closed or expired."""
     if not is_main_process():  # under torchrun every rank gets here; one upload is enough
         return []
     run_dir = Path(run_dir)
     if not (run_dir / "best.pt").is_file():
         raise CheckpointError(f"{run_dir}: no best.pt to push")
     files = [run_dir / name for name in PUSH_FILES if (run_dir / name).is_file()]
-    pushed = push_files(session, files, check_push_target(prefix))
+    target = check_push_target(prefix)
+    pushed = on_live_session(lambda s: push_files(s, files, target), session, reopen, log)
     log(f"pushed {', '.join(f.name for f in files)} to {prefix.rstrip('/')}/")
     return pushed
 
@@ -80,7 +119,7 @@ def push_run(
 def push_outputs(
     session: Session, folder: str | Path, prefix: str, records: Iterable[dict[str, Any]] = ()
 ) -> list[dict[str, Any]]:
-    """Upload the prediction outputs written to ``folder`` under stage ``prefix``.
+    """Upload the prediction outputs written to ``folder`` under stage ``prefix``, in one PUT.
 
     Paths below ``folder`` in predictions.csv/json, and in the returned copies of
     ``records``, are rewritten to name the stage copies. Only the folder's own files go up.
@@ -99,26 +138,71 @@ def push_outputs(
     return [{k: staged(v) if isinstance(v, str) else v for k, v in r.items()} for r in records]
 
 
+def _glob(pattern: str) -> re.Pattern[str]:
+    """``Path.glob``'s pattern language for stage paths: ``**/`` any folders, ``*`` a name."""
+    parts = re.split(r"(\*\*/|\*\*|\*|\?)", pattern)
+    table = {"**/": "(?:.*/)?", "**": ".*", "*": "[^/]*", "?": "[^/]"}
+    return re.compile("".join(table.get(p, re.escape(p)) for p in parts))
+
+
+class _Folder:
+    """The images of one stage folder, fetched in one GET at the first read.
+
+    GET writes files under their base name, so an image whose name another one in a
+    sub-folder shares is fetched on its own; so are all of them when the images are less
+    than half of what the folder holds (by size), rather than bringing the rest along.
+    """
+
+    def __init__(self, session: Session, folder: str, listing: list[tuple[str, int]]) -> None:
+        self.session, self.folder = session, folder
+        names = Counter(path.rsplit("/", 1)[-1].casefold() for path, _ in listing)
+        self.unique = {p for p, _ in listing if names[p.rsplit("/", 1)[-1].casefold()] == 1}
+        self.lock = threading.Lock()
+        self.got: dict[str, tuple[Path, int]] | None = None
+        self.tmp = tempfile.TemporaryDirectory(prefix="fissure-input-")  # gone with self
+
+    def read(self, stage_path: str, whole: bool) -> bytes:
+        """The bytes of ``stage_path`` (plain or gzip), from the folder's GET or its own."""
+        if whole and stage_path in self.unique:
+            with self.lock:
+                if self.got is None:
+                    dest = Path(self.tmp.name) / "folder"
+                    self.got = get_prefix(self.session, self.folder, dest, PARALLEL)
+            local = self.got.get(stage_path.rsplit("/", 1)[-1])
+            if local is not None:
+                return local[0].read_bytes()
+        with tempfile.TemporaryDirectory(prefix="fissure-input-") as tmp:
+            return fetch_file(self.session, stage_path, Path(tmp)).read_bytes()
+
+
 def stage_fetcher(session: Session) -> Fetch:
     """The ``fetch`` hook of :func:`fissure.prediction.files.find_inputs` for stage inputs.
 
-    A stage file named as an input (``@STAGE/photos/a.jpg.gz``) is read on demand, on
-    ``session``. Listing a stage folder needs SQL (``LIST``), which Snowpark's local
-    emulator lacks, so inputs must name files; the glob pattern does not apply to them.
+    A stage file named as an input (``@STAGE/photos/a.jpg.gz``) is read on demand. A stage
+    folder (``@STAGE/photos/``) is listed with ``LIST`` on a real account, its images
+    (those matching ``pattern``) read from one GET of the folder; Snowpark's emulator
+    has no LIST, so there a folder is a one-line DataError.
     """
 
     def fetch(stage_path: str, pattern: str = "**/*") -> list[InputImage]:
-        if not is_image_name(stage_path):
-            raise FissureError(
-                f"{stage_path}: name stage images one by one (a stage folder cannot be "
-                "listed here); or fetch them with `fissure snowflake pull`"
-            )
+        if "/" in stage_path.rstrip("/"):  # the stage itself (``@S/``) has no path to check
+            validate_stage_name(stage_path.rstrip("/"))
+        if is_image_name(stage_path):
 
-        def read() -> bytes:
-            with tempfile.TemporaryDirectory(prefix="fissure-input-") as tmp:
-                return fetch_file(session, stage_path, Path(tmp)).read_bytes()
+            def read() -> bytes:
+                with tempfile.TemporaryDirectory(prefix="fissure-input-") as tmp:
+                    return fetch_file(session, stage_path, Path(tmp)).read_bytes()
 
-        return [InputImage(stage_path, read, PurePosixPath(stage_path.lstrip("@")))]
+            return [InputImage(stage_path, read, PurePosixPath(stage_path.lstrip("@")))]
+        folder = stage_path.rstrip("/") + "/"
+        listing = list_stage(session, folder)
+        match = _glob(pattern)
+        images = [(p, n) for p, n in listing
+                  if is_image_name(p) and match.fullmatch(p[len(folder):])]
+        reader = _Folder(session, folder, listing)
+        whole = 2 * sum(n for _, n in images) >= sum(n for _, n in listing)
+        return [InputImage(p, partial(reader.read, p, whole), PurePosixPath(p.lstrip("@")))
+                for p, _ in images]
 
     return fetch
 

@@ -6,22 +6,26 @@ dataset, training and evaluation never know where the bytes come from. Inside Sn
 Python sandbox files are streamed with ``SnowflakeFile``; elsewhere they are fetched once
 into a local cache (:class:`~fissure.snowflake.cache.StageCache`), so DataLoader workers
 need no session and Snowpark's ``get_stream`` collision bug never applies.
+
+Names that differ only in case (``A.png``, ``a.png``) are refused in the manifest: they are
+two stage files, but one file in a cache on a case-insensitive disk (macOS, Windows).
 """
 
 from __future__ import annotations
 
 import re
 import time
-from pathlib import Path
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from ..config import SPLITS, SnowflakeConfig
 from ..data import Sample
 from ..data.image import image_stem
 from ..errors import DataError
-from .cache import StageCache
+from .cache import FillOptions, StageCache
+from .environment import Log, choose_reader, writable_dir
 from .files import (
-    Sleep,
+    StageFileMissing,
     is_missing_error,
     is_null,
     listed,
@@ -34,7 +38,6 @@ from .files import (
     stage_rel,
     with_retries,
 )
-from .session import choose_reader
 
 if TYPE_CHECKING:
     from snowflake.snowpark import Session
@@ -60,9 +63,10 @@ class _Rows:
         self.issues: list[str] = []
         self.splits: dict[str, list[Sample]] = {split: [] for split in SPLITS}
         self.src: dict[str, str | None] = {}
-        # The first row of each image name and of each mask, to name it in a duplicate's error.
-        self.stems: dict[str, int] = {}
-        self.masks: dict[str, int] = {}
+        # The first row of each image name and of each mask, by the name folded to lower
+        # case, to name it in a duplicate's error: see the module docstring.
+        self.stems: dict[str, tuple[int, str]] = {}
+        self.masks: dict[str, tuple[int, str]] = {}
 
     def problems(self, row: int, image: Any, mask: Any, group: Any) -> list[str]:
         """What is wrong with one row: unsafe names first, then its group or a duplicate."""
@@ -72,11 +76,13 @@ class _Rows:
         split = None if is_null(group) else GROUPS.get(str(group).strip().upper())
         if split is None:
             bad.append(f"row {row} {gc} {group!r} (expected TRAIN, VAL or TEST)")
-        elif not bad and image_stem(image) in self.stems:
-            first = self.stems[image_stem(image)]
-            bad.append(f"row {row} {ic} {image!r} (same name as row {first})")
-        elif not bad and mask is not None and mask in self.masks:
-            bad.append(f"row {row} {mc} {mask!r} (same mask as row {self.masks[mask]})")
+        elif not bad and image_stem(image).casefold() in self.stems:
+            first, name = self.stems[image_stem(image).casefold()]
+            same = image_stem(name) == image_stem(image)
+            bad.append(_taken(row, ic, image, first, name, "same name as" if same else ""))
+        elif not bad and mask is not None and mask.casefold() in self.masks:
+            first, name = self.masks[mask.casefold()]
+            bad.append(_taken(row, mc, mask, first, name, "same mask as" if name == mask else ""))
         return bad
 
     def add(self, row: int, rec: dict[str, Any]) -> None:
@@ -89,17 +95,24 @@ class _Rows:
         if bad:
             self.issues.extend(bad)
             return
-        self.stems[image_stem(image)] = row
+        self.stems[image_stem(image).casefold()] = (row, image)
         image_rel = stage_rel(cfg.image_prefix, image, cfg.suffix)
         self.src[image_rel] = _hash(rec, self.sha_cols[0])
         mask_path = None
         if mask is not None:
-            self.masks[mask] = row
+            self.masks[mask.casefold()] = (row, mask)
             mask_rel = stage_rel(cfg.mask_prefix, mask, cfg.suffix)
             self.src[mask_rel] = _hash(rec, self.sha_cols[1])
             mask_path = f"{self.stage}/{mask_rel}"
         split = GROUPS[str(group).strip().upper()]
         self.splits[split].append(Sample(image_stem(image), f"{self.stage}/{image_rel}", mask_path))
+
+
+def _taken(row: int, column: str, value: str, first: int, name: str, same: str) -> str:
+    """A name row ``first`` already has (``same`` says how), or one differing only in case."""
+    if same:
+        return f"row {row} {column} {value!r} ({same} row {first})"
+    return f"row {row} {column} {value!r} (differs only in case from row {first} {name!r})"
 
 
 def _hash(rec: dict[str, Any], column: str | None) -> str | None:
@@ -152,18 +165,16 @@ class StageSource:
         cfg: SnowflakeConfig,
         refresh: bool = False,
         reader: str = "auto",
-        workers: int = 4,
-        progress: bool = True,
-        sleep: Sleep = time.sleep,
+        fill: FillOptions | None = None,
+        log: Log = print,
     ) -> None:
         self.cfg = cfg
         self.stage = stage_name(cfg)
         self.manifest = qualified(cfg, cfg.manifest)
         self.description = f"{self.stage} (manifest {self.manifest})"
         self.reader = choose_reader(reader)
-        self.workers, self.progress = workers, progress
+        self.fill = fill or FillOptions()
         self._session: Any = session
-        self._sleep: Sleep = sleep
         # Files fetched after this moment count as refreshed, so DDP ranks share a refresh.
         self._since = time.time() if (refresh or cfg.refresh) else None
         self._splits, self._src = read_manifest(session, cfg, self.manifest, self.stage)
@@ -175,7 +186,8 @@ class StageSource:
             except Exception:
                 account = "default"
             safe = [re.sub(r"[^A-Za-z0-9._-]", "_", p) for p in (account, self.stage[1:])]
-            self.cache = StageCache(Path(cfg.cache_dir).expanduser().joinpath(*safe), self.stage)
+            root = writable_dir(cfg.cache_dir, log)  # /tmp in a read-only notebook folder
+            self.cache = StageCache(root.joinpath(*safe), self.stage, known=self._src)
 
     @classmethod
     def from_config(
@@ -187,24 +199,23 @@ class StageSource:
         reader: str = "auto",
         workers: int = 4,
         progress: bool = True,
+        log: Log = print,
     ) -> StageSource:
         """The stage and manifest ``cfg`` names, read on ``session``.
 
-        ``refresh`` (or ``cfg.refresh``) fetches cached files again; ``reader`` is
-        ``auto``, ``stream`` or ``cache`` (see :func:`~fissure.snowflake.session.choose_reader`);
-        ``workers`` threads fill the cache, under a progress bar when ``progress``.
+        ``refresh`` (or ``cfg.refresh``) fetches cached files again; ``reader`` is ``auto``,
+        ``stream`` or ``cache`` (see :func:`~fissure.snowflake.environment.choose_reader`);
+        ``workers`` threads fill the cache, under a progress bar when ``progress``; ``log``
+        says where the cache went when ``cfg.cache_dir`` cannot be written inside Snowflake.
         """
-        return cls(session, cfg, refresh, reader=reader, workers=workers, progress=progress)
+        fill = FillOptions(workers=workers, progress=progress)
+        return cls(session, cfg, refresh, reader=reader, fill=fill, log=log)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_session"] = None  # a Snowpark session cannot be pickled
-        state["_sleep"] = None
+        state["fill"] = replace(self.fill, sleep=time.sleep)
         return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._sleep = time.sleep
 
     def samples(self, split: str) -> list[Sample]:
         """Pairs of ``split`` (train, val, test or all) by name, their files cached first."""
@@ -227,9 +238,7 @@ class StageSource:
         if not wanted:
             return
         if self._session is not None:  # without one (a worker), read() reports what lacks
-            self.cache.fill(
-                self._session, wanted, self._since, self.workers, self.progress, self._sleep
-            )
+            self.cache.fill(self._session, wanted, self._since, self.fill)
             self._filled.update(wanted)
 
     def _relative(self, locator: str) -> str:
@@ -264,10 +273,10 @@ class StageSource:
                 return f.read()
 
         try:
-            return with_retries(go, locator, sleep=self._sleep)
+            return with_retries(go, locator, sleep=self.fill.sleep)
         except DataError:
             raise
         except Exception as exc:
             if is_missing_error(exc):
-                raise DataError(f"{locator}: file not found in the stage") from None
+                raise StageFileMissing(f"{locator}: file not found in the stage") from None
             raise DataError(f"{locator}: cannot read from the stage ({reason(exc)})") from None

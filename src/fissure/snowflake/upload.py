@@ -4,10 +4,16 @@ the manifest view the stage source reads.
 Idempotent by content: the table behind the view keeps each file's SHA-256, so a second
 upload of the same folder transfers nothing and adds no rows, and a changed file is the
 only one sent again (caches notice it through the hash, see :mod:`fissure.snowflake.source`).
+
+A stage made here has server-side encryption and a directory table (:func:`create_stage_sql`):
+scoped file URLs, ``DIRECTORY(@stage)`` and image inference inside Snowflake need both. A
+stage that exists already is left as it is (its encryption cannot be changed). Names that
+differ only in case are refused, as the stage source refuses them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import time
@@ -24,19 +30,26 @@ from .files import (
     is_null,
     match_columns,
     name_problem,
-    put_bytes,
     qualified,
     read_table,
     reason,
-    run_threads,
     stage_name,
     stage_rel,
 )
 from .session import is_local_testing
 from .source import IMAGE_SHA, MASK_SHA
+from .transfer import put_bytes, run_threads
 
 if TYPE_CHECKING:
     from snowflake.snowpark import Session
+
+
+def create_stage_sql(stage: str) -> str:
+    """The DDL of a stage fissure makes: SSE-encrypted, with a directory table."""
+    return (
+        f"CREATE STAGE IF NOT EXISTS {stage.lstrip('@')} "
+        "ENCRYPTION = (TYPE = 'SNOWFLAKE_SSE') DIRECTORY = (ENABLE = TRUE)"
+    )
 
 
 def _local_file(path: str) -> tuple[str, bytes]:
@@ -101,9 +114,12 @@ def _add_pair(plan: _Plan, cfg: SnowflakeConfig, stage: str, split: str, sample:
         problem = name_problem(name)
         if problem:
             raise DataError(f"{path}: file name unusable in a stage ({problem})")
-        key = f"{col}:{image_stem(name) if col == ic else name}"
+        key = f"{col}:{image_stem(name) if col == ic else name}".casefold()
         if key in plan.seen:
-            raise DataError(f"{path}: same {col} as {plan.seen[key]}; names must be unique")
+            raise DataError(
+                f"{path}: same {col} as {plan.seen[key]}, or one differing only in case; "
+                "names must be unique"
+            )
         plan.seen[key] = path
         entry[col], entry[sha_col] = name, hashlib.sha256(data).hexdigest()
     old = plan.rows.get(entry[ic]) or {}
@@ -120,9 +136,20 @@ def _check_unique_stems(rows: dict[str, dict[str, Any]], table: str) -> None:
     """Rows already in the table count too: StageSource needs unique image names."""
     stems: dict[str, str] = {}
     for name in rows:
-        first = stems.setdefault(image_stem(name), name)
+        first = stems.setdefault(image_stem(name).casefold(), name)
         if first != name:
-            raise DataError(f"{table}: images {first!r} and {name!r} would share one name")
+            raise DataError(f"{table}: images {first!r} and {name!r} would share one name "
+                            "(on a case-insensitive disk at least)")
+
+
+def _refresh_directory(session: Any, stage: str) -> None:
+    """Bring the stage's directory table up to date with the files just put.
+
+    A directory table on an internal stage is refreshed by hand. A stage made before
+    fissure made them with one has none to refresh: that is not this upload's failure.
+    """
+    with contextlib.suppress(Exception):
+        session.sql(f"ALTER STAGE {stage.lstrip('@')} REFRESH").collect()
 
 
 def _write_table(session: Any, cfg: SnowflakeConfig, table: str, rows: dict[str, Any]) -> None:
@@ -162,9 +189,10 @@ def upload_dataset(
     if table.upper() == view.upper():
         raise ConfigError(f"upload table {table} must differ from the manifest view")
     rows = _table_rows(session, cfg, table, view, replace_view)
-    if not is_local_testing(session):
+    real = not is_local_testing(session)
+    if real:
         try:  # the emulator makes stages on first put; a real account needs them first
-            session.sql(f"CREATE STAGE IF NOT EXISTS {stage[1:]}").collect()
+            session.sql(create_stage_sql(stage)).collect()
         except Exception as exc:
             raise DataError(f"{stage}: cannot create the stage ({reason(exc)})") from None
     plan = _Plan(rows or {}, changed=rows is None)
@@ -181,6 +209,8 @@ def upload_dataset(
         put_bytes(session, item[0], gzip.compress(_local_file(item[1])[1], mtime=0), sleep)
 
     run_threads(upload, plan.todo, workers, "local -> stage", progress)
+    if real and plan.todo:
+        _refresh_directory(session, stage)
     if plan.changed:  # files first, rows after: a crash in between re-uploads, never lies
         _write_table(session, cfg, table, plan.rows)
     session.table(table).create_or_replace_view(view)
