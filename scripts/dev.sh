@@ -11,13 +11,25 @@ fi
 stamp=.venv/.fissure-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     .venv/bin/python -m pip install --quiet --upgrade pip
-    .venv/bin/python -m pip install --quiet -e ".[dev,export]"
+    .venv/bin/python -m pip install --quiet -e ".[dev,export,app]"
     touch "$stamp"
 fi
+# The app's browser test drives Debian's Chromium; install it where we may (root with apt).
+install_browser() {
+    if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then return; fi
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+            apt-get install -y -qq chromium chromium-driver >/dev/null; } \
+          || echo "dev.sh: could not install chromium; the app's browser test will skip" >&2
+    else
+        echo "dev.sh: no chromium/chromedriver and not root with apt: the app's browser test" \
+             "will skip (apt-get install chromium chromium-driver)" >&2
+    fi
+}
 task=${1:-demo}
 shift || true
 case "$task" in
     demo) exec .venv/bin/fissure demo "$@" ;;
-    test) exec .venv/bin/python -m pytest -q "$@" ;;
+    test) install_browser; exec .venv/bin/python -m pytest -q "$@" ;;
     *) echo "usage: scripts/dev.sh demo|test [args...]" >&2; exit 2 ;;
 esac

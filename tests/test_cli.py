@@ -236,3 +236,15 @@ def test_evaluate_a_folder_that_holds_only_test(trained, synth_root, tmp_path):
     assert (tmp_path / "eval" / "metrics.json").is_file()
     assert_one_line_error(run("evaluate", trained / "best.pt", "--data", site, "--split", "val"),
                           "site7", "has no 'val' split (it has test)")
+
+
+def test_app_command_starts_streamlit(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr("fissure.app.start.subprocess.call", lambda cmd: calls.append(cmd) or 0)
+    (tmp_path / "m.pt").write_bytes(b"")
+    result = CliRunner().invoke(cli, ["app", "--checkpoint", str(tmp_path / "m.pt"),
+                                      "--runs", str(tmp_path), "--port", "8600"])
+    assert result.exit_code == 0 and calls[0][-4:] == ["--checkpoint", str(tmp_path / "m.pt"),
+                                                       "--runs", str(tmp_path)]
+    bad = CliRunner().invoke(cli, ["app", "--checkpoint", "nope.pt"])
+    assert bad.exit_code == 1 and "nope.pt: no such checkpoint file" in bad.output

@@ -35,6 +35,7 @@ LAYERS = [
     {"snowflake"},
     {"report"},
     {"api"},
+    {"app"},
     {"cli"},
     {"__main__"},
 ]

@@ -39,6 +39,14 @@ AMP_OPTION = click.option(
          "--no-amp: fp32, the same figures on every machine.")
 
 
+def _width_bounds(ctx: click.Context, param: click.Parameter, value: str) -> tuple[float, ...]:
+    """``--width-classes 0.1,0.3,1`` as numbers; PredictOptions checks that they rise."""
+    try:
+        return tuple(float(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"widths in mm such as 0.1,0.3,1, got {value!r}") from None
+
+
 @click.group(cls=FissureGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="fissure")
 @click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
@@ -162,12 +170,20 @@ def evaluate(checkpoint, data, split, out, threshold, device, workers, amp, quie
               help="Ignore cracks smaller than this many px in the measurements "
                    "(default: the checkpoint's eval.min_area).")
 @click.option("--px-per-mm", type=float, help="Image scale; adds mm and mm2 measurements.")
+@click.option("--width-classes", "width_bounds", default="0.1,0.3,1", show_default=True,
+              metavar="MM,MM,MM", callback=_width_bounds,
+              help="Upper widths in mm of hairline, fine and medium cracks in cracks.csv "
+                   "(wider is wide; needs --px-per-mm).")
+@click.option("--geojson", is_flag=True,
+              help="Also write <stem>.geojson: each crack's outline (pixel coordinates) and "
+                   "record, a GeoJSON FeatureCollection for GIS and annotation tools.")
 @click.option("--device", default="auto", show_default=True)
 @AMP_OPTION
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option("--connection", help="Snowflake connection name for a stage checkpoint or --out.")
 def predict(checkpoint, inputs, out, pattern, threshold, tile, overlap, tta, batch_size,
-            save_prob, overlay, min_area, px_per_mm, device, amp, quiet, connection) -> None:
+            save_prob, overlay, min_area, px_per_mm, width_bounds, geojson, device, amp, quiet,
+            connection) -> None:
     """Find cracks in photos of any size: masks, overlays and measurements.
 
     INPUTS are image files (gzip too) and folders. Writes <stem>.png (0/255 mask of
@@ -183,13 +199,36 @@ def predict(checkpoint, inputs, out, pattern, threshold, tile, overlap, tta, bat
     """
     options = PredictOptions(threshold=threshold, tile=tile, overlap=overlap, tta=tta,
                              batch_size=batch_size, min_area=min_area, px_per_mm=px_per_mm,
-                             amp=amp, device=device)
-    output = OutputOptions(overlay=overlay, save_prob=save_prob, glob=pattern)
+                             amp=amp, device=device, width_bounds=width_bounds)
+    output = OutputOptions(overlay=overlay, save_prob=save_prob, glob=pattern, geojson=geojson)
     records = api.predict(checkpoint, inputs, out, options, output, connection=connection,
                           progress=not quiet)
     cracked = sum(1 for r in records if r["n_segments"])
-    click.echo(f"{cracked} of {len(records)} image(s) with cracks; "
-               f"wrote masks and {Path(out) / 'predictions.csv'}")
+    click.echo(f"{cracked} of {len(records)} image(s) with cracks; wrote masks, "
+               f"{Path(out) / 'predictions.csv'} and cracks.csv")
+
+
+@cli.command("app")
+@click.option("--checkpoint", help="The model the Inspect page opens with: a checkpoint file "
+                                   "or a stage path (@DB.SCH.STAGE/models/best.pt).")
+@click.option("--runs", type=click.Path(file_okay=False),
+              help="Folder of training runs and evaluations for the Runs page.")
+@click.option("--port", type=int, help="Port to serve on (default: Streamlit's, 8501).")
+@click.option("--address", help="Address to serve on (default: every interface; 127.0.0.1 "
+                                "keeps it to this machine).")
+@click.option("--headless", is_flag=True, help="Serve without opening a browser.")
+def app(checkpoint, runs, port, address, headless) -> None:
+    """Inspect photos crack by crack in a browser: tune, measure, export; browse runs.
+
+    Starts the Streamlit app (pip install 'fissure[app]') until Ctrl+C.
+
+    \b
+    Example:
+      fissure app --checkpoint runs/demo/run/best.pt --runs runs/
+    """
+    from .app import launch as launch_app
+
+    sys.exit(launch_app(checkpoint, runs, port=port, address=address, headless=headless))
 
 
 @cli.group()

@@ -21,10 +21,20 @@ from fissure.cli import cli
 from fissure.config import config_from_dict
 from fissure.errors import FissureError
 from fissure.model import build_model
+from fissure.prediction.cracks import analyse_cracks
 from fissure.prediction.files import (
+    CRACK_FIELDS,
     InputImage,
+    crack_analysis,
+    crack_geojson,
+    crack_rows,
+    cracks_csv,
+    encode_mask,
+    encode_overlay,
+    encode_probability,
     find_inputs,
     output_names,
+    overlay_image,
     predict_files,
     prediction_record,
     write_outputs,
@@ -128,6 +138,7 @@ def test_predict_files_writes_what_the_output_options_ask(tmp_path: Path) -> Non
     assert sorted(p.name for p in out.iterdir()) == [
         "a.png",
         "a_prob.png",
+        "cracks.csv",
         "d.png",
         "d_prob.png",
         "e.png",
@@ -258,7 +269,12 @@ def test_cli_predict_options_and_errors(tmp_path: Path) -> None:
         [*args, "--no-overlay", "--tile", "32", "--overlap", "0", "--tta", "--threshold", "0.3"],
     )
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in out.iterdir()) == ["p.png", "predictions.csv", "predictions.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "cracks.csv",
+        "p.png",
+        "predictions.csv",
+        "predictions.json",
+    ]
     record = json.loads((out / "predictions.json").read_text())[0]
     assert (record["tile"], record["overlap"], record["tiles"], record["tta"]) == (32, 0, 4, True)
     assert record["threshold"] == 0.3 and record["area_mm2"] is None
@@ -266,3 +282,166 @@ def test_cli_predict_options_and_errors(tmp_path: Path) -> None:
     assert bad.exit_code == 1 and "--tile must be a positive multiple of 32" in bad.output
     missing = runner.invoke(cli, ["predict", str(ckpt), str(tmp_path / "nope"), "--out", str(out)])
     assert missing.exit_code == 1 and "no such file or folder" in missing.output
+
+
+# -- the files' bytes, cracks.csv and GeoJSON ------------------------------------------------
+
+
+class _DarkIsCrack(nn.Module):
+    """Logits from brightness alone: dark pixels (below mid-grey) are crack."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(8.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return -self.scale * x.mean(dim=1, keepdim=True)
+
+
+def _cracked_photo(height: int = 90, width: int = 120) -> np.ndarray:
+    """Grey photo with three dark cracks: a 1-px diagonal, a 5-px bar and a border crack."""
+    rgb = np.full((height, width, 3), 200, np.uint8)
+    idx = np.arange(10, 50)
+    rgb[idx, idx + 5] = 10
+    rgb[60:65, 20:100] = 10
+    rgb[:, width - 3 :] = 10
+    return rgb
+
+
+def _saved(image: Image.Image, tmp_path: Path, name: str, **kw) -> bytes:
+    image.save(tmp_path / name, **kw)
+    return (tmp_path / name).read_bytes()
+
+
+def test_encoded_files_are_the_bytes_pil_writes_to_a_path(tmp_path: Path) -> None:
+    rgb, mask = _rgb(37, 53), _rgb(37, 53)[..., 0] > 128
+    prob = np.random.default_rng(3).random((37, 53)).astype(np.float32)
+    assert encode_mask(mask) == _saved(
+        Image.fromarray(mask.astype(np.uint8) * 255), tmp_path, "m.png"
+    )
+    prob8 = Image.fromarray(np.round(prob * 255).astype(np.uint8))
+    assert encode_probability(prob) == _saved(prob8, tmp_path, "p.png")
+    overlay = Image.fromarray(overlay_image(rgb, mask))
+    assert encode_overlay(rgb, mask) == _saved(
+        overlay, tmp_path, "o.jpg", quality=90, subsampling=0
+    )
+
+
+def test_cracks_csv_sums_up_to_predictions_csv(tmp_path: Path) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(_cracked_photo()).save(photos / "cracked.png")
+    Image.fromarray(np.full((40, 50, 3), 200, np.uint8)).save(photos / "clean.png")
+    options = PredictOptions(px_per_mm=10.0, min_area=5, tile=64)
+    records = predict_files(
+        Predictor(_DarkIsCrack()), [photos], tmp_path / "out", options, progress=False
+    )
+    with (tmp_path / "out" / "cracks.csv").open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        assert tuple(reader.fieldnames or ()) == CRACK_FIELDS
+        rows = list(reader)
+    assert [r["image"] for r in records] == [str(photos / "clean.png"), str(photos / "cracked.png")]
+    assert records[0]["n_segments"] == 0
+    assert {r["image"] for r in rows} == {str(photos / "cracked.png")}
+    cracked = records[1]
+    assert cracked["n_segments"] == len(rows) == 3
+    assert cracked["area_px"] == sum(int(r["area_px"]) for r in rows)
+    assert cracked["length_px"] == pytest.approx(sum(float(r["length_px"]) for r in rows))
+    assert cracked["max_width_px"] == max(float(r["max_width_px"]) for r in rows)
+    by_orientation = {r["orientation"]: r for r in rows}
+    assert set(by_orientation) == {"diagonal", "horizontal", "vertical"}
+    assert float(by_orientation["horizontal"]["max_width_px"]) == 5.0
+    assert float(by_orientation["horizontal"]["length_px"]) == pytest.approx(80, rel=0.03)
+    assert by_orientation["horizontal"]["width_class"] == "medium"  # 0.5 mm
+    assert float(by_orientation["diagonal"]["length_px"]) == pytest.approx(40 * 2**0.5, rel=0.03)
+    assert by_orientation["diagonal"]["width_class"] == "fine"  # 0.1 mm
+    assert float(by_orientation["vertical"]["length_px"]) == pytest.approx(90, rel=0.05)
+
+
+def test_crack_rows_follow_the_prediction_and_no_crack_is_a_header() -> None:
+    rgb = _cracked_photo()
+    options = PredictOptions(tile=64, min_area=5, px_per_mm=4.0, width_bounds=(0.5, 1, 2))
+    prediction = predict_image(Predictor(_DarkIsCrack()), rgb, options)
+    analysis = crack_analysis(prediction, options)
+    assert analysis.measurements == prediction.measurements
+    rows = crack_rows("p.png", analysis.cracks)
+    # ids in the order of first pixels: border crack (0.75 mm), diagonal (0.25), bar (1.25)
+    assert [r["width_class"] for r in rows] == ["fine", "hairline", "medium"]
+    assert rows == [{"image": "p.png", **c.as_dict()} for c in analysis.cracks]
+    text = cracks_csv(rows)
+    assert text.splitlines()[0] == ",".join(CRACK_FIELDS)
+    assert len(text.splitlines()) == 4 and "\r\n" in text
+    assert cracks_csv([]) == ",".join(CRACK_FIELDS) + "\r\n"
+
+
+def test_geojson_outlines_every_crack(tmp_path: Path) -> None:
+    Image.fromarray(_cracked_photo()).save(tmp_path / "p.png")
+    out = tmp_path / "out"
+    options = PredictOptions(tile=64, min_area=5)
+    plain = predict_files(
+        Predictor(_DarkIsCrack()), [tmp_path / "p.png"], out, options, progress=False
+    )
+    assert "geojson" not in plain[0] and not list(out.glob("*.geojson"))
+    output = OutputOptions(overlay=False, geojson=True)
+    records = predict_files(
+        Predictor(_DarkIsCrack()), [tmp_path / "p.png"], out, options, output, progress=False
+    )
+    assert records[0]["geojson"] == str(out / "p.geojson")
+    assert list(records[0])[:5] == ["image", "mask", "probability", "overlay", "geojson"]
+    collection = json.loads((out / "p.geojson").read_text())
+    assert collection["type"] == "FeatureCollection"
+    assert (collection["width"], collection["height"]) == (120, 90)
+    with (out / "cracks.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    features = collection["features"]
+    assert [f["id"] for f in features] == [int(r["id"]) for r in rows] == [1, 2, 3]
+    for feature, row in zip(features, rows, strict=True):
+        assert feature["type"] == "Feature" and feature["geometry"]["type"] == "Polygon"
+        assert feature["properties"]["length_px"] == pytest.approx(float(row["length_px"]))
+        for ring in feature["geometry"]["coordinates"]:
+            assert len(ring) >= 4 and ring[0] == ring[-1]
+            assert all(len(point) == 2 for point in ring)
+        xs = [x for x, _ in feature["geometry"]["coordinates"][0]]
+        assert min(xs) == int(row["x_min"]) - 0.5 and max(xs) == int(row["x_max"]) + 0.5
+
+
+def test_geojson_of_no_crack_is_an_empty_collection() -> None:
+    collection = crack_geojson(analyse_cracks(np.zeros((5, 6), dtype=bool)), "x.png")
+    assert collection == {
+        "type": "FeatureCollection",
+        "image": "x.png",
+        "width": 6,
+        "height": 5,
+        "features": [],
+    }
+
+
+def test_cracks_csv_can_be_left_out(tmp_path: Path) -> None:
+    Image.fromarray(_cracked_photo()).save(tmp_path / "p.png")
+    output = OutputOptions(overlay=False, cracks=False)
+    predict_files(
+        Predictor(_DarkIsCrack()),
+        [tmp_path / "p.png"],
+        tmp_path / "out",
+        PredictOptions(tile=64),
+        output,
+        progress=False,
+    )
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "p.png",
+        "predictions.csv",
+        "predictions.json",
+    ]
+
+
+def test_cli_predict_writes_geojson(tmp_path: Path) -> None:
+    ckpt = _checkpoint(tmp_path, all_crack=True)
+    Image.fromarray(_rgb(40, 50)).save(tmp_path / "p.png")
+    out = tmp_path / "out"
+    args = ["predict", str(ckpt), str(tmp_path / "p.png"), "--out", str(out), "--quiet"]
+    result = CliRunner().invoke(cli, [*args, "--geojson"])
+    assert result.exit_code == 0, result.output
+    collection = json.loads((out / "p.geojson").read_text())
+    assert len(collection["features"]) == 1
+    with (out / "cracks.csv").open(newline="") as handle:
+        assert [int(r["area_px"]) for r in csv.DictReader(handle)] == [40 * 50]

@@ -1,4 +1,4 @@
-"""Tests for crack measurements (fissure.prediction.measure)."""
+"""Tests for crack measurements (fissure.prediction.measure): per image and per crack."""
 
 from __future__ import annotations
 
@@ -6,14 +6,19 @@ import math
 
 import numpy as np
 import pytest
+from scipy import ndimage
+from skimage.morphology import skeletonize
 
 from fissure.errors import DataError, FissureError
 from fissure.prediction.measure import (
     CrackMeasurements,
+    _ridge_distance,
     check_min_area,
     check_px_per_mm,
     measure_cracks,
     remove_small_components,
+    skeleton_length,
+    skeleton_links,
 )
 
 
@@ -188,3 +193,46 @@ def test_checks_pass_good_values_through() -> None:
     for bad in (0, -1.0, float("nan")):
         with pytest.raises(FissureError, match="px_per_mm must be a positive number"):
             check_px_per_mm(bad)
+
+
+# -- the one pass, crack by crack ----------------------------------------------------------
+
+
+def _one_pass_reference(mask: np.ndarray, min_area: int) -> tuple[int, int, float, float, float]:
+    """The image measurement as it was before per-crack records: one skeleton and one
+    distance transform over the box of all cracks. Kept to pin its floats bit for bit."""
+    kept, n_segments = remove_small_components(mask.astype(bool), min_area)
+    area = int(np.count_nonzero(kept))
+    if not area:
+        return 0, n_segments, 0.0, 0.0, 0.0
+    rows, cols = np.flatnonzero(kept.any(axis=1)), np.flatnonzero(kept.any(axis=0))
+    crop = np.pad(kept[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1], 1)
+    ys, xs, links = skeleton_links(skeletonize(crop))
+    distance = ndimage.distance_transform_edt(crop)
+    widths = 2.0 * _ridge_distance(distance, ys, xs) - 1.0
+    length = skeleton_length(links, distance[ys, xs])
+    return area, n_segments, length, float(widths.max()), float(widths.mean())
+
+
+def _random_mask(seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    height, width = rng.integers(1, 90, 2)
+    mask = rng.random((height, width)) < rng.random() * 0.5
+    if seed % 2:
+        mask = ndimage.binary_dilation(mask, iterations=int(rng.integers(1, 3)))
+    return mask
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_image_measurements_are_the_one_pass_floats_bit_for_bit(seed: int) -> None:
+    mask, min_area = _random_mask(seed), seed % 7
+    result = measure_cracks(mask, min_area)
+    expected = _one_pass_reference(mask, min_area)
+    got = (
+        result.area_px,
+        result.n_segments,
+        result.length_px,
+        result.max_width_px,
+        result.mean_width_px,
+    )
+    assert got == expected  # exact: predictions.csv must not change by a bit

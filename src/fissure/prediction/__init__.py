@@ -8,9 +8,11 @@
 * :mod:`~fissure.prediction.files`: :func:`predict_files`, from files and folders to masks,
   overlays and ``predictions.csv``/``.json``;
 * :mod:`~fissure.prediction.measure`: :func:`measure_cracks`, crack area, length and width;
+* :mod:`~fissure.prediction.cracks`: :func:`analyse_cracks`, one record per crack, outlines;
 * :mod:`~fissure.prediction.export`: ONNX and TorchScript export (imported on its own).
 """
 
+from .cracks import CrackAnalysis, CrackRecord, analyse_cracks
 from .files import Fetch, InputImage, find_inputs, output_names, predict_files
 from .measure import CrackMeasurements, measure_cracks
 from .options import OutputOptions, PredictOptions
@@ -24,7 +26,10 @@ from .predictor import (
 )
 
 __all__ = [
+    "CrackAnalysis",
     "CrackMeasurements",
+    "CrackRecord",
+    "analyse_cracks",
     "Fetch",
     "InputImage",
     "ModelSource",

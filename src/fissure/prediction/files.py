@@ -2,8 +2,9 @@
 
 Holds :func:`predict_files` (what ``fissure predict`` runs), the inputs
 (:class:`InputImage`, :func:`find_inputs`, and :data:`Fetch`, the hook for stage paths),
-:func:`output_names`, :func:`write_outputs` and the records (:func:`prediction_record`,
-:func:`write_records`).
+:func:`output_names`, :func:`write_outputs` and the files' bytes (:func:`encode_mask`,
+:func:`encode_overlay`), the records (:func:`prediction_record`, :func:`write_records`)
+and the crack records (:func:`crack_rows`, :func:`cracks_csv`, :func:`crack_geojson`).
 
 For every image, in the output folder (``<name>`` is the image's stem, see
 :func:`output_names`):
@@ -13,19 +14,28 @@ For every image, in the output folder (``<name>`` is the image's stem, see
   0-255, 8-bit;
 * ``<name>_overlay.jpg`` (with ``OutputOptions.overlay``): the photo with crack pixels
   painted magenta. JPEG because it is for looking at: a 12-megapixel PNG of a photo is
-  ~20 MB and slow to write.
+  ~20 MB and slow to write;
+* ``<name>.geojson`` (with ``OutputOptions.geojson``): a FeatureCollection with one
+  Polygon per crack, its outline in pixel coordinates (x = column, y = row, pixel centres
+  on whole numbers; see :func:`~fissure.prediction.cracks.crack_outline`) and its crack
+  record as properties, for GIS and annotation tools.
 
 For the run: ``predictions.csv`` and ``predictions.json``, one record per image in input
-order (see :func:`prediction_record`).
+order (see :func:`prediction_record`), and ``cracks.csv`` (with ``OutputOptions.cracks``,
+the default), one row per crack of every image in the same order: the image, then the
+fields of :class:`~fissure.prediction.cracks.CrackRecord` (see :func:`crack_rows`). An
+image's row in ``predictions.csv`` sums up its rows in ``cracks.csv`` (see
+:mod:`fissure.prediction.cracks`).
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -33,15 +43,19 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ..config import EvalConfig
 from ..data import is_stage_path
 from ..data.image import decode_image, image_stem, is_image_name, read_bytes
 from ..errors import DataError, FissureError
+from .cracks import CrackAnalysis, CrackRecord, analyse_cracks, crack_outline
 from .options import OutputOptions, PredictOptions
 from .predictor import ModelSource, Prediction, as_predictor, predict_many
 
 OVERLAY_COLOR = (255, 0, 255)
 """Magenta: rare on concrete, unlike red, which rust stains and markings share."""
 OVERLAY_ALPHA = 0.75
+CRACK_FIELDS = ("image", *(f.name for f in fields(CrackRecord)))
+"""The columns of ``cracks.csv``."""
 
 
 @dataclass(frozen=True)
@@ -168,6 +182,41 @@ def overlay_image(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return out
 
 
+def encode_mask(mask: np.ndarray) -> bytes:
+    """``<name>.png``: the mask as a lossless 8-bit PNG, 0 or 255.
+
+    Shapes:
+        mask: (H, W) bool.
+    """
+    buffer = io.BytesIO()
+    Image.fromarray(mask.astype(np.uint8) * 255).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def encode_probability(probability: np.ndarray) -> bytes:
+    """``<name>_prob.png``: the probability scaled to 0-255, as an 8-bit PNG.
+
+    Shapes:
+        probability: (H, W) float in [0, 1].
+    """
+    buffer = io.BytesIO()
+    Image.fromarray(np.round(probability * 255).astype(np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def encode_overlay(rgb: np.ndarray, mask: np.ndarray) -> bytes:
+    """``<name>_overlay.jpg``: :func:`overlay_image` as a JPEG of quality 90.
+
+    Shapes:
+        rgb: (H, W, 3) uint8.
+        mask: (H, W) bool.
+    """
+    buffer = io.BytesIO()
+    # 4:4:4 chroma: subsampling would smear one-pixel cracks into their neighbours.
+    Image.fromarray(overlay_image(rgb, mask)).save(buffer, format="JPEG", quality=90, subsampling=0)
+    return buffer.getvalue()
+
+
 def write_outputs(
     out_dir: Path,
     name: str,
@@ -188,17 +237,15 @@ def write_outputs(
         "probability": None,
         "overlay": None,
     }
-    Image.fromarray(prediction.mask.astype(np.uint8) * 255).save(paths["mask"])
+    (out_dir / f"{name}.png").write_bytes(encode_mask(prediction.mask))
     if output.save_prob:
-        paths["probability"] = str(out_dir / f"{name}_prob.png")
-        prob8 = np.round(prediction.probability * 255).astype(np.uint8)
-        Image.fromarray(prob8).save(paths["probability"])
+        prob_path = out_dir / f"{name}_prob.png"
+        prob_path.write_bytes(encode_probability(prediction.probability))
+        paths["probability"] = str(prob_path)
     if output.overlay:
-        paths["overlay"] = str(out_dir / f"{name}_overlay.jpg")
-        # 4:4:4 chroma: subsampling would smear one-pixel cracks into their neighbours.
-        Image.fromarray(overlay_image(rgb, prediction.mask)).save(
-            paths["overlay"], quality=90, subsampling=0
-        )
+        overlay_path = out_dir / f"{name}_overlay.jpg"
+        overlay_path.write_bytes(encode_overlay(rgb, prediction.mask))
+        paths["overlay"] = str(overlay_path)
     return paths
 
 
@@ -243,6 +290,78 @@ def write_records(records: list[dict[str, Any]], out_dir: Path) -> tuple[Path, P
     return csv_path, json_path
 
 
+def crack_analysis(prediction: Prediction, options: PredictOptions) -> CrackAnalysis:
+    """Every crack of ``prediction``'s mask, measured as its summary was (same
+    ``min_area``), in mm with ``options.px_per_mm``, classed by ``options.width_bounds``."""
+    min_area = EvalConfig.min_area if prediction.min_area is None else prediction.min_area
+    return analyse_cracks(prediction.mask, min_area, options.px_per_mm, options.width_bounds)
+
+
+def crack_rows(source: str, cracks: Iterable[CrackRecord]) -> list[dict[str, Any]]:
+    """The ``cracks.csv`` rows of one image: its ``source``, then each record's fields."""
+    return [{"image": source, **record.as_dict()} for record in cracks]
+
+
+def cracks_csv(rows: Iterable[dict[str, Any]]) -> str:
+    """``cracks.csv`` as text: :data:`CRACK_FIELDS`, empty cells for None; a header alone
+    when there is no crack."""
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=CRACK_FIELDS)
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def crack_geojson(analysis: CrackAnalysis, source: str | None = None) -> dict[str, Any]:
+    """The GeoJSON FeatureCollection of one image's cracks (see the module docstring).
+
+    Each Feature's ``id`` is the crack's, its properties the crack record (and
+    ``image``, the ``source``); the collection also names the image and its size.
+    """
+    height, width = analysis.labels.shape
+    features = [
+        {
+            "type": "Feature",
+            "id": record.id,
+            "geometry": {
+                "type": "Polygon",
+                "coordinates": [ring.tolist() for ring in crack_outline(analysis.labels, record)],
+            },
+            "properties": {"image": source, **record.as_dict()},
+        }
+        for record in analysis.cracks
+    ]
+    return {
+        "type": "FeatureCollection",
+        "image": source,
+        "width": width,
+        "height": height,
+        "features": features,
+    }
+
+
+def _image_outputs(
+    out_dir: Path,
+    name: str,
+    image: tuple[str, np.ndarray],
+    prediction: Prediction,
+    options: PredictOptions,
+    output: OutputOptions,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Write one image's files; returns its record and its ``cracks.csv`` rows."""
+    source, rgb = image
+    paths = write_outputs(out_dir, name, rgb, prediction, output)
+    rows: list[dict[str, Any]] = []
+    if output.cracks or output.geojson:
+        analysis = crack_analysis(prediction, options)
+        rows = crack_rows(source, analysis.cracks)
+        if output.geojson:
+            paths["geojson"] = str(out_dir / f"{name}.geojson")
+            text = json.dumps(crack_geojson(analysis, source))
+            Path(paths["geojson"]).write_text(text + "\n", encoding="utf-8")
+    return prediction_record(source, paths, prediction, options), rows
+
+
 def predict_files(
     checkpoint: ModelSource,
     inputs: Sequence[str | Path],
@@ -272,10 +391,14 @@ def predict_files(
         for rgb in [decode_image(image.read(), image.source)]
     )
     results = predict_many(predictor, decoded, options, progress=progress, total=len(images))
-    records: dict[int, dict[str, Any]] = {}
+    done: dict[int, tuple[dict[str, Any], list[dict[str, Any]]]] = {}
     for (i, rgb), prediction in results:
-        paths = write_outputs(out_dir, names[i], rgb, prediction, output)
-        records[i] = prediction_record(images[i].source, paths, prediction, options)
-    ordered = [records[i] for i in sorted(records)]
+        done[i] = _image_outputs(
+            out_dir, names[i], (images[i].source, rgb), prediction, options, output
+        )
+    ordered = [done[i][0] for i in sorted(done)]
     write_records(ordered, out_dir)
+    if output.cracks:
+        rows = [row for i in sorted(done) for row in done[i][1]]
+        (out_dir / "cracks.csv").write_text(cracks_csv(rows), encoding="utf-8", newline="")
     return ordered

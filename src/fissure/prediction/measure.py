@@ -1,11 +1,14 @@
 """Crack measurements from a binary mask: area, number of segments, length and width.
 
 Holds :func:`measure_cracks` and its :class:`CrackMeasurements`, the speck filter
-(:func:`remove_small_components`) and the skeleton length estimator.
+(:func:`remove_small_components`), the skeleton length estimator and :func:`trace_cracks`,
+the one pass both the image summary and the per-crack records
+(:mod:`fissure.prediction.cracks`) are made from.
 
 The approach follows the usual inspection practice (OnionDoctor-style): clean the mask of
 specks, reduce each crack to its one-pixel-wide centre line (skeleton), take the length
-along that line and read the local width off the distance transform on it.
+along that line and read the local width off the distance transform on it. A crack is an
+8-connected component of at least ``min_area`` pixels.
 
 Length estimator
     The skeleton is treated as a chain of 8-connected pixels. Steps between 4-neighbours
@@ -28,10 +31,18 @@ Width convention
     the width is reported as ``2 * d - 1``: a 1-px line has width 1. Even widths come out
     one pixel narrow, since the skeleton cannot sit between pixel centres. Everything
     outside the image counts as background.
+
+One crack at a time
+    Each crack is traced on its own bounding box (:func:`trace_cracks`): a pixel's
+    skeleton and distance transform depend only on its own component, so this gives the
+    pixels, and the floats, of one pass over the whole mask, without its cost on a large
+    photo with a few thin cracks. The image's figures are then summed over the skeleton
+    pixels of all cracks in image order (:func:`summarise`), as the one pass did.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
@@ -70,6 +81,24 @@ class CrackMeasurements:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class CrackLine:
+    """One crack's centre line: its pixels (image coordinates), their neighbour links
+    (:func:`skeleton_links`), the distance transform on them and the widths read there.
+
+    Shapes:
+        ys, xs: (N,) int.
+        links: (N, 8) bool.
+        end_distances, widths: (N,) float.
+    """
+
+    ys: np.ndarray
+    xs: np.ndarray
+    links: np.ndarray
+    end_distances: np.ndarray
+    widths: np.ndarray
+
+
 def check_min_area(min_area: int) -> int:
     """``min_area`` if it is ``>= 0``, else a FissureError."""
     if min_area < 0:
@@ -84,6 +113,25 @@ def check_px_per_mm(px_per_mm: float) -> float:
     return px_per_mm
 
 
+def label_cracks(mask: np.ndarray, min_area: int) -> tuple[np.ndarray, int]:
+    """Number the 8-connected components of at least ``min_area`` pixels 1, 2, ...
+
+    Returns the labels (0 elsewhere) and the count; numbers follow the order of each
+    component's first pixel, row by row.
+
+    Shapes:
+        mask: (H, W) bool.
+        returns: (H, W) int32, and an int.
+    """
+    labels, n_labels = ndimage.label(mask, structure=_EIGHT_CONNECTED)
+    if n_labels == 0:
+        return labels, 0
+    keep = np.bincount(labels.ravel()) >= min_area
+    keep[0] = False
+    numbers = (np.cumsum(keep) * keep).astype(labels.dtype)
+    return numbers[labels], int(keep.sum())
+
+
 def remove_small_components(mask: np.ndarray, min_area: int) -> tuple[np.ndarray, int]:
     """Drop 8-connected components with fewer than ``min_area`` pixels.
 
@@ -93,28 +141,8 @@ def remove_small_components(mask: np.ndarray, min_area: int) -> tuple[np.ndarray
         mask: (H, W) bool.
         returns: (H, W) bool, and an int.
     """
-    labels, n_labels = ndimage.label(mask, structure=_EIGHT_CONNECTED)
-    if n_labels == 0:
-        return np.zeros(mask.shape, dtype=bool), 0
-    keep = np.bincount(labels.ravel()) >= min_area
-    keep[0] = False
-    return keep[labels], int(keep.sum())
-
-
-def _crop_to_foreground(mask: np.ndarray) -> np.ndarray:
-    """Bounding box of the foreground of ``mask``, padded by one background pixel.
-
-    The ring keeps neighbour look-ups in bounds and makes the image border count as
-    background for both the skeleton and the distance transform.
-
-    Shapes:
-        mask: (H, W) bool with some foreground.
-        returns: (h + 2, w + 2) bool, h x w the foreground's bounding box.
-    """
-    rows = np.flatnonzero(mask.any(axis=1))
-    cols = np.flatnonzero(mask.any(axis=0))
-    box = mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
-    return np.pad(box, 1)
+    labels, count = label_cracks(mask, min_area)
+    return labels > 0, count
 
 
 def skeleton_links(skeleton: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -191,45 +219,42 @@ def _as_mask(mask: np.ndarray) -> np.ndarray:
     return array.astype(bool, copy=False)
 
 
-def measure_cracks(
-    mask: np.ndarray, min_area: int = 10, px_per_mm: float | None = None
-) -> CrackMeasurements:
-    """Measure the cracks in ``mask`` (nonzero means crack).
+def crack_pixels(labels: np.ndarray, box: tuple[slice, slice], crack_id: int) -> np.ndarray:
+    """Crack ``crack_id`` alone in its bounding ``box``, padded by one background pixel.
 
-    Components (8-connected) smaller than ``min_area`` px are dropped first; the rest are
-    the segments. Lengths and widths are in px, and also in mm when ``px_per_mm`` is given.
-    Widths are ``2 * d - 1`` sampled on the skeleton (``d`` = distance to background, read at
-    the ridge within one pixel of each skeleton pixel); see the module docstring for the
-    length estimator and the width convention.
+    The ring keeps neighbour look-ups in bounds and makes the image border count as
+    background for both the skeleton and the distance transform.
 
     Shapes:
-        mask: (H, W) bool or integer.
+        labels: (H, W) int.
+        returns: (h + 2, w + 2) bool, h x w the box.
     """
-    check_min_area(min_area)
-    if px_per_mm is not None:
-        check_px_per_mm(px_per_mm)
-    mask = _as_mask(mask)
-    kept, n_segments = remove_small_components(mask, min_area)
-    area_px = int(np.count_nonzero(kept))
-    length_px = max_width_px = mean_width_px = 0.0
-    if area_px:
-        crop = _crop_to_foreground(kept)
-        ys, xs, links = skeleton_links(skeletonize(crop))
-        distance = ndimage.distance_transform_edt(crop)
-        if ys.size:
-            widths = 2.0 * _ridge_distance(distance, ys, xs) - 1.0
-            length_px = skeleton_length(links, distance[ys, xs])
-            max_width_px = float(widths.max())
-            mean_width_px = float(widths.mean())
-    measurements = CrackMeasurements(
-        area_px=area_px,
-        area_pct=100.0 * area_px / mask.size if mask.size else 0.0,
-        n_segments=n_segments,
-        length_px=length_px,
-        max_width_px=max_width_px,
-        mean_width_px=mean_width_px,
-    )
-    return _with_millimetres(measurements, px_per_mm)
+    return np.pad(labels[box] == crack_id, 1)
+
+
+def crack_line(crack: np.ndarray, top: int, left: int) -> CrackLine:
+    """The centre line of the one crack in ``crack`` (as :func:`crack_pixels` gives it),
+    whose box starts at row ``top`` and column ``left`` of the image."""
+    ys, xs, links = skeleton_links(skeletonize(crack))
+    distance = ndimage.distance_transform_edt(crack)
+    widths = 2.0 * _ridge_distance(distance, ys, xs) - 1.0
+    return CrackLine(ys + top - 1, xs + left - 1, links, distance[ys, xs], widths)
+
+
+def _totals(lines: Sequence[CrackLine], width: int) -> tuple[float, float, float]:
+    """Length, max and mean width of all ``lines`` together, summed in image order.
+
+    The order (row by row, as ``np.nonzero`` gives) keeps every float the one-pass
+    measurement of the whole mask has always produced.
+    """
+    if not any(line.widths.size for line in lines):
+        return 0.0, 0.0, 0.0
+    flat = np.concatenate([line.ys.astype(np.int64) * width + line.xs for line in lines])
+    order = np.argsort(flat, kind="stable")
+    links = np.concatenate([line.links for line in lines])[order]
+    ends = np.concatenate([line.end_distances for line in lines])[order]
+    widths = np.concatenate([line.widths for line in lines])[order]
+    return skeleton_length(links, ends), float(widths.max()), float(widths.mean())
 
 
 def _with_millimetres(m: CrackMeasurements, px_per_mm: float | None) -> CrackMeasurements:
@@ -242,3 +267,69 @@ def _with_millimetres(m: CrackMeasurements, px_per_mm: float | None) -> CrackMea
         max_width_mm=m.max_width_px / px_per_mm,
         mean_width_mm=m.mean_width_px / px_per_mm,
     )
+
+
+def trace_cracks(
+    mask: np.ndarray, min_area: int
+) -> tuple[np.ndarray, list[tuple[slice, slice]], list[CrackLine]]:
+    """Number the cracks of ``mask`` and trace each one's centre line on its own box.
+
+    Returns the labels (:func:`label_cracks`), each crack's bounding box (rows, columns)
+    and its :class:`CrackLine`, in label order.
+
+    Shapes:
+        mask: (H, W) bool.
+        returns: (H, W) int32 labels, and one box and line per crack.
+    """
+    labels, count = label_cracks(mask, min_area)
+    boxes = list(ndimage.find_objects(labels)) if count else []
+    lines = [
+        crack_line(crack_pixels(labels, box, crack_id), box[0].start, box[1].start)
+        for crack_id, box in enumerate(boxes, start=1)
+    ]
+    return labels, boxes, lines
+
+
+def summarise(
+    labels: np.ndarray, lines: Sequence[CrackLine], px_per_mm: float | None = None
+) -> CrackMeasurements:
+    """The image's :class:`CrackMeasurements` from :func:`trace_cracks`'s labels and lines."""
+    area_px = int(np.count_nonzero(labels))
+    length_px, max_width_px, mean_width_px = _totals(lines, labels.shape[1])
+    measurements = CrackMeasurements(
+        area_px=area_px,
+        area_pct=100.0 * area_px / labels.size if labels.size else 0.0,
+        n_segments=len(lines),
+        length_px=length_px,
+        max_width_px=max_width_px,
+        mean_width_px=mean_width_px,
+    )
+    return _with_millimetres(measurements, px_per_mm)
+
+
+def check_measure_args(mask: np.ndarray, min_area: int, px_per_mm: float | None) -> np.ndarray:
+    """``mask`` as a (H, W) bool array once ``min_area`` and ``px_per_mm`` are valid."""
+    check_min_area(min_area)
+    if px_per_mm is not None:
+        check_px_per_mm(px_per_mm)
+    return _as_mask(mask)
+
+
+def measure_cracks(
+    mask: np.ndarray, min_area: int = 10, px_per_mm: float | None = None
+) -> CrackMeasurements:
+    """Measure the cracks in ``mask`` (nonzero means crack).
+
+    Components (8-connected) smaller than ``min_area`` px are dropped first; the rest are
+    the segments. Lengths and widths are in px, and also in mm when ``px_per_mm`` is given.
+    Widths are ``2 * d - 1`` sampled on the skeleton (``d`` = distance to background, read at
+    the ridge within one pixel of each skeleton pixel); see the module docstring for the
+    length estimator and the width convention.
+    :func:`~fissure.prediction.cracks.analyse_cracks` adds a record per crack.
+
+    Shapes:
+        mask: (H, W) bool or integer.
+    """
+    mask = check_measure_args(mask, min_area, px_per_mm)
+    labels, _, lines = trace_cracks(mask, min_area)
+    return summarise(labels, lines, px_per_mm)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from ..config import check_threshold
 from ..errors import FissureError
+from .cracks import DEFAULT_WIDTH_BOUNDS, check_width_bounds
 from .measure import check_min_area, check_px_per_mm
 from .tiles import check_overlap, check_tile
 
@@ -27,6 +28,8 @@ class PredictOptions:
     (3x the compute). ``batch_size``: network inputs per forward pass. ``min_area``: crack
     components smaller than this many px are left out of the measurements, default the
     checkpoint's ``eval.min_area``. ``px_per_mm``: the image scale, which adds mm figures.
+    ``width_bounds``: upper bounds in mm of the hairline, fine and medium width classes of
+    the crack records (see :mod:`~fissure.prediction.cracks`).
     ``amp``: mixed precision, default the checkpoint's ``train.amp``. ``device``: where a
     checkpoint is loaded (``auto`` picks one); a loaded :class:`Predictor` stays where it is.
     """
@@ -40,6 +43,7 @@ class PredictOptions:
     px_per_mm: float | None = None
     amp: bool | None = None
     device: str = "auto"
+    width_bounds: tuple[float, float, float] = DEFAULT_WIDTH_BOUNDS
 
     def __post_init__(self) -> None:
         if self.threshold is not None:
@@ -54,6 +58,7 @@ class PredictOptions:
             check_min_area(self.min_area)
         if self.px_per_mm is not None:
             check_px_per_mm(self.px_per_mm)
+        object.__setattr__(self, "width_bounds", check_width_bounds(self.width_bounds))
 
 
 @dataclass(frozen=True)
@@ -62,9 +67,13 @@ class OutputOptions:
 
     ``overlay``: ``<name>_overlay.jpg``, the photo with cracks in magenta. ``save_prob``:
     ``<name>_prob.png``, the probability scaled to 0-255. ``glob``: the files taken from
-    input folders (image suffixes only).
+    input folders (image suffixes only). ``cracks``: ``cracks.csv``, one row per crack of
+    every image. ``geojson``: ``<name>.geojson``, each crack's outline and record as a
+    GeoJSON FeatureCollection in pixel coordinates.
     """
 
     overlay: bool = True
     save_prob: bool = False
     glob: str = "**/*"
+    cracks: bool = True
+    geojson: bool = False

@@ -1,0 +1,199 @@
+"""What the Runs page reads: training runs and evaluations under a folder (``--runs``).
+
+A training run is a folder holding ``history.csv`` (what ``fissure train`` writes each
+epoch), with its ``config.yaml``; an evaluation is a folder holding ``metrics.json``
+(what ``fissure evaluate --out`` writes), with the figures beside it. An evaluation
+belongs to the run whose folder holds it (``runs/a/eval``); one outside any run is shown
+on its own.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..config import TrainConfig, read_yaml
+from ..errors import DataError, FissureError
+from ..report.evaluation import plot_confusion, plot_pr_curve
+from ..training.keeper import monitored_score
+
+MAX_DEPTH = 4
+"""How deep below ``--runs`` runs and evaluations are looked for."""
+FIGURES = ("pr_curve.png", "confusion_matrix.png", "samples.png")
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One ``fissure evaluate`` output folder: its metrics document and figures."""
+
+    name: str
+    folder: Path
+    metrics: dict[str, Any]
+    figures: dict[str, Path] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Run:
+    """A training run (``history`` per epoch, ``config`` as YAML text) and its evaluations.
+
+    ``best_epoch`` and ``best_score`` follow ``fissure train``'s rule: the first epoch whose
+    ``train.monitor`` score beats the best so far by more than ``train.min_delta``. A
+    folder of evaluations alone has no history.
+    """
+
+    name: str
+    folder: Path
+    history: list[dict[str, Any]] = field(default_factory=list)
+    config: str | None = None
+    monitor: str = TrainConfig.monitor
+    best_epoch: int | None = None
+    best_score: float | None = None
+    evaluations: list[Evaluation] = field(default_factory=list)
+
+
+def _number(text: str) -> float | int | str:
+    try:
+        value = float(text)
+    except ValueError:
+        return text
+    return int(value) if value.is_integer() and "." not in text else value
+
+
+def read_history(path: Path) -> list[dict[str, Any]]:
+    """``history.csv`` as one dict of numbers per epoch; a DataError naming a bad file."""
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"{path}: cannot read ({exc})") from None
+    return [{k: _number(v) for k, v in row.items() if k is not None} for row in rows]
+
+
+def best_epoch(
+    history: list[dict[str, Any]], monitor: str, min_delta: float = 0.0
+) -> tuple[int | None, float | None]:
+    """The epoch ``fissure train`` kept as ``best.pt``, and its score."""
+    best: tuple[int | None, float | None] = (None, None)
+    for row in history:
+        try:
+            score = float(monitored_score(row, monitor))
+        except (KeyError, TypeError, ValueError):
+            continue
+        if math.isfinite(score) and (best[1] is None or score > best[1] + min_delta):
+            best = (int(row["epoch"]), score)
+    return best
+
+
+def read_evaluation(folder: Path, root: Path) -> Evaluation:
+    """The evaluation in ``folder``; a DataError naming a damaged ``metrics.json``."""
+    path = folder / "metrics.json"
+    try:
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path}: not a metrics document ({exc})") from None
+    figures = {name: folder / name for name in FIGURES if (folder / name).is_file()}
+    return Evaluation(_name(folder, root), folder, metrics, figures)
+
+
+def _name(folder: Path, root: Path) -> str:
+    relative = folder.relative_to(root).as_posix()
+    return root.name if relative == "." else relative
+
+
+def read_run(folder: Path, root: Path, evaluations: list[Evaluation]) -> Run:
+    """The training run in ``folder`` (``history.csv``, ``config.yaml``)."""
+    history = read_history(folder / "history.csv")
+    config_path = folder / "config.yaml"
+    config = config_path.read_text(encoding="utf-8") if config_path.is_file() else None
+    train = (read_yaml(config_path).get("train") or {}) if config is not None else {}
+    monitor = str(train.get("monitor", TrainConfig.monitor))
+    epoch, score = best_epoch(history, monitor, float(train.get("min_delta", 0.0)))
+    return Run(_name(folder, root), folder, history, config, monitor, epoch, score, evaluations)
+
+
+def _folders(root: Path, name: str) -> list[Path]:
+    found = [
+        p.parent
+        for depth in range(MAX_DEPTH + 1)
+        for p in root.glob("/".join(["*"] * depth + [name]))
+    ]
+    return sorted(set(found))
+
+
+def find_runs(root: str | Path, warn: Callable[[str], None] | None = None) -> list[Run]:
+    """Every training run and evaluation under ``root``, runs first, by folder name.
+
+    A run or evaluation that cannot be read is left out, its one-line reason passed to
+    ``warn``; a missing ``root`` is a DataError.
+    """
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DataError(f"{root}: no such runs folder")
+    evaluations: list[Evaluation] = []
+    for folder in _folders(root, "metrics.json"):
+        try:
+            evaluations.append(read_evaluation(folder, root))
+        except FissureError as exc:
+            if warn:
+                warn(str(exc))
+    runs, claimed = [], set()
+    for folder in _folders(root, "history.csv"):
+        own = [e for e in evaluations if e.folder.is_relative_to(folder)]
+        try:
+            runs.append(read_run(folder, root, own))
+        except FissureError as exc:
+            if warn:
+                warn(str(exc))
+            continue
+        claimed |= {e.folder for e in own}
+    alone = [Run(e.name, e.folder, evaluations=[e]) for e in evaluations if e.folder not in claimed]
+    return runs + alone
+
+
+def metric_rows(metrics: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The headline figures of a metrics document, one row each, at 0.5 and tuned."""
+    rows = []
+    sections = (
+        ("pixel_micro", "pixel"),
+        ("detection", "image detection"),
+        ("tolerance", "tolerant"),
+    )
+    for section, label in sections:
+        for key, figure in (metrics.get(section) or {}).items():
+            value = figure.get("at_tuned") if isinstance(figure, dict) else ""
+            if value is None or isinstance(value, (int, float)):
+                rows.append(
+                    {
+                        "figure": f"{label} {key}",
+                        "at 0.5": figure.get("at_0.5"),
+                        "at tuned": figure.get("at_tuned"),
+                    }
+                )
+    return rows
+
+
+def figure_png(evaluation: Evaluation, name: str) -> bytes | None:
+    """A figure of the evaluation: its file, or drawn again from ``metrics.json`` (the PR
+    curve and the confusion matrix) when only the document is there."""
+    if name in evaluation.figures:
+        return evaluation.figures[name].read_bytes()
+    buffer = io.BytesIO()
+    metrics = evaluation.metrics
+    try:
+        if name == "pr_curve.png":
+            plot_pr_curve(metrics, buffer)
+        elif name == "confusion_matrix.png":
+            plot_confusion(
+                metrics["pixel_counts"]["at_tuned"], metrics["thresholds"]["at_tuned"], buffer
+            )
+        else:
+            return None
+    except (KeyError, TypeError, ValueError):
+        return None
+    return buffer.getvalue()

@@ -1,0 +1,66 @@
+"""Tests for reading training runs and evaluations (fissure.app.runs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fissure.app.runs import best_epoch, figure_png, find_runs, metric_rows, read_history
+from fissure.errors import DataError
+
+
+def test_runs_evaluations_and_problems_are_found(runs_root: Path) -> None:
+    problems: list[str] = []
+    runs = find_runs(runs_root, problems.append)
+    assert [run.name for run in runs] == ["run_a", "run_b", "lone/eval"]
+    assert len(problems) == 1 and "broken/metrics.json: not a metrics document" in problems[0]
+    run_a, run_b, lone = runs
+    assert [e.name for e in run_a.evaluations] == ["run_a/eval"]
+    assert set(run_a.evaluations[0].figures) == {
+        "pr_curve.png",
+        "confusion_matrix.png",
+        "samples.png",
+    }
+    assert (run_a.monitor, run_a.best_epoch, run_a.best_score) == ("iou", 2, 0.5)
+    assert (run_b.monitor, run_b.best_epoch) == ("loss", 4)  # the loss falls to the end
+    assert run_b.best_score == pytest.approx(-0.35)
+    assert run_a.history[1] == {**run_a.history[1], "epoch": 2, "val_iou": 0.5, "skipped": 0}
+    assert run_a.config is not None and "monitor: iou" in run_a.config
+    assert not lone.history and lone.config is None and lone.evaluations[0].figures == {}
+    with pytest.raises(DataError, match="no such runs folder"):
+        find_runs(runs_root / "nope")
+
+
+def test_best_epoch_follows_the_training_rule() -> None:
+    rows = [
+        {"epoch": 1, "val_iou": 0.3},
+        {"epoch": 2, "val_iou": 0.31},
+        {"epoch": 3, "val_iou": float("nan")},
+        {"epoch": 4, "val_iou": 0.4},
+    ]
+    assert best_epoch(rows, "iou") == (4, 0.4)
+    assert best_epoch(rows, "iou", min_delta=0.2) == (1, 0.3)
+    assert best_epoch([{"epoch": 1}], "iou") == (None, None)
+
+
+def test_metric_rows_and_figures(runs_root: Path) -> None:
+    run_a, _, lone = find_runs(runs_root)
+    rows = metric_rows(run_a.evaluations[0].metrics)
+    names = [row["figure"] for row in rows]
+    assert "pixel iou" in names and "image detection f1" in names and "tolerant f1" in names
+    assert set(rows[0]) == {"figure", "at 0.5", "at tuned"}
+    evaluation = run_a.evaluations[0]
+    assert (
+        figure_png(evaluation, "pr_curve.png") == (evaluation.folder / "pr_curve.png").read_bytes()
+    )
+    for name in ("pr_curve.png", "confusion_matrix.png"):  # drawn from metrics.json
+        assert figure_png(lone.evaluations[0], name)[:8] == b"\x89PNG\r\n\x1a\n"
+    assert figure_png(lone.evaluations[0], "samples.png") is None
+    assert metric_rows({}) == []
+
+
+def test_damaged_history_is_a_data_error(tmp_path: Path) -> None:
+    (tmp_path / "history.csv").write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(DataError, match="history.csv: cannot read"):
+        read_history(tmp_path / "history.csv")
