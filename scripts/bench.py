@@ -26,12 +26,20 @@ Sections (``--only``):
 
 ``util`` and ``loader`` need the training rates, so they add ``train``.
 
+One more section runs only when asked for, as it builds a whole data set:
+
+* ``seed-scale`` the original workload at its size (``--pairs``, default 11,298 on CUDA and
+  1,000 on a CPU): synthesis, stage ingest and cache fill, epochs from files against the
+  decoded-sample store, utilisation, evaluation of the test split and prediction of photos
+  of 4000x3000 (see ``benchkit/seed_scale.py``).
+
 Usage::
 
     python scripts/bench.py                      # everything, a 15-30 min run on 2 CPU cores
     python scripts/bench.py --only train,util --json bench.json
     python scripts/bench.py --quick              # tiny sizes: a smoke test, not a measurement
     python scripts/bench.py --device cuda        # unchanged on a GPU
+    python scripts/bench.py --only seed-scale --pairs 1000
 
 The markdown table goes to stdout, progress to stderr. ``segmentation_models_pytorch`` and
 ``psutil`` come from the ``bench`` extra. Without smp the run stops with one line naming the
@@ -58,9 +66,11 @@ from benchkit.e2e import bench_e2e
 from benchkit.evaluation import bench_eval, child_eval
 from benchkit.loader import bench_loader
 from benchkit.prediction import bench_predict, child_photo
+from benchkit.seed_scale import bench_seed_scale, child_seed_eval, child_seed_predict
 from benchkit.step import bench_train, profile_train_step
 
 SECTIONS = ("train", "util", "loader", "e2e", "eval", "predict")
+ON_REQUEST = ("seed-scale",)  # never part of the default run
 NEEDS = {"util": ("train",), "loader": ("train",)}
 COMPARED = {"train", "predict"}  # sections with a segmentation_models_pytorch comparison
 
@@ -102,11 +112,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--only",
         default=",".join(SECTIONS),
-        help=f"comma-separated subset of {', '.join(SECTIONS)}",
+        help=f"comma-separated subset of {', '.join(SECTIONS + ON_REQUEST)}",
     )
     parser.add_argument("--json", type=Path, help="also write every raw figure to this file")
     parser.add_argument("--reps", type=int, help="measured repetitions after the warm-up")
     parser.add_argument("--e2e-pairs", type=int, help="pairs in the end-to-end data set")
+    parser.add_argument(
+        "--pairs", type=int, help="seed-scale pairs (default: 11,298 on CUDA, 1,000 on a CPU)"
+    )
     parser.add_argument(
         "--workdir", type=Path, help="keep generated data sets here (default: a temporary folder)"
     )
@@ -140,16 +153,21 @@ def main(argv: list[str] | None = None) -> int:
             out = child_eval(rest[0], int(rest[1]), int(rest[2]))
         elif kind == "photo":
             out = child_photo(int(rest[0]), int(rest[1]), int(rest[2]), rest[3])
+        elif kind == "seed-eval":
+            out = child_seed_eval(rest[0], rest[1], rest[2])
+        elif kind == "seed-predict":
+            out = child_seed_predict(rest[0], rest[1], rest[2], rest[3])
         else:
             raise SystemExit(f"unknown child {kind}")
         print(json.dumps(out))
         return 0
 
     only = [s.strip() for s in args.only.split(",") if s.strip()]
-    unknown = sorted(set(only) - set(SECTIONS))
+    unknown = sorted(set(only) - set(SECTIONS + ON_REQUEST))
     if unknown:
         raise SystemExit(
-            f"--only: unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}"
+            f"--only: unknown section(s) {', '.join(unknown)}; "
+            f"choose from {', '.join(SECTIONS + ON_REQUEST)}"
         )
     wanted = set(only)
     for s in only:
@@ -203,6 +221,9 @@ def main(argv: list[str] | None = None) -> int:
         if "predict" in wanted:
             log("section predict")
             sections.append(bench_predict(st, device))
+        if "seed-scale" in wanted:
+            log("section seed-scale")
+            sections.append(bench_seed_scale(device, workdir, args.pairs, args.quick))
     info["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     info["wall_seconds"] = round(time.perf_counter() - started, 1)
     print(markdown(sections, info, command))

@@ -117,3 +117,27 @@ def test_any_garbage_config_is_a_config_error_or_valid(values):
     except ConfigError as exc:
         assert "\n" not in str(exc)
 
+
+
+def test_batch_size_takes_a_number_or_auto():
+    assert Config().train.batch_size == 16
+    assert load_config(None, ["train.batch_size=auto"]).train.batch_size == "auto"
+    assert load_config(None, ["train.batch_size=32"]).train.batch_size == 32
+    for bad, message in (("big", "expected a positive int or 'auto', got 'big'"),
+                         ("0", "train.batch_size: must be at least 1"),
+                         ("AUTO", "expected a positive int or 'auto'"),
+                         ("1.5", "train.batch_size: expected")):
+        with pytest.raises(ConfigError, match="train.batch_size") as info:
+            load_config(None, [f"train.batch_size={bad}"])
+        assert message in str(info.value)
+
+
+def test_data_cache_choices(tmp_path):
+    assert Config().data.cache == "auto"
+    for value in ("auto", "none", "decoded"):
+        assert load_config(None, [f"data.cache={value}"]).data.cache == value
+    with pytest.raises(ConfigError, match="data.cache: 'mmap' is not one of auto, none, decoded"):
+        load_config(None, ["data.cache=mmap"])
+    cfg = load_config(None, ["train.batch_size=auto", "data.cache=decoded"])
+    save_config(cfg, tmp_path / "c.yaml")
+    assert load_config(tmp_path / "c.yaml") == cfg

@@ -146,6 +146,10 @@ def _fit(cfg: Config, source: PairSource, run_dir: Path, *, resuming: bool, prog
     cfg = replace(cfg, train=replace(cfg.train, num_workers=workers))
     with process_group():
         setup = build_setup(cfg, source)
+        for note in setup.notes:
+            log(note)
+        if setup.cfg.train.batch_size != cfg.train.batch_size and setup.dist.main:
+            save_config(setup.cfg, run_dir / "config.yaml")  # a resume keeps the probed batch
         keeper = RunKeeper(setup, run_dir)
         step = 0
         if resuming:

@@ -241,18 +241,35 @@ def data() -> None:
 @click.option("--count", default=200, show_default=True, help="Number of image/mask pairs.")
 @click.option("--size", default=256, show_default=True, help="Image side in pixels.")
 @click.option("--seed", default=0, show_default=True, help="Same seed, same bytes.")
-def data_synth(out, count, size, seed) -> None:
+@click.option("--gzip", "gzip_files", is_flag=True,
+              help="gzip every file (x.jpg.gz), as the notebook's stage holds them.")
+@click.option("--manifest", is_flag=True,
+              help="The notebook's stage layout: images/, masks/, manifest.csv (IMAGE_NAME, "
+                   "MASK_NAME, IMAGE_GROUP) and split_*.txt; JPEG and a 0.8/0.1/0.1 split.")
+@click.option("--format", "image_format", type=click.Choice(["png", "jpg"]),
+              help="Image and mask format (default: jpg with --manifest, else png).")
+@click.option("--workers", type=click.IntRange(min=1),
+              help="Processes drawing images (default: one per core from 256 pairs).")
+def data_synth(out, count, size, seed, gzip_files, manifest, image_format, workers) -> None:
     """Write a synthetic crack dataset to OUT/{train,val,test}/{images,masks}.
 
-    \b
-    Example:
-      fissure data synth data/synth --count 200 --size 256 --seed 0
-    """
-    from .data.synth import generate_dataset
+    With --manifest, the notebook's stage layout instead (images/, masks/, manifest.csv).
 
-    counts = generate_dataset(out, count=count, size=size, seed=seed, progress=True)
+    \b
+    Examples:
+      fissure data synth data/synth --count 200 --size 256 --seed 0
+      fissure data synth data/notebook --count 11298 --size 448 --gzip --manifest
+    """
+    from .data.synth import MANIFEST_NAME, SynthOptions, generate_dataset
+
+    options = SynthOptions(manifest=manifest, gzip=gzip_files, image_format=image_format,
+                           workers=workers)
+    counts = generate_dataset(out, count=count, size=size, seed=seed, progress=True,
+                              options=options)
     click.echo(f"wrote {sum(counts.values())} pairs to {out} "
                + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    if manifest:
+        click.echo(f"manifest: {Path(out) / MANIFEST_NAME}")
 
 
 @data.command("stats")

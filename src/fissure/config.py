@@ -84,6 +84,12 @@ class DataConfig:
     crack_crop_fraction: float = 0.5
     on_error: str = _choice("raise", "raise", "skip")
     max_skip_fraction: float = 0.05
+    # decoded: each pair is gunzipped, decoded, binarised (and shrunk to `size` for resize
+    # mode's training set) once, into a memory-mapped store beside the stage cache
+    # (~/.cache/fissure/decoded, or $FISSURE_DECODED_CACHE); later epochs read arrays.
+    # auto: decoded when training on CUDA and the store fits in half the free disk, else
+    # none (on a CPU the model, not decoding, sets the pace).
+    cache: str = _choice("auto", "auto", "none", "decoded")
     snowflake: SnowflakeConfig = field(default_factory=SnowflakeConfig)
 
 
@@ -124,7 +130,9 @@ class TrainConfig:
     """Optimisation, schedule, selection, stopping and speed settings of a training run."""
 
     epochs: int = 30
-    batch_size: int = 16
+    # The global batch. auto: on CUDA the largest power of two whose forward and backward
+    # fit in memory, halved once for safety; elsewhere 16 (training.setup.AUTO_BATCH_CPU).
+    batch_size: int | str = 16
     lr: float = 1e-4
     optimizer: str = _choice("adam", "adam", "adamw")
     weight_decay: float = 0.0
@@ -253,11 +261,18 @@ def _build(cls: type, values: Mapping[str, Any], prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
+AUTO = "auto"
+"""The value of ``train.batch_size`` that asks for a size found on the device."""
+
+
 def _check(cfg: Config) -> None:
+    batch = cfg.train.batch_size
+    if isinstance(batch, str) and batch != AUTO:
+        raise ConfigError(f"train.batch_size: expected a positive int or 'auto', got {batch!r}")
     positive = {
         "data.size": cfg.data.size,
         "train.epochs": cfg.train.epochs,
-        "train.batch_size": cfg.train.batch_size,
+        "train.batch_size": batch if isinstance(batch, int) else 1,
         "train.accumulate": cfg.train.accumulate,
         "eval.batch_size": cfg.eval.batch_size,
     }

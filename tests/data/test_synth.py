@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import csv
+import gzip
+import io
 from pathlib import Path
 
 import numpy as np
@@ -9,8 +12,12 @@ import pytest
 from PIL import Image
 from skimage.morphology import skeletonize
 
+from fissure.data import FolderSource, load_pair
 from fissure.data.synth import (
+    MANIFEST_COLUMNS,
+    MANIFEST_NAME,
     SPLITS,
+    SynthOptions,
     _crack_free_per_split,
     _split_sizes,
     generate_dataset,
@@ -141,3 +148,104 @@ def test_output_path_that_is_a_file_is_refused(tmp_path: Path) -> None:
     target.write_text("x")
     with pytest.raises(DataError, match=str(target)):
         generate_dataset(target, count=3, size=32)
+
+
+# --------------------------------------------------------------------------- notebook shape
+
+
+def _notebook(root: Path, count: int = 12, **options) -> dict[str, int]:
+    opts = SynthOptions(manifest=True, gzip=True, **options)
+    return generate_dataset(root, count=count, size=48, seed=2, options=opts)
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file()}
+
+
+def test_notebook_layout_names_manifest_and_split_files(tmp_path: Path) -> None:
+    counts = _notebook(tmp_path)
+    assert counts == {"train": 10, "val": 1, "test": 1}  # 0.8 / 0.1 / 0.1 by default
+    names = [f"synth_{i:04d}.jpg" for i in range(1, 13)]
+    for sub in ("images", "masks"):
+        assert sorted(p.name for p in (tmp_path / sub).iterdir()) == [n + ".gz" for n in names]
+    with (tmp_path / MANIFEST_NAME).open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == list(MANIFEST_COLUMNS)
+    assert [r["IMAGE_NAME"] for r in rows] == names
+    assert all(r["MASK_NAME"] == r["IMAGE_NAME"] for r in rows)
+    groups = [r["IMAGE_GROUP"] for r in rows]
+    assert (groups.count("TRAIN"), groups.count("VAL"), groups.count("TEST")) == (10, 1, 1)
+    for split in SPLITS:
+        listed = (tmp_path / f"split_{split}.txt").read_text().split()
+        assert listed == [r["IMAGE_NAME"] for r in rows if r["IMAGE_GROUP"] == split.upper()]
+    assert not list(tmp_path.glob(".*"))  # no temporary manifest left behind
+
+
+def test_notebook_files_are_gzip_jpeg_with_jpeg_masks(tmp_path: Path) -> None:
+    _notebook(tmp_path, count=6)
+    grey = 0
+    for path in sorted((tmp_path / "masks").iterdir()):
+        raw = path.read_bytes()
+        assert raw[:2] == b"\x1f\x8b"
+        with Image.open(io.BytesIO(gzip.decompress(raw))) as mask:
+            assert (mask.format, mask.mode, mask.size) == ("JPEG", "L", (48, 48))
+            grey += bool(set(np.unique(np.asarray(mask)).tolist()) - {0, 255})
+        image = tmp_path / "images" / path.name
+        with Image.open(io.BytesIO(gzip.decompress(image.read_bytes()))) as im:
+            assert (im.format, im.mode) == ("JPEG", "RGB")
+    assert grey  # JPEG masks are not binary, as in the public dataset
+
+
+def test_notebook_folder_reads_with_the_manifest_splits(tmp_path: Path) -> None:
+    _notebook(tmp_path)
+    source = FolderSource(tmp_path)
+    rows = (tmp_path / MANIFEST_NAME).read_text().splitlines()[1:]
+    for split in SPLITS:
+        expected = sorted(r.split(",")[0][:-4] for r in rows if r.endswith(split.upper()))
+        assert [s.name for s in source.samples(split)] == expected
+    sample = source.samples("train")[0]
+    _, mask = load_pair(source, sample)
+    truth = synth_pair(np.random.default_rng([2, int(sample.name[-4:])]), 48,
+                       with_crack=bool(mask.any()))[1]
+    # The binarised JPEG mask is the drawn mask.
+    assert np.array_equal(mask, truth > 0)
+
+
+def test_notebook_bytes_do_not_depend_on_workers(tmp_path: Path) -> None:
+    _notebook(tmp_path / "one", workers=1)
+    _notebook(tmp_path / "two", workers=2)
+    _notebook(tmp_path / "again", workers=1)
+    one = _tree(tmp_path / "one")
+    assert one == _tree(tmp_path / "two") == _tree(tmp_path / "again")
+
+
+def test_default_bytes_do_not_depend_on_workers(tmp_path: Path) -> None:
+    generate_dataset(tmp_path / "a", count=8, size=32, options=SynthOptions(workers=1))
+    generate_dataset(tmp_path / "b", count=8, size=32, options=SynthOptions(workers=2))
+    assert _tree(tmp_path / "a") == _tree(tmp_path / "b")
+
+
+def test_gzip_png_in_the_split_layout(tmp_path: Path) -> None:
+    generate_dataset(tmp_path, count=4, size=32, options=SynthOptions(gzip=True))
+    files = sorted(p.name for p in (tmp_path / "train" / "images").iterdir())
+    assert files and all(f.endswith(".png.gz") for f in files)
+    assert not (tmp_path / MANIFEST_NAME).exists()
+    assert len(FolderSource(tmp_path).samples("all")) == 4
+
+
+def test_layouts_do_not_mix_in_one_folder(tmp_path: Path) -> None:
+    generate_dataset(tmp_path, count=4, size=32)
+    with pytest.raises(DataError, match="already holds other images"):
+        _notebook(tmp_path, count=4)
+    other = tmp_path / "other"
+    _notebook(other, count=4)
+    _notebook(other, count=4)  # a rerun rewrites the same files
+    with pytest.raises(DataError, match="already holds other images"):
+        generate_dataset(other, count=4, size=32)
+
+
+@pytest.mark.parametrize("options", [SynthOptions(image_format="gif"), SynthOptions(workers=0)])
+def test_bad_options_raise_data_error(tmp_path: Path, options: SynthOptions) -> None:
+    with pytest.raises(DataError):
+        generate_dataset(tmp_path / "out", count=3, size=32, options=options)

@@ -1,8 +1,11 @@
 """The torch Dataset over a source's samples, and the collate that batches it.
 
 An item is ``{"image": (3, H, W) float32 normalised, "mask": (1, H, W) float32 in {0, 1},
-"name": str}``. With ``on_error="skip"`` a bad sample becomes ``{"skipped": (name, reason)}``
-and :func:`collate` moves it out of the batch, so a worker never kills a long run.
+"name": str}`` (the image stays uint8 when the transform leaves it so, for augmentation on
+the GPU). With ``on_error="skip"`` a bad sample becomes ``{"skipped": (name, reason)}``
+and :func:`collate` moves it out of the batch, so a worker never kills a long run. With a
+:class:`~fissure.data.decoded.DecodedStore` each pair is decoded once and read as arrays
+afterwards; the transform, random crops and augmentation included, still runs on every read.
 """
 
 from __future__ import annotations
@@ -16,26 +19,24 @@ from torch.utils.data import Dataset, get_worker_info
 from torchvision import tv_tensors
 
 from ..errors import DataError
-from .image import decode_image, decode_mask
+from .decoded import DecodedStore, decode_pair
 from .sources import PairSource, Sample
 
 
 def load_pair(source: PairSource, sample: Sample) -> tuple[np.ndarray, np.ndarray]:
     """Decode one pair: (H, W, 3) uint8 image and (H, W) bool mask of the same size."""
-    image = decode_image(source.read(sample.image), sample.image)
+    image_data = source.read(sample.image)
     if sample.mask is None:
         raise DataError(f"{sample.image}: no mask")
-    mask = decode_mask(source.read(sample.mask), sample.mask)
-    if mask.shape != image.shape[:2]:
-        raise DataError(
-            f"{sample.mask}: mask is {mask.shape[1]}x{mask.shape[0]} but its image "
-            f"{sample.image} is {image.shape[1]}x{image.shape[0]}"
-        )
-    return image, mask
+    return decode_pair(sample, image_data, source.read(sample.mask))
 
 
 class CrackDataset(Dataset):
-    """Image/mask pairs of one split, decoded on demand and passed through ``transform``."""
+    """Image/mask pairs of one split, decoded on demand and passed through ``transform``.
+
+    ``decoded``: a store that keeps each pair decoded (and, if it says so, shrunk) after
+    its first read; None decodes the files every time.
+    """
 
     def __init__(
         self,
@@ -43,11 +44,13 @@ class CrackDataset(Dataset):
         samples: list[Sample],
         transform: Callable[..., Any],
         on_error: str = "raise",
+        decoded: DecodedStore | None = None,
     ) -> None:
         self.source = source
         self.samples = samples
         self.transform = transform
         self.on_error = on_error
+        self.decoded = decoded
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -69,19 +72,27 @@ class CrackDataset(Dataset):
     def _item(self, index: int) -> dict[str, Any]:
         sample = self.samples[index]
         try:
-            image, mask = load_pair(self.source, sample)
+            img_t, mask_t = self._pair(sample)
         except DataError as exc:
             if self.on_error == "skip":
                 return {"skipped": (sample.name, str(exc))}
             raise
-        img_t = tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1).contiguous())
-        mask_t = tv_tensors.Mask(torch.from_numpy(mask).to(torch.uint8)[None])
         img_t, mask_t = self.transform(img_t, mask_t)
         return {
             "image": img_t.as_subclass(torch.Tensor),
             "mask": mask_t.as_subclass(torch.Tensor).float(),
             "name": sample.name,
         }
+
+    def _pair(self, sample: Sample) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
+        """The decoded pair as uint8 tensors: image (3, H, W), mask (1, H, W) in {0, 1}."""
+        if self.decoded is not None:
+            image, mask = self.decoded.load(self.source, sample)
+            return (tv_tensors.Image(torch.from_numpy(image)),
+                    tv_tensors.Mask(torch.from_numpy(mask)[None]))
+        image, binary = load_pair(self.source, sample)
+        return (tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1).contiguous()),
+                tv_tensors.Mask(torch.from_numpy(binary).to(torch.uint8)[None]))
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:

@@ -1,229 +1,35 @@
-"""Procedural concrete-with-cracks images: the built-in dataset that needs no download.
+"""Procedural concrete-with-cracks datasets: the built-in data that needs no download.
 
-Every image is drawn from its own random stream derived from ``(seed, index)``, so a
-dataset is reproducible byte for byte and one image does not depend on how many others
-were generated before it. The crack is rasterised once as a signed coverage field; the
-mask is the hard threshold of that field and the image receives the soft, blurred version,
-so label and pixels agree exactly while the image still looks antialiased.
+Every image is drawn by :func:`~fissure.data.synth_draw.synth_pair` from its own random
+stream derived from ``(seed, index)``, so a dataset is reproducible byte for byte and one
+image does not depend on how many others were generated before it, nor on how many
+processes drew them. Two layouts: ``{train,val,test}/{images,masks}`` PNGs (the default),
+or the notebook's stage (flat ``images/`` and ``masks/`` of gzip JPEGs and a manifest).
 """
 
 from __future__ import annotations
 
+import gzip
+import io
 import math
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from scipy.ndimage import gaussian_filter
 
 from fissure.config import SPLITS
+from fissure.data.image import is_image_name
+from fissure.data.synth_draw import MIN_SIZE, synth_pair
 from fissure.errors import DataError
+from fissure.progress import progress_bar
 
-MIN_SIZE = 32
+__all__ = ["MIN_COUNT", "MIN_SIZE", "SPLITS", "SynthOptions", "generate_dataset", "synth_pair"]
+
 MIN_COUNT = 3
-MAX_WIDTH = 6.0
-# Crack pixel fraction we aim for in cracked images; outside it we redraw the crack.
-_FRACTION_BAND = (0.008, 0.06)
-_MAX_REDRAWS = 12
-
-
-# --------------------------------------------------------------------------- background
-
-
-def _smooth_noise(rng: np.random.Generator, size: int, scale: float) -> np.ndarray:
-    """Unit-variance-ish noise with features about ``scale`` pixels across.
-
-    Upsampling a coarse grid is far cheaper than a large-sigma Gaussian on the full image.
-    """
-    cells = max(2, int(math.ceil(size / max(scale, 1.0)))) + 1
-    coarse = rng.standard_normal((cells, cells)).astype(np.float32)
-    fine = Image.fromarray(coarse).resize((size, size), Image.Resampling.BICUBIC)
-    return np.asarray(fine, dtype=np.float32)
-
-
-def _speckles(rng: np.random.Generator, size: int, density: float, sigma: float) -> np.ndarray:
-    """Blurred random impulses: aggregate grains and air pores of roughly ``sigma`` radius."""
-    count = rng.poisson(density * size * size)
-    field = np.zeros((size, size), np.float32)
-    rows = rng.integers(0, size, count)
-    cols = rng.integers(0, size, count)
-    np.add.at(field, (rows, cols), rng.uniform(0.5, 1.0, count).astype(np.float32))
-    # Re-normalise so the peak amplitude does not shrink as sigma grows.
-    return gaussian_filter(field, sigma) * (2.0 * math.pi * sigma * sigma)
-
-
-def _background(rng: np.random.Generator, size: int) -> np.ndarray:
-    """Concrete-like luminance (H, W) float32 in roughly 0..255, before colour is applied."""
-    base = rng.uniform(110.0, 190.0)
-    lum = np.full((size, size), base, np.float32)
-    lum += _smooth_noise(rng, size, size / 2.5) * rng.uniform(5.0, 14.0)
-    lum += _smooth_noise(rng, size, rng.uniform(8.0, 20.0)) * rng.uniform(3.0, 8.0)
-    lum += gaussian_filter(rng.standard_normal((size, size)).astype(np.float32), 0.7) * (
-        rng.uniform(5.0, 11.0)
-    )
-
-    # Aggregate: lighter and darker grains of two sizes; pores are small and dark.
-    lum += _speckles(rng, size, rng.uniform(0.004, 0.015), 1.0) * rng.uniform(10.0, 28.0)
-    lum -= _speckles(rng, size, rng.uniform(0.002, 0.008), 1.2) * rng.uniform(8.0, 22.0)
-    lum -= _speckles(rng, size, rng.uniform(0.0002, 0.0015), 0.8) * rng.uniform(25.0, 55.0)
-
-    # Stains (water marks, efflorescence): large irregular blobs, usually darker.
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
-    for _ in range(rng.integers(0, 4)):
-        cy, cx = rng.uniform(0.0, 1.0, 2)
-        sigma = rng.uniform(0.08, 0.3)
-        blob = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2.0 * sigma * sigma))
-        blob *= 1.0 + 0.5 * _smooth_noise(rng, size, size / 6)
-        lum += np.clip(blob, 0.0, None) * rng.uniform(-28.0, 12.0)
-
-    # Illumination: a linear gradient plus a mild vignette, as from a flash or low sun.
-    angle = rng.uniform(0.0, 2.0 * math.pi)
-    ramp = (xx - 0.5) * math.cos(angle) + (yy - 0.5) * math.sin(angle)
-    shade = 1.0 + rng.uniform(0.0, 0.35) * ramp
-    shade -= rng.uniform(0.0, 0.25) * ((xx - 0.5) ** 2 + (yy - 0.5) ** 2)
-    return lum * shade
-
-
-# --------------------------------------------------------------------------- cracks
-
-
-def _walk(
-    rng: np.random.Generator, start: np.ndarray, heading: float, length: float, step: float
-) -> np.ndarray:
-    """Random-walk polyline (N, 2) in (x, y) whose heading meanders around ``heading``."""
-    n = max(2, int(length / step))
-    turns = rng.normal(0.0, 0.22, n)
-    kinks = rng.random(n) < 0.06
-    turns[kinks] += rng.normal(0.0, 0.7, int(kinks.sum()))
-    points = np.empty((n + 1, 2), np.float64)
-    points[0] = start
-    theta = heading
-    for i in range(n):
-        # Mean reversion keeps the crack going somewhere instead of curling up.
-        theta = heading + 0.8 * (theta - heading) + turns[i]
-        points[i + 1] = points[i] + step * np.array([math.cos(theta), math.sin(theta)])
-    jitter = rng.normal(0.0, 0.45, points.shape)
-    jitter[0] = 0.0
-    return points + jitter
-
-
-def _profile(rng: np.random.Generator, n: int, spread: float) -> np.ndarray:
-    """Smooth positive multiplier (n,) around 1 for width and contrast along a crack."""
-    raw = gaussian_filter(rng.standard_normal(n + 8), max(1.0, n / 10), mode="nearest")[4:-4]
-    raw /= raw.std() + 1e-6
-    return np.exp(spread * raw)
-
-
-def _taper(n: int, start: float, end: float) -> np.ndarray:
-    """Multiplier (n,) that narrows towards the tips; a tip at 1.0 does not taper."""
-    t = np.linspace(0.0, 1.0, n)
-    head = np.clip(t / 0.2, 0.0, 1.0)
-    tail = np.clip((1.0 - t) / 0.2, 0.0, 1.0)
-    return (start + (1.0 - start) * head) * (end + (1.0 - end) * tail)
-
-
-def _crack_strokes(rng: np.random.Generator, size: int) -> list[tuple[np.ndarray, ...]]:
-    """Main crack plus one or two branches as (points, widths, darkness) strokes."""
-    max_width = min(MAX_WIDTH, 1.0 + size / 50.0)
-    step = max(2.0, size / 64.0)
-    centre = rng.uniform(0.2, 0.8, 2) * size
-    heading = rng.uniform(0.0, math.pi)
-    left = _walk(rng, centre, heading + math.pi, rng.uniform(0.3, 0.75) * size, step)
-    right = _walk(rng, centre, heading, rng.uniform(0.3, 0.75) * size, step)
-    main = np.concatenate([left[::-1], right[1:]])
-    n = len(main)
-    w0 = rng.uniform(1.0, max_width)
-    widths = w0 * _profile(rng, n, 0.3) * _taper(n, 0.35, 0.35)
-    dark0 = rng.uniform(0.3, 0.75)
-    strokes = [(main, widths, dark0 * _profile(rng, n, 0.2))]
-
-    for _ in range(rng.integers(1, 3)):
-        at = int(rng.integers(int(0.2 * n), int(0.8 * n)))
-        local = main[min(at + 1, n - 1)] - main[max(at - 1, 0)]
-        side = rng.choice([-1.0, 1.0])
-        angle = math.atan2(local[1], local[0]) + side * rng.uniform(0.35, 1.2)
-        branch = _walk(rng, main[at], angle, rng.uniform(0.12, 0.4) * size, step)
-        m = len(branch)
-        bw = widths[at] * rng.uniform(0.45, 0.85) * _profile(rng, m, 0.2) * _taper(m, 1.0, 0.3)
-        strokes.append((branch, bw, dark0 * rng.uniform(0.8, 1.0) * _profile(rng, m, 0.2)))
-    return [(pts, np.clip(w, 1.0, MAX_WIDTH), np.clip(d, 0.15, 0.85)) for pts, w, d in strokes]
-
-
-def _rasterise(
-    strokes: list[tuple[np.ndarray, ...]], rough: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Hard mask (bool) and soft darkening field in [0, 1) for a set of strokes.
-
-    A pixel is crack when its centre lies within half the local width (plus the edge
-    roughness ``rough``) of the centreline; the darkening uses a one-pixel linear falloff
-    around that edge, so every mask pixel is darkened by at least half the local contrast.
-    """
-    size = rough.shape[0]
-    mask = np.zeros((size, size), bool)
-    dark = np.zeros((size, size), np.float32)
-    for points, widths, contrast in strokes:
-        for i in range(len(points) - 1):
-            p0, p1 = points[i], points[i + 1]
-            r0, r1 = widths[i] / 2.0, widths[i + 1] / 2.0
-            pad = max(r0, r1) + 1.5
-            x_lo = max(0, int(math.floor(min(p0[0], p1[0]) - pad)))
-            x_hi = min(size, int(math.ceil(max(p0[0], p1[0]) + pad)) + 1)
-            y_lo = max(0, int(math.floor(min(p0[1], p1[1]) - pad)))
-            y_hi = min(size, int(math.ceil(max(p0[1], p1[1]) + pad)) + 1)
-            if x_lo >= x_hi or y_lo >= y_hi:
-                continue
-            ys, xs = np.ogrid[y_lo:y_hi, x_lo:x_hi]
-            v = p1 - p0
-            vv = float(v @ v) or 1e-9
-            t = np.clip(((xs - p0[0]) * v[0] + (ys - p0[1]) * v[1]) / vv, 0.0, 1.0)
-            dist = np.hypot(xs - (p0[0] + t * v[0]), ys - (p0[1] + t * v[1]))
-            # Never below half a pixel, so hairline cracks stay connected.
-            radius = np.maximum(r0 + t * (r1 - r0) + rough[y_lo:y_hi, x_lo:x_hi], 0.5)
-            cover = np.clip(radius + 0.5 - dist, 0.0, 1.0)
-            # Deeper (darker) along the centreline, as a real crack is shadowed inside.
-            depth = 1.0 - 0.3 * np.clip(dist / np.maximum(radius, 0.5), 0.0, 1.0) ** 2
-            c = contrast[i] + t * (contrast[i + 1] - contrast[i])
-            mask[y_lo:y_hi, x_lo:x_hi] |= dist <= radius
-            region = dark[y_lo:y_hi, x_lo:x_hi]
-            np.maximum(region, (cover * depth * c).astype(np.float32), out=region)
-    return mask, dark
-
-
-def synth_pair(
-    rng: np.random.Generator, size: int, with_crack: bool = True
-) -> tuple[np.ndarray, np.ndarray]:
-    """Draw one synthetic concrete photo and its crack mask.
-
-    Args:
-        rng: Source of randomness; the result is a pure function of its state.
-        size: Side length in pixels of the square image (at least 32).
-        with_crack: If False, the image is bare concrete and the mask is all zero.
-
-    Returns:
-        ``(image, mask)``: an (H, W, 3) uint8 RGB image and an (H, W) uint8 mask in {0, 255}.
-    """
-    if size < MIN_SIZE:
-        raise DataError(f"synthetic image size must be at least {MIN_SIZE} pixels, got {size}")
-    lum = _background(rng, size)
-    mask = np.zeros((size, size), bool)
-    if with_crack:
-        # Ragged edges: real crack walls break around aggregate instead of running smooth.
-        rough = _smooth_noise(rng, size, 3.0) * rng.uniform(0.2, 0.5)
-        for _ in range(_MAX_REDRAWS):
-            strokes = _crack_strokes(rng, size)
-            mask, dark = _rasterise(strokes, rough)
-            if _FRACTION_BAND[0] <= mask.mean() <= _FRACTION_BAND[1]:
-                break
-        # Blur only the image's darkening, never the mask, so labels stay crisp.
-        dark = gaussian_filter(dark, rng.uniform(0.35, 0.8))
-        lum = lum * (1.0 - dark)
-
-    tint = 1.0 + rng.normal(0.0, 0.012, 3).astype(np.float32)
-    rgb = lum[..., None] * tint
-    # Sensor noise goes on last so the crack interior is textured like the surface.
-    rgb += rng.normal(0.0, rng.uniform(1.5, 4.0), rgb.shape).astype(np.float32)
-    image = np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
-    return image, mask.astype(np.uint8) * 255
 
 
 # --------------------------------------------------------------------------- dataset
@@ -296,12 +102,170 @@ def _check_args(
         raise DataError(f"crack_free_fraction must be in [0, 1], got {crack_free_fraction!r}")
 
 
-def _save_png(array: np.ndarray, path: Path) -> None:
-    try:
+MANIFEST_NAME = "manifest.csv"
+"""The manifest written beside ``images/`` and ``masks/`` in the stage layout."""
+MANIFEST_COLUMNS = ("IMAGE_NAME", "MASK_NAME", "IMAGE_GROUP")
+"""The columns of the notebook's ``V_TRAINING_DATA`` view, in its order."""
+NOTEBOOK_FRACTIONS = (0.8, 0.1, 0.1)
+"""Train/val/test shares of the notebook's 11,298 pairs: a 1,130-image test split."""
+_JPEG_QUALITY = 90
+# Below this many images, starting worker processes costs more than it saves.
+_PARALLEL_FROM = 256
+
+
+@dataclass(frozen=True)
+class SynthOptions:
+    """How :func:`generate_dataset` lays out and encodes its files.
+
+    ``manifest``: the layout of the notebook's stage: flat ``images/`` and ``masks/``,
+    ``manifest.csv`` (``IMAGE_NAME``, ``MASK_NAME``, ``IMAGE_GROUP`` = TRAIN/VAL/TEST) and
+    ``split_{train,val,test}.txt`` id lists, so fissure reads the manifest's splits from the
+    folder and ``fissure snowflake upload`` recreates the stage; otherwise
+    ``{train,val,test}/{images,masks}``. ``gzip``: every file compressed (``x.jpg.gz``), as
+    the stage holds them. ``image_format``: ``png`` or ``jpg`` for images and masks alike
+    (None: ``jpg`` with ``manifest``, as the public dataset, else ``png``). ``workers``:
+    processes drawing images (None: the usable cores for large sets, one for small ones);
+    the files do not depend on it.
+    """
+
+    manifest: bool = False
+    gzip: bool = False
+    image_format: str | None = None
+    workers: int | None = None
+
+    @property
+    def suffix(self) -> str:
+        """The file suffix of this layout's images and masks (``.png``, ``.jpg.gz`` ...)."""
+        fmt = self.image_format or ("jpg" if self.manifest else "png")
+        return f".{fmt}" + (".gz" if self.gzip else "")
+
+
+@dataclass(frozen=True)
+class _Item:
+    """One pair to draw: its index (the random stream), crack flag and output paths."""
+
+    index: int
+    with_crack: bool
+    image: Path
+    mask: Path
+
+
+def _encode(array: np.ndarray, suffix: str) -> bytes:
+    buf = io.BytesIO()
+    if suffix.startswith(".png"):
         # Level 1: noisy photos barely compress further, and encoding dominated run time.
-        Image.fromarray(array).save(path, format="PNG", compress_level=1)
+        Image.fromarray(array).save(buf, format="PNG", compress_level=1)
+    else:
+        Image.fromarray(array).save(buf, format="JPEG", quality=_JPEG_QUALITY)
+    data = buf.getvalue()
+    # mtime 0: the same seed gives the same bytes, gzip header included.
+    return gzip.compress(data, compresslevel=6, mtime=0) if suffix.endswith(".gz") else data
+
+
+def _write(path: Path, data: bytes) -> None:
+    try:
+        path.write_bytes(data)
     except OSError as exc:
         raise DataError(f"{path}: cannot write synthetic image ({exc.strerror or exc})") from exc
+
+
+def _draw_items(seed: int, size: int, suffix: str, items: list[_Item]) -> int:
+    """Draw and write ``items``; a module-level function so worker processes can run it."""
+    for item in items:
+        # One stream per image, so each file depends only on (seed, index, with_crack).
+        rng = np.random.default_rng([seed, item.index + 1])
+        image, mask = synth_pair(rng, size, with_crack=item.with_crack)
+        _write(item.image, _encode(image, suffix))
+        _write(item.mask, _encode(mask, suffix))
+    return len(items)
+
+
+def _plan(
+    count: int, seed: int, fractions: tuple[float, float, float], crack_free_fraction: float
+) -> list[tuple[str, int, bool]]:
+    """(split, number, with_crack) per image in file order; numbers count from 1."""
+    sizes = _split_sizes(count, fractions)
+    n_free = min(count, int(math.floor(count * crack_free_fraction + 0.5)))
+    free = _crack_free_per_split(sizes, n_free)
+    plan: list[tuple[str, int, bool]] = []
+    layout_rng = np.random.default_rng(seed)
+    start = 0
+    for split, n, n_split_free in zip(SPLITS, sizes, free, strict=True):
+        crack_free = set(layout_rng.permutation(n)[:n_split_free].tolist())
+        plan += [(split, start + j + 1, j not in crack_free) for j in range(n)]
+        start += n
+    return plan
+
+
+def _folders(out: Path, plan: list[tuple[str, str, bool]], manifest: bool) -> None:
+    """Make the output folders; refuse ones holding images this run would not write.
+
+    A stale image would join a split it was not drawn for, or, beside the other layout,
+    make the folder read differently from what the manifest says.
+    """
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out}: exists and is not a folder")
+    wanted: dict[Path, set[str]] = {}
+    for split, name, _ in plan:
+        for sub in ("images", "masks"):
+            wanted.setdefault(out / sub if manifest else out / split / sub, set()).add(name)
+    other = [out / s / sub for s in SPLITS for sub in ("images", "masks")] if manifest else [
+        out / "images", out / "masks"]
+    for folder in [*wanted, *other]:
+        keep = wanted.get(folder, set())
+        stale = sorted(p.name for p in folder.glob("*") if is_image_name(p.name)
+                       and p.name not in keep) if folder.is_dir() else []
+        if stale:
+            raise DataError(
+                f"{folder}: already holds other images ({stale[0]}); use an empty folder"
+            )
+    for folder in wanted:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DataError(f"{folder}: cannot create folder ({exc.strerror or exc})") from exc
+
+
+def _write_manifest(out: Path, plan: list[tuple[str, str, bool]]) -> None:
+    """``manifest.csv`` and the split id lists; written last, so a manifest means complete."""
+    for split in SPLITS:
+        names = "".join(f"{name}\n" for s, name, _ in plan if s == split)
+        _write(out / f"split_{split}.txt", names.encode())
+    rows = [",".join(MANIFEST_COLUMNS)]
+    rows += [f"{name},{name},{split.upper()}" for split, name, _ in plan]
+    tmp = out / f".{MANIFEST_NAME}.tmp"
+    _write(tmp, ("\n".join(rows) + "\n").encode())
+    os.replace(tmp, out / MANIFEST_NAME)
+
+
+def _run(seed: int, size: int, suffix: str, items: list[_Item], workers: int, bar) -> None:
+    """Draw ``items`` in ``workers`` processes (here when 1), advancing ``bar``."""
+    if workers <= 1:
+        for item in items:
+            bar.update(_draw_items(seed, size, suffix, [item]))
+        return
+    chunk = 16
+    jobs = [items[k : k + chunk] for k in range(0, len(items), chunk)]
+    # fork where there is one: spawn re-runs the caller's main module, which a script read
+    # from stdin or without a __main__ guard cannot survive. The workers never touch torch,
+    # whose thread pool is what makes a forked child unsafe.
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        futures = [pool.submit(_draw_items, seed, size, suffix, job) for job in jobs]
+        for future in as_completed(futures):
+            bar.update(future.result())
+
+
+def _workers(count: int, wanted: int | None) -> int:
+    if wanted is not None:
+        if not isinstance(wanted, int) or isinstance(wanted, bool) or wanted < 1:
+            raise DataError(f"synthetic dataset workers must be at least 1, got {wanted!r}")
+        return wanted
+    if count < _PARALLEL_FROM:
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, cores or 1)
 
 
 def generate_dataset(
@@ -309,61 +273,47 @@ def generate_dataset(
     count: int,
     size: int = 256,
     seed: int = 0,
-    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
+    fractions: tuple[float, float, float] | None = None,
     crack_free_fraction: float = 0.15,
     progress: bool = False,
+    options: SynthOptions | None = None,
 ) -> dict[str, int]:
-    """Write OUT/{train,val,test}/{images,masks}/NNNN.png; return images per split.
+    """Write ``count`` synthetic pairs under OUT; return images per split.
 
-    Files are named ``synth_0001.png`` (numbered across all splits); an image and its mask
-    share the stem. Exactly ``round(count * crack_free_fraction)`` images carry no crack,
-    spread over the splits. The same arguments always produce byte-identical files.
+    By default the layout is ``OUT/{train,val,test}/{images,masks}/synth_0001.png``, split
+    0.7/0.15/0.15; ``options`` (:class:`SynthOptions`) asks for the notebook's stage layout,
+    gzip and JPEG, where the default split is 0.8/0.1/0.1 (:data:`NOTEBOOK_FRACTIONS`).
+    Files are numbered across all splits; an image and its mask share the name. Exactly
+    ``round(count * crack_free_fraction)`` images carry no crack, spread over the splits.
+    The same arguments always produce byte-identical files, however many workers draw them.
 
     Raises:
         DataError: on bad arguments, when OUT already holds other images, or on write errors.
     """
+    options = options or SynthOptions()
+    if fractions is None:
+        fractions = NOTEBOOK_FRACTIONS if options.manifest else (0.7, 0.15, 0.15)
     _check_args(count, size, seed, fractions, crack_free_fraction)
-    out = Path(out)
-    sizes = _split_sizes(count, fractions)
-    n_free = min(count, int(math.floor(count * crack_free_fraction + 0.5)))
-    free = _crack_free_per_split(sizes, n_free)
+    if options.image_format not in (None, "png", "jpg"):
+        raise DataError(f"synthetic image format must be png or jpg, got {options.image_format!r}")
+    workers = _workers(count, options.workers)
+    out, suffix = Path(out), options.suffix
     width = max(4, len(str(count)))
-    names = [f"synth_{i + 1:0{width}d}.png" for i in range(count)]
+    plan = [(split, f"synth_{number:0{width}d}{suffix}", crack)
+            for split, number, crack in _plan(count, seed, fractions, crack_free_fraction)]
+    _folders(out, plan, options.manifest)
 
-    plan: list[tuple[str, str, bool]] = []  # (split, file name, with_crack)
-    layout_rng = np.random.default_rng(seed)
-    start = 0
-    for split, n, n_split_free in zip(SPLITS, sizes, free, strict=True):
-        crack_free = set(layout_rng.permutation(n)[:n_split_free].tolist())
-        plan += [(split, names[start + j], j not in crack_free) for j in range(n)]
-        start += n
+    def folder(split: str, sub: str) -> Path:
+        return out / sub if options.manifest else out / split / sub
 
-    if out.exists() and not out.is_dir():
-        raise DataError(f"{out}: exists and is not a folder")
-    for split in SPLITS:
-        # Per split, so a rerun with other fractions cannot leave an image in two splits.
-        wanted = {name for s, name, _ in plan if s == split}
-        for sub in ("images", "masks"):
-            folder = out / split / sub
-            stale = sorted(p.name for p in folder.glob("*.png") if p.name not in wanted)
-            if stale:
-                raise DataError(
-                    f"{folder}: already holds other images ({stale[0]}); use an empty folder"
-                )
-            try:
-                folder.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise DataError(f"{folder}: cannot create folder ({exc.strerror or exc})") from exc
-
-    items = plan
-    if progress:
-        from tqdm import tqdm
-
-        items = tqdm(plan, desc="synth", unit="img")
-    for index, (split, name, with_crack) in enumerate(items):
-        # One stream per image, so each file depends only on (seed, index, with_crack).
-        rng = np.random.default_rng([seed, index + 1])
-        image, mask = synth_pair(rng, size, with_crack=with_crack)
-        _save_png(image, out / split / "images" / name)
-        _save_png(mask, out / split / "masks" / name)
+    items = [_Item(index, crack, folder(split, "images") / name, folder(split, "masks") / name)
+             for index, (split, name, crack) in enumerate(plan)]
+    if options.manifest:  # a manifest left by an earlier run would describe unfinished files
+        (out / MANIFEST_NAME).unlink(missing_ok=True)
+    with progress_bar(total=len(items), desc="synth", unit="img", enabled=progress) as bar:
+        _run(seed, size, suffix, items, workers, bar)
+    if options.manifest:
+        # The names the stage uses: the .gz is the stage's transport, not part of the name.
+        _write_manifest(out, [(s, n.removesuffix(".gz"), c) for s, n, c in plan])
+    sizes = [sum(1 for s, _, _ in plan if s == split) for split in SPLITS]
     return dict(zip(SPLITS, sizes, strict=True))

@@ -25,6 +25,7 @@ from ..errors import FissureError
 from ..metrics import ThresholdSweep, confusion_counts, f1, iou
 from ..progress import progress_bar
 from ..runtime import autocast_dtype, autocast_for, forward_logits
+from .augment import device_batch
 from .distributed import Dist, all_reduce_sum, any_rank, broadcast_flag, shard
 from .interruption import Interrupt, TrainingInterrupted
 from .keeper import RunKeeper
@@ -255,10 +256,7 @@ def _train_batch(
         log(f"{where}: skipped, a process had no readable sample")
         setup.optimizer.zero_grad(set_to_none=True)
         return None, counts, stop
-    images = batch["image"].to(setup.device, non_blocking=True)
-    masks = batch["mask"].to(setup.device, non_blocking=True)
-    if cfg.train.channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
+    images, masks = device_batch(batch, setup.device, setup.augment, cfg.train.channels_last)
     with autocast_for(setup.device, cfg.train.amp):
         logits = setup.forward(images)
     loss = setup.loss_fn(logits.float(), masks)

@@ -5,30 +5,46 @@ generators, and builds the datasets, the model and its DDP wrapper, the loss, th
 optimiser, the schedule, the gradient scaler and the EMA, in this order: the order of the
 random draws is part of what makes a fixed-seed run reproducible. It returns them in one
 :class:`TrainSetup` and does nothing else; :func:`fissure.training.loop.fit` runs them.
+
+Three choices are made here from the device: whether pairs go through the decoded-sample
+store (``data.cache``), whether augmentation runs per sample in the loader (CPU) or per
+batch on the device (CUDA, :mod:`fissure.training.augment`), and the batch size when
+``train.batch_size`` is ``auto``. Each choice is described in :attr:`TrainSetup.notes`.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from ..config import Config
-from ..data import CrackDataset, PairSource, crack_fraction
+from ..config import AUTO, Config
+from ..data import CrackDataset, PairSource, Sample, crack_fraction
+from ..data.decoded import DecodedStore, default_root, estimate_bytes, free_bytes
 from ..data.loader import default_workers
 from ..data.transforms import eval_transform, train_transform
+from ..errors import ConfigError
 from ..losses import build_loss
 from ..model import build_model
-from ..runtime import InputPolicy, select_device
-from .distributed import Dist, data_parallel, init_distributed, shard
+from ..runtime import InputPolicy, autocast_for, select_device
+from .augment import BatchAugment, geometry_transform
+from .distributed import Dist, data_parallel, init_distributed, merge_dicts, shard
 from .optim import build_optimizer, build_scheduler
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+AUTO_BATCH_CPU = 16
+"""``train.batch_size: auto`` off CUDA, where probing memory means nothing (the OS would
+swap, not fail): the notebook's batch and the config default."""
+AUTO_BATCH_LIMIT = 1024
+"""The largest batch ``train.batch_size: auto`` tries on CUDA."""
 
 
 @dataclass(frozen=True)
@@ -39,7 +55,10 @@ class TrainSetup:
     step calls: the model itself, its DDP wrapper in a process group, compiled with
     ``train.compile``. ``batch_size`` is this process's share of ``train.batch_size``;
     ``workers`` the DataLoader workers of each loader; ``steps_per_epoch`` the optimiser
-    steps of one epoch, on which the schedule is laid out.
+    steps of one epoch, on which the schedule is laid out. ``augment``, when set, is the
+    augmentation a training step applies to its uint8 batch on the device (the training
+    set then yields uint8 crops); ``notes`` say what was chosen automatically, for the log.
+    ``cfg`` holds the resolved batch size when ``train.batch_size`` was ``auto``.
     """
 
     cfg: Config
@@ -58,6 +77,8 @@ class TrainSetup:
     batch_size: int
     workers: int
     steps_per_epoch: int
+    augment: BatchAugment | None = None
+    notes: tuple[str, ...] = ()
 
     @property
     def eval_model(self) -> torch.nn.Module:
@@ -72,18 +93,29 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_setup(cfg: Config, source: PairSource) -> TrainSetup:
+def build_setup(
+    cfg: Config, source: PairSource, *, batch_augment: bool | None = None
+) -> TrainSetup:
     """Build the run that ``cfg`` describes on the pairs of ``source``.
 
-    Under torchrun this joins the process group; wrap the run in
-    :func:`fissure.training.distributed.process_group` to leave it at the end.
+    ``batch_augment`` augments whole batches on the device instead of each sample in the
+    loader; None does so on CUDA only. Under torchrun this joins the process group; wrap
+    the run in :func:`fissure.training.distributed.process_group` to leave it at the end.
     """
     info, device = init_distributed(select_device(cfg.train.device))
     seed_everything(cfg.train.seed)
-    train_set = CrackDataset(source, source.samples("train"),
-                             train_transform(cfg.data, cfg.augment), cfg.data.on_error)
-    val_set = CrackDataset(source, source.samples("val"), eval_transform(), cfg.data.on_error)
-    model, forward = _model(cfg, info, device)
+    notes: list[str] = []
+    on_device = device.type == "cuda" if batch_augment is None else batch_augment
+    train_samples, val_samples = source.samples("train"), source.samples("val")
+    train_store, val_store = _decoded_stores(cfg, source, (train_samples, val_samples),
+                                             device, notes)
+    transform = (geometry_transform(cfg.data) if on_device
+                 else train_transform(cfg.data, cfg.augment))
+    train_set = CrackDataset(source, train_samples, transform, cfg.data.on_error, train_store)
+    val_set = CrackDataset(source, val_samples, eval_transform(), cfg.data.on_error, val_store)
+    model = _build_model(cfg, device)
+    cfg = _resolve_batch_size(cfg, model, device, info, len(train_set), notes)
+    model, forward = _wrap(cfg, model, info, device)
     workers = cfg.train.num_workers
     if workers is None:
         workers = default_workers(device, info.local_world)
@@ -98,19 +130,133 @@ def build_setup(cfg: Config, source: PairSource) -> TrainSetup:
         scheduler=build_scheduler(optimizer, cfg.train, steps),
         scaler=_scaler(cfg, device), ema=_ema(cfg, model),
         batch_size=cfg.train.batch_size // info.world, workers=workers, steps_per_epoch=steps,
+        augment=BatchAugment(cfg.augment) if on_device else None, notes=tuple(notes),
     )
 
 
-def _model(cfg: Config, info: Dist, device: torch.device) -> tuple[torch.nn.Module, Callable]:
-    """``(model, forward)`` on ``device``; see :class:`TrainSetup`."""
+def _decoded_stores(
+    cfg: Config,
+    source: PairSource,
+    samples: tuple[list[Sample], list[Sample]],
+    device: torch.device,
+    notes: list[str],
+) -> tuple[DecodedStore | None, DecodedStore | None]:
+    """The decoded-sample stores of the training and validation sets, or (None, None).
+
+    The training set's pairs are stored shrunk to ``data.size`` in ``resize`` mode, the
+    validation set's at native resolution (validation sees whole images as they are).
+    ``data.cache: auto`` stores only on CUDA, and only when the store fits in half the
+    free disk.
+    """
+    mode = cfg.data.cache
+    if mode == "none" or (mode == "auto" and device.type != "cuda"):
+        return None, None
+    root = default_root(cfg.data)
+    resize = cfg.data.size if cfg.data.mode == "resize" else None
+    need = (estimate_bytes(source, samples[0], resize)
+            + estimate_bytes(source, samples[1], None))
+    free = free_bytes(root)
+    if mode == "auto" and need > free // 2:
+        notes.append(f"data.cache auto: no decoded store; it would take {need / 2**30:.1f} "
+                     f"GiB of the {free / 2**30:.1f} GiB free at {root}")
+        return None, None
+    notes.append(f"data.cache {mode}: decoded pairs stored in {root} "
+                 f"(up to {need / 2**30:.1f} GiB, {free / 2**30:.1f} GiB free)")
+    return DecodedStore(root, resize), DecodedStore(root, None)
+
+
+def _build_model(cfg: Config, device: torch.device) -> torch.nn.Module:
+    """The model on ``device``, channels-last if ``train.channels_last``."""
     model = build_model(cfg.model.encoder, cfg.model.pretrained, cfg.model.n_classes)
     model.to(device)
     if cfg.train.channels_last:
         model.to(memory_format=torch.channels_last)
+    return model
+
+
+def _wrap(
+    cfg: Config, model: torch.nn.Module, info: Dist, device: torch.device
+) -> tuple[torch.nn.Module, Callable]:
+    """``(model, forward)``: DDP in a process group, compiled with ``train.compile``."""
     model, forward = data_parallel(model, info, device, cfg.train.sync_bn)
     if cfg.train.compile:
         forward = torch.compile(forward)
     return model, forward
+
+
+def _resolve_batch_size(
+    cfg: Config,
+    model: torch.nn.Module,
+    device: torch.device,
+    info: Dist,
+    n_train: int,
+    notes: list[str],
+) -> Config:
+    """``cfg`` with ``train.batch_size: auto`` replaced by a number (unchanged otherwise).
+
+    On CUDA each process probes its device (:func:`probe_batch_size`) and the group takes
+    the smallest answer; elsewhere each process takes :data:`AUTO_BATCH_CPU` / processes.
+    The global batch is the per-process batch times the processes.
+    """
+    if cfg.train.batch_size != AUTO:
+        return cfg
+    if device.type == "cuda":
+        limit = min(AUTO_BATCH_LIMIT, max(1, n_train // info.world))
+        mine = probe_batch_size(memory_probe(model, cfg, device), limit)
+        per_process = min(merge_dicts({info.rank: mine}, info).values())
+        how = "the largest power of two that fit a training step, halved"
+    else:
+        per_process = max(1, AUTO_BATCH_CPU // info.world)
+        how = f"the {device.type} fallback (no memory probe off CUDA)"
+    batch = per_process * info.world
+    notes.append(f"train.batch_size auto: {batch}, {how}")
+    return replace(cfg, train=replace(cfg.train, batch_size=batch))
+
+
+def probe_batch_size(fits: Callable[[int], bool], limit: int = AUTO_BATCH_LIMIT) -> int:
+    """Half the largest power of two ``n <= limit`` for which ``fits(n)``, at least 1.
+
+    Tries 1, 2, 4, ... and stops at the first that does not fit: memory grows with the
+    batch, so nothing larger would.
+    """
+    best, n = 0, 1
+    while n <= limit and fits(n):
+        best, n = n, n * 2
+    if best == 0:
+        raise ConfigError("train.batch_size: auto: not even one sample fits a training step "
+                          "on this device; lower data.size or free device memory")
+    return max(1, best // 2)
+
+
+def memory_probe(
+    model: torch.nn.Module, cfg: Config, device: torch.device
+) -> Callable[[int], bool]:
+    """``fits(n)``: whether forward and backward of ``n`` inputs of ``data.size`` run on
+    ``device`` without running out of memory.
+
+    The probe trains a copy of ``model`` on zeros, so neither the weights, their
+    BatchNorm statistics nor any random generator of the run are touched.
+    """
+    probe = copy.deepcopy(model).train()
+    layout = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+    size = cfg.data.size
+
+    def fits(n: int) -> bool:
+        try:
+            x = torch.zeros(n, 3, size, size, device=device).contiguous(memory_format=layout)
+            with autocast_for(device, cfg.train.amp):
+                logits = probe(x)
+            target = torch.zeros_like(logits, dtype=torch.float32)
+            F.binary_cross_entropy_with_logits(logits.float(), target).backward()
+            return True
+        except torch.OutOfMemoryError:
+            return False
+        finally:
+            probe.zero_grad(set_to_none=True)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+
+    return fits
 
 
 def _loss(cfg: Config, train_set: CrackDataset) -> Loss:
