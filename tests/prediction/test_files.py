@@ -23,12 +23,7 @@ from fissure.errors import FissureError
 from fissure.model import build_model
 from fissure.prediction.cracks import analyse_cracks
 from fissure.prediction.files import (
-    CRACK_FIELDS,
     InputImage,
-    crack_analysis,
-    crack_geojson,
-    crack_rows,
-    cracks_csv,
     encode_mask,
     encode_overlay,
     encode_probability,
@@ -36,11 +31,18 @@ from fissure.prediction.files import (
     output_names,
     overlay_image,
     predict_files,
-    prediction_record,
     write_outputs,
 )
 from fissure.prediction.options import OutputOptions, PredictOptions
 from fissure.prediction.predictor import Predictor, predict_image
+from fissure.prediction.records import (
+    CRACK_FIELDS,
+    crack_analysis,
+    crack_geojson,
+    crack_rows,
+    cracks_csv,
+    prediction_record,
+)
 
 
 def _model(seed: int = 0, all_crack: bool = False) -> nn.Module:

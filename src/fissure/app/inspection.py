@@ -25,14 +25,8 @@ from PIL import Image, ImageDraw
 
 from ..data.image import image_stem
 from ..prediction.cracks import DEFAULT_WIDTH_BOUNDS, CrackAnalysis, analyse_cracks
-from ..prediction.files import (
-    OVERLAY_ALPHA,
-    OVERLAY_COLOR,
-    crack_rows,
-    cracks_csv,
-    encode_mask,
-    encode_overlay,
-)
+from ..prediction.files import OVERLAY_ALPHA, OVERLAY_COLOR, encode_mask, encode_overlay
+from ..prediction.records import crack_rows, cracks_csv
 
 SPECK_COLOR = (255, 176, 0)
 SELECTED_COLOR = (0, 229, 255)

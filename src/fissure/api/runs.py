@@ -1,0 +1,199 @@
+"""Training runs: a fresh or resumed run folder, trained, and pushed to a stage if asked."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from ..config import Config, DataConfig, load_config, read_yaml, save_config
+from ..data import PairSource
+from ..data import build_source as folder_source
+from ..environment import describe_environment
+from ..errors import CheckpointError, ConfigError, FissureError
+from ..report import TensorBoardLog, plot_curves, write_history, write_skipped
+from ..snowflake import runs as stage_runs
+from ..snowflake.environment import loader_workers, writable_dir
+from ..snowflake.runs import check_push_target
+from ..snowflake.session import Sessions
+from ..snowflake.source import StageSource
+from ..training import RunKeeper, build_setup, fit, is_main_process, process_group
+
+# A folder holding any of these has made progress worth keeping; config.yaml alone has not.
+RUN_FILES = ("last.pt", "best.pt", "history.csv")
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """A finished (or early-stopped) run: its folder, checkpoints, best epoch and history."""
+
+    run_dir: Path
+    best: Path
+    last: Path
+    best_epoch: int
+    best_score: float | None
+    history: list[dict[str, Any]]
+
+
+def build_source(
+    data: DataConfig, refresh: bool = False, progress: bool = True, session: Any = None
+) -> PairSource:
+    """The pairs ``data.source`` names: local folders, or a Snowflake stage and its manifest.
+
+    For a stage, ``session`` reads it (default: the session ``data.snowflake.connection``
+    names, else the active one); ``refresh`` fetches its files again instead of using the
+    local cache, and ``progress`` shows the cache's bar.
+    """
+    if data.source != "stage":
+        return folder_source(data)
+    session = session or Sessions().get(data.snowflake.connection)
+    return StageSource.from_config(data.snowflake, session=session, refresh=refresh,
+                                   progress=progress)
+
+
+def prepare_run_dir(out: str | Path | None, overwrite: bool = False) -> Path:
+    """A fresh run folder: ``out`` if it holds no run, or ``runs/<timestamp>`` when not given
+    (below ``/tmp`` inside Snowflake when the working folder is read-only)."""
+    if out is None:
+        out = writable_dir(Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
+    run_dir = Path(out)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise FissureError(f"{run_dir}: exists and is not a folder")
+    existing = [name for name in RUN_FILES if (run_dir / name).exists()]
+    if existing and not overwrite:
+        raise FissureError(f"{run_dir}: already holds a run ({', '.join(existing)}); "
+                           "use --resume to continue it, --overwrite to replace it, "
+                           "or another --out")
+    if existing:
+        for name in (*RUN_FILES, "config.yaml", "curves.png", "skipped.csv"):
+            (run_dir / name).unlink(missing_ok=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def _fit(cfg: Config, source: PairSource, run_dir: Path, *, resuming: bool, progress: bool,
+         log: Log) -> TrainResult:
+    """Build the run from ``cfg``, train it (continuing ``last.pt`` when ``resuming``) and
+    write history, curves and skipped files after every epoch."""
+    board = TensorBoardLog(run_dir) if cfg.train.tensorboard else None
+    workers = loader_workers(cfg.train.num_workers, log)  # 0 in the warehouse sandbox
+    cfg = replace(cfg, train=replace(cfg.train, num_workers=workers))
+    with process_group():
+        setup = build_setup(cfg, source)
+        for note in setup.notes:
+            log(note)
+        if setup.cfg.train.batch_size != cfg.train.batch_size and setup.dist.main:
+            save_config(setup.cfg, run_dir / "config.yaml")  # a resume keeps the probed batch
+        keeper = RunKeeper(setup, run_dir)
+        step = 0
+        if resuming:
+            step = keeper.resume()
+            log(f"resuming {run_dir} after epoch {keeper.state.epoch}"
+                + (f", step {step}" if step else ""))
+        else:
+            log(f"device {setup.device}; {len(setup.train_set)} train / {len(setup.val_set)} "
+                f"val images from {source.description}; {setup.workers} loader workers")
+
+        def after_epoch(history: list[dict[str, Any]]) -> None:
+            if board is not None:
+                board.log(history[-1])
+            write_history(history, run_dir / "history.csv")
+            plot_curves(history, run_dir / "curves.png", iou_threshold=cfg.train.threshold)
+            if keeper.state.skipped:
+                write_skipped(keeper.state.skipped, run_dir / "skipped.csv")
+
+        state = fit(setup, keeper, start_step=step, progress=progress, log=log,
+                    on_epoch_end=after_epoch)
+    return TrainResult(run_dir, run_dir / "best.pt", run_dir / "last.pt", state.best_epoch,
+                       state.best, state.history)
+
+
+def _stage_session(cfg: Config, push: str | None, sessions: Sessions) -> Any:
+    """The session a run needs (stage data, or ``push``), opened before training starts so
+    that a missing one fails now rather than after hours."""
+    if push:
+        check_push_target(push)
+    if push or cfg.data.source == "stage":
+        return sessions.get(cfg.data.snowflake.connection)
+    return None
+
+
+def _push(sessions: Sessions, cfg: Config, run_dir: Path, push: str | None, log: Log) -> None:
+    """Upload the run; the session is looked up again: hours of training may have closed it."""
+    if push and is_main_process():  # under torchrun every rank gets here; one upload is enough
+        name = cfg.data.snowflake.connection
+        stage_runs.push_run(sessions.get(name), run_dir, push, log=log,
+                            reopen=lambda: sessions.reopen(name))
+
+
+def train(
+    cfg: Config,
+    out: str | Path | None = None,
+    *,
+    overwrite: bool = False,
+    push: str | None = None,
+    connection: str | None = None,
+    refresh: bool = False,
+    progress: bool = True,
+    log: Log = print,
+) -> TrainResult:
+    """Train a model as ``cfg`` says, writing ``best.pt``, ``last.pt``, history and curves.
+
+    ``refresh`` fetches a stage source's files again instead of using the local cache;
+    ``push`` (``@STAGE/models/RUN/``) uploads the run's results there at the end.
+    """
+    if is_main_process():
+        log(describe_environment(cfg.train.device).line())
+    with Sessions(connection, log=log) as sessions:
+        session = _stage_session(cfg, push, sessions)
+        source = build_source(cfg.data, refresh, progress, session=session)
+        run_dir = _new_run_dir(cfg, out, overwrite, log)
+        result = _fit(cfg, source, run_dir, resuming=False, progress=progress, log=log)
+        _push(sessions, cfg, run_dir, push, log)
+    return result
+
+
+def _new_run_dir(cfg: Config, out: str | Path | None, overwrite: bool, log: Log) -> Path:
+    """The run folder, made and given ``config.yaml`` by rank 0 only."""
+    if is_main_process():
+        # Inside Snowflake a read-only working folder sends the run under /tmp (logged).
+        run_dir = prepare_run_dir(None if out is None else writable_dir(out, log), overwrite)
+        save_config(cfg, run_dir / "config.yaml")
+        log(f"run folder: {run_dir}")
+        return run_dir
+    if out is None:
+        raise ConfigError("--out: give the run folder explicitly when training under torchrun")
+    # rank 0 of a torchrun group owns the folder; the others never write it
+    return writable_dir(out, lambda line: None)
+
+
+def resume(
+    run_dir: str | Path,
+    overrides: Sequence[str] = (),
+    *,
+    push: str | None = None,
+    connection: str | None = None,
+    progress: bool = True,
+    log: Log = print,
+) -> TrainResult:
+    """Continue the run in ``run_dir`` from its ``last.pt`` (``train.epochs=N`` may extend it);
+    ``push`` uploads its results to a stage folder at the end, as :func:`train` does."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "last.pt").is_file():
+        raise CheckpointError(f"{run_dir}: no last.pt to resume from")
+    cfg = load_config(None, overrides, base=read_yaml(run_dir / "config.yaml"))
+    if is_main_process():
+        log(describe_environment(cfg.train.device).line())
+    with Sessions(connection, log=log) as sessions:
+        session = _stage_session(cfg, push, sessions)
+        source = build_source(cfg.data, progress=progress, session=session)
+        if overrides and is_main_process():
+            save_config(cfg, run_dir / "config.yaml")
+        result = _fit(cfg, source, run_dir, resuming=True, progress=progress, log=log)
+        _push(sessions, cfg, run_dir, push, log)
+    return result
+
+

@@ -1,0 +1,56 @@
+"""The root ``fissure`` group, its error handling and the options commands share."""
+
+from __future__ import annotations
+
+import traceback
+
+import click
+
+from .. import __version__
+from ..errors import FissureError
+
+
+class FissureGroup(click.Group):
+    """Turns a :class:`FissureError` into a one-line message and exit code 1 (``--debug`` shows
+    the traceback)."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except FissureError as exc:
+            if ctx.obj and ctx.obj.get("debug"):
+                traceback.print_exc()
+            raise click.ClickException(str(exc)) from None
+        except KeyboardInterrupt:
+            raise click.ClickException("interrupted") from None
+
+
+# evaluate and predict run a trained model the same way
+AMP_OPTION = click.option(
+    "--amp/--no-amp", default=None,
+    help="Mixed precision where the hardware has it (bf16 on CPUs with AVX512-BF16 or AMX; "
+         "bf16/fp16 on CUDA). Default: as the checkpoint was trained. "
+         "--no-amp: fp32, the same figures on every machine.")
+
+
+def _width_bounds(ctx: click.Context, param: click.Parameter, value: str) -> tuple[float, ...]:
+    """``--width-classes 0.1,0.3,1`` as numbers; PredictOptions checks that they rise."""
+    try:
+        return tuple(float(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"widths in mm such as 0.1,0.3,1, got {value!r}") from None
+
+
+@click.group(cls=FissureGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="fissure")
+@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """Find cracks in photos of concrete, pixel by pixel.
+
+    \b
+    Train, evaluate and predict with a ResNet-encoder U-Net on image/mask folders or a
+    Snowflake stage. Start with `fissure demo`.
+    """
+    ctx.ensure_object(dict)["debug"] = debug
+

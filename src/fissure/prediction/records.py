@@ -1,0 +1,115 @@
+"""The tables and GeoJSON of a prediction run: one record per image, one row per crack.
+
+``predictions.csv``/``.json`` hold :func:`prediction_record` per image; ``cracks.csv``
+holds :func:`crack_rows` per image (columns :data:`CRACK_FIELDS`); :func:`crack_geojson`
+is one image's cracks as a FeatureCollection. :mod:`fissure.prediction.files` says which
+files a run writes.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterable
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from ..config import EvalConfig
+from .cracks import CrackAnalysis, CrackRecord, analyse_cracks, crack_outline
+from .options import PredictOptions
+from .predictor import Prediction
+
+CRACK_FIELDS = ("image", *(f.name for f in fields(CrackRecord)))
+
+
+def prediction_record(
+    source: str,
+    paths: dict[str, str | None],
+    prediction: Prediction,
+    options: PredictOptions,
+) -> dict[str, Any]:
+    """The CSV/JSON row of one image.
+
+    Where the image and its outputs are, how it was predicted (mode ``tiled``/``resize``,
+    tile, overlap, number of tiles, threshold and ``min_area`` from ``prediction``, TTA and
+    scale from ``options``) and its measurements.
+    """
+    height, width = prediction.mask.shape
+    return {
+        "image": source,
+        **paths,
+        "width": width,
+        "height": height,
+        "threshold": prediction.threshold,
+        "mode": prediction.mode,
+        "tile": prediction.tile,
+        "overlap": prediction.overlap,
+        "tiles": prediction.tiles,
+        "tta": options.tta,
+        "min_area": prediction.min_area,
+        "px_per_mm": options.px_per_mm,
+        **prediction.measurements.as_dict(),
+    }
+
+
+def write_records(records: list[dict[str, Any]], out_dir: Path) -> tuple[Path, Path]:
+    """``predictions.csv`` (empty cell for None) and ``predictions.json`` (a list)."""
+    csv_path, json_path = out_dir / "predictions.csv", out_dir / "predictions.json"
+    with csv_path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(records[0]))
+        writer.writeheader()
+        writer.writerows(records)
+    json_path.write_text(json.dumps(records, indent=2) + "\n", encoding="utf-8")
+    return csv_path, json_path
+
+
+def crack_analysis(prediction: Prediction, options: PredictOptions) -> CrackAnalysis:
+    """Every crack of ``prediction``'s mask, measured as its summary was (same
+    ``min_area``), in mm with ``options.px_per_mm``, classed by ``options.width_bounds``."""
+    min_area = EvalConfig.min_area if prediction.min_area is None else prediction.min_area
+    return analyse_cracks(prediction.mask, min_area, options.px_per_mm, options.width_bounds)
+
+
+def crack_rows(source: str, cracks: Iterable[CrackRecord]) -> list[dict[str, Any]]:
+    """The ``cracks.csv`` rows of one image: its ``source``, then each record's fields."""
+    return [{"image": source, **record.as_dict()} for record in cracks]
+
+
+def cracks_csv(rows: Iterable[dict[str, Any]]) -> str:
+    """``cracks.csv`` as text: :data:`CRACK_FIELDS`, empty cells for None; a header alone
+    when there is no crack."""
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=CRACK_FIELDS)
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def crack_geojson(analysis: CrackAnalysis, source: str | None = None) -> dict[str, Any]:
+    """The GeoJSON FeatureCollection of one image's cracks (see the module docstring).
+
+    Each Feature's ``id`` is the crack's, its properties the crack record (and
+    ``image``, the ``source``); the collection also names the image and its size.
+    """
+    height, width = analysis.labels.shape
+    features = [
+        {
+            "type": "Feature",
+            "id": record.id,
+            "geometry": {
+                "type": "Polygon",
+                "coordinates": [ring.tolist() for ring in crack_outline(analysis.labels, record)],
+            },
+            "properties": {"image": source, **record.as_dict()},
+        }
+        for record in analysis.cracks
+    ]
+    return {
+        "type": "FeatureCollection",
+        "image": source,
+        "width": width,
+        "height": height,
+        "features": features,
+    }
