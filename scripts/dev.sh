@@ -11,7 +11,7 @@ fi
 stamp=.venv/.fissure-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     .venv/bin/python -m pip install --quiet --upgrade pip
-    .venv/bin/python -m pip install --quiet -e ".[dev,export,app]"
+    .venv/bin/python -m pip install --quiet -e ".[dev,export,app,snowflake-ml]"
     touch "$stamp"
 fi
 # The app's browser test drives Debian's Chromium; install it where we may (root with apt).

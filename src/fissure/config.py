@@ -113,6 +113,9 @@ class ModelConfig:
 
     encoder: str = _choice("resnet34", "resnet18", "resnet34", "resnet50")
     pretrained: bool = False
+    # Widths of the four decoder stages, deepest first (smp's `decoder_channels`); None: the
+    # notebook's, which follow the encoder (256, 128, 64, 64 for resnet18/34).
+    decoder_channels: tuple[int, ...] | None = None
     # One logit per pixel (crack against background); kept as a key for the notebook's name.
     n_classes: int = 1
 
@@ -209,6 +212,11 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         raise errors[0] if len(errors) == 1 else ConfigError(
             f"{key}: expected {_type_name(tp)}, got {value!r}"
         )
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        item = typing.get_args(tp)[0]
+        return tuple(_coerce(f"{key}[{i}]", v, item) for i, v in enumerate(value))
     if _is_dataclass_type(tp):
         if not isinstance(value, Mapping):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
@@ -295,6 +303,10 @@ def _check(cfg: Config) -> None:
     if cfg.model.n_classes != 1:
         raise ConfigError(f"model.n_classes: fissure segments one class (crack against "
                           f"background), so it must be 1, got {cfg.model.n_classes}")
+    channels = cfg.model.decoder_channels
+    if channels is not None and (len(channels) != 4 or min(channels) < 1):
+        raise ConfigError(f"model.decoder_channels: four positive widths, deepest first "
+                          f"(e.g. [256, 128, 64, 64]), got {list(channels)}")
     if cfg.train.ema is not None and not 0.0 < cfg.train.ema < 1.0:
         raise ConfigError(f"train.ema: must be within (0, 1), got {cfg.train.ema}")
     if cfg.data.split_files is not None:
@@ -315,8 +327,9 @@ def config_from_dict(values: Mapping[str, Any] | None) -> Config:
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:
-    """Plain nested dict of ``cfg`` (YAML- and checkpoint-safe)."""
-    return dataclasses.asdict(cfg)
+    """Plain nested dict of ``cfg`` (YAML- and checkpoint-safe: tuples become lists)."""
+    return dataclasses.asdict(cfg, dict_factory=lambda items: {
+        k: list(v) if isinstance(v, tuple) else v for k, v in items})
 
 
 def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:
