@@ -6,6 +6,7 @@ import hashlib
 import io
 import pickle
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -120,6 +121,38 @@ def test_stream_reader_uses_snowflakefile(session, staged, cfg) -> None:
     assert not Path(cfg.cache_dir).exists()
     with pytest.raises(DataError, match="file not found in the stage"):
         source.read(f"{STAGE}/images/absent.png.gz")
+
+
+def test_identity_names_cached_content_without_reading_it(session, staged, cfg) -> None:
+    source = _source(session, cfg)
+    sample = source.samples("train")[0]
+    reads: list[str] = []
+    original = source.read
+    source.read = lambda locator: reads.append(locator) or original(locator)  # type: ignore
+    first = source.identity(sample.image)
+    assert first and first == source.identity(sample.image) and not reads
+    assert first != source.identity(sample.mask)
+    # A refetch replaces the cached file (os.replace): a new file, a new identity.
+    cached = source.cache.path(source._relative(sample.image))
+    replacement = cached.with_suffix(".new")
+    replacement.write_bytes(cached.read_bytes() + b"\0")
+    replacement.replace(cached)
+    assert source.identity(sample.image) not in (None, first)
+
+
+def test_identity_is_the_manifests_hash_when_it_gives_one(session, staged, cfg) -> None:
+    columns = [*COLUMNS, "IMAGE_SHA256", "MASK_SHA256"]
+    write_manifest(session, f"{DB}.M_IDENT", [["001.png", "001.png", "TRAIN", "abc", "def"]],
+                   columns)
+    source = _source(session, replace(cfg, manifest="M_IDENT"))
+    sample = source.samples("train")[0]
+    assert source.identity(sample.image).endswith("#abc")
+    assert source.identity(sample.mask).endswith("#def")
+
+
+def test_streaming_has_no_identity_so_the_bytes_are_hashed(session, staged, cfg) -> None:
+    source = _source(session, cfg, reader="stream")
+    assert source.identity(source.samples("val")[0].image) is None
 
 
 # -- stage and manifest errors ---------------------------------------------------------------

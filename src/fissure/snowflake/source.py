@@ -250,6 +250,27 @@ class StageSource:
             raise DataError(f"{locator!r}: unsafe stage path ({problem})")
         return locator[len(prefix) :]
 
+    def identity(self, locator: str) -> str | None:
+        """What names the content of ``locator`` without reading it, for the decoded cache.
+
+        The manifest's content hash when it gives one (the cache refetches a file whose hash
+        changed); else, in cache mode, the cached file's size and modification time (a
+        refetch replaces the file, so both change); None when streaming: the caller then
+        hashes the bytes.
+        """
+        rel = self._relative(locator)
+        if self._src.get(rel):
+            return f"{locator}#{self._src[rel]}"
+        if self.cache is None:
+            return None
+        if rel not in self._filled:
+            self._ensure_cached([locator])
+        try:
+            st = self.cache.path(rel).stat()
+        except OSError:
+            return None
+        return f"{locator}:{st.st_size}:{st.st_mtime_ns}"
+
     def read(self, locator: str) -> bytes:
         """Raw bytes of stage file ``locator``, from the cache or streamed from the stage."""
         rel = self._relative(locator)
