@@ -17,6 +17,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "tensorboard": ("tensorboard",),
     "bench": ("segmentation_models_pytorch", "psutil"),
     "app": ("streamlit",),
+    "snowflake-ml": ("snowflake.ml",),
 }
 """Each extra of ``pyproject.toml`` and the modules it installs."""
 

@@ -73,6 +73,26 @@ def test_model_info_and_uploads(dark_checkpoint: Path) -> None:
         read_uploaded_model("broken.pt", b"not a checkpoint")
 
 
-def test_stage_checkpoints_need_a_session() -> None:
-    with pytest.raises(ConfigError, match="@DB.S.STAGE/m.pt: a stage checkpoint needs"):
+def test_stage_and_registry_checkpoints_need_a_session() -> None:
+    with pytest.raises(ConfigError, match="@DB.S.STAGE/m.pt: a Snowflake checkpoint needs"):
         read_model("@DB.S.STAGE/m.pt")
+    with pytest.raises(ConfigError, match="snowflake://CRACKS/V1: a Snowflake checkpoint needs"):
+        read_model("snowflake://CRACKS/V1")
+
+
+def test_registry_versions_are_read_through_the_registry(
+    dark_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fissure.app import models
+
+    calls: list[tuple[object, str]] = []
+
+    def registered(session: object, reference: str):  # stands in for ModelVersion.export
+        calls.append((session, reference))
+        return load_checkpoint(dark_checkpoint)
+
+    monkeypatch.setattr(models, "read_registered", registered)
+    session = object()
+    checkpoint = read_model(" snowflake://CRACKS/default ", session)
+    assert calls == [(session, "snowflake://CRACKS/default")]
+    assert checkpoint.threshold == load_checkpoint(dark_checkpoint).threshold

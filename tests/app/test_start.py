@@ -56,8 +56,10 @@ def test_launch_checks_its_inputs_then_serves(
     (tmp_path / "m.pt").write_bytes(b"")
     assert launch(tmp_path / "m.pt", tmp_path, port=9000) == 0
     assert launch("@DB.S.STAGE/m.pt") == 0  # read later, through the page's session
+    assert launch("snowflake://CRACKS/V1") == 0  # a registry version, likewise
     assert calls[0][-4:] == ["--checkpoint", str(tmp_path / "m.pt"), "--runs", str(tmp_path)]
     assert calls[1][-2:] == ["--checkpoint", "@DB.S.STAGE/m.pt"]
+    assert calls[2][-2:] == ["--checkpoint", "snowflake://CRACKS/V1"]
 
 
 def test_launch_names_the_missing_extra(monkeypatch: pytest.MonkeyPatch) -> None:

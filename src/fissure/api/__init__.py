@@ -8,7 +8,10 @@
     metrics = fissure.evaluate(run.best, split="test", out="runs/demo/eval")
     fissure.predict(run.best, ["photos/"], "runs/demo/pred")
 
-Checkpoints, inputs and outputs may be Snowflake stage paths (``@DB.SCHEMA.STAGE/...``).
+Checkpoints, inputs and outputs may be Snowflake stage paths (``@DB.SCHEMA.STAGE/...``);
+checkpoints may also be Model Registry versions (``snowflake://NAME/VERSION``, see
+:func:`register_checkpoint` and :func:`list_models`). Inside Snowflake, :func:`predict_stage`
+predicts a stage folder into a table and :func:`train_job` trains on a compute pool.
 A call opens the session it needs once and passes it down (see
 :mod:`fissure.snowflake.session`). Inside Snowflake (a notebook, a stored procedure, the
 Container Runtime) the active session is used, and a connection name is ignored with one
@@ -21,15 +24,17 @@ go under ``/tmp``, and loader workers are 0 in the warehouse sandbox.
 
 from ..evaluation import EvaluateOptions
 from ..prediction import OutputOptions, PredictOptions
+from .deploy import PredictStageOptions, predict_stage, train_job
 from .info import data_stats, environment
 from .models import data_config_for, demo, evaluate, load_model, predict
 from .runs import RUN_FILES, TrainResult, build_source, prepare_run_dir, resume, train
-from .stage import pull, push_run, upload_data
+from .stage import list_models, pull, push_run, register_checkpoint, upload_data
 
 __all__ = [
     "EvaluateOptions",
     "OutputOptions",
     "PredictOptions",
+    "PredictStageOptions",
     "RUN_FILES",
     "TrainResult",
     "build_source",
@@ -38,12 +43,16 @@ __all__ = [
     "demo",
     "environment",
     "evaluate",
+    "list_models",
     "load_model",
     "predict",
+    "predict_stage",
     "prepare_run_dir",
     "pull",
     "push_run",
+    "register_checkpoint",
     "resume",
     "train",
+    "train_job",
     "upload_data",
 ]

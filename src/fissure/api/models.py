@@ -20,6 +20,8 @@ from ..prediction import OutputOptions, PredictOptions, predict_files
 from ..report import pick_samples, write_eval_reports
 from ..runtime import autocast_dtype
 from ..snowflake.environment import loader_workers, writable_dir
+from ..snowflake.registry import is_registry_reference
+from ..snowflake.registry import read_checkpoint as read_registered
 from ..snowflake.runs import check_push_target, push_outputs, read_checkpoint, stage_fetcher
 from ..snowflake.session import Sessions
 from .runs import Log, build_source, train
@@ -40,9 +42,12 @@ def data_config_for(ckpt_cfg: Config, data: str | Path | None) -> DataConfig:
 
 
 def _checkpoint(checkpoint: str | Path | Checkpoint, sessions: Sessions) -> Checkpoint:
-    """A loaded checkpoint, a file, or a stage path (plain or gzip) read through a session."""
+    """A loaded checkpoint, a file, a stage path (plain or gzip) read through a session, or
+    a registered version (``snowflake://NAME/VERSION``, ``snowflake://NAME/default``)."""
     if isinstance(checkpoint, Checkpoint):
         return checkpoint
+    if is_registry_reference(str(checkpoint)):
+        return read_registered(sessions.get(), str(checkpoint))
     session = sessions.get() if is_stage_path(str(checkpoint)) else None
     return read_checkpoint(checkpoint, session)
 

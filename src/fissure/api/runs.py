@@ -8,12 +8,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from ..checkpoint import load_checkpoint
 from ..config import Config, DataConfig, load_config, read_yaml, save_config
 from ..data import PairSource
 from ..data import build_source as folder_source
 from ..environment import describe_environment
 from ..errors import CheckpointError, ConfigError, FissureError
 from ..report import TensorBoardLog, plot_curves, write_history, write_skipped
+from ..snowflake import registry
 from ..snowflake import runs as stage_runs
 from ..snowflake.environment import loader_workers, writable_dir
 from ..snowflake.runs import check_push_target
@@ -111,12 +113,15 @@ def _fit(cfg: Config, source: PairSource, run_dir: Path, *, resuming: bool, prog
                        state.best, state.history)
 
 
-def _stage_session(cfg: Config, push: str | None, sessions: Sessions) -> Any:
-    """The session a run needs (stage data, or ``push``), opened before training starts so
-    that a missing one fails now rather than after hours."""
+def _stage_session(cfg: Config, push: str | None, sessions: Sessions,
+                   register: registry.ModelRef | None = None) -> Any:
+    """The session a run needs (stage data, ``push`` or ``register``), opened before training
+    starts so that a missing one fails now rather than after hours."""
     if push:
         check_push_target(push)
-    if push or cfg.data.source == "stage":
+    if register is not None:
+        registry.require_ml("--register")
+    if push or register is not None or cfg.data.source == "stage":
         return sessions.get(cfg.data.snowflake.connection)
     return None
 
@@ -129,12 +134,25 @@ def _push(sessions: Sessions, cfg: Config, run_dir: Path, push: str | None, log:
                             reopen=lambda: sessions.reopen(name))
 
 
+def _register(sessions: Sessions, cfg: Config, result: TrainResult,
+              ref: registry.ModelRef | None, log: Log) -> None:
+    """Log the run's ``best.pt`` as a new version of ``ref``, with its validation metrics and
+    those of a ``metrics.json`` in the run folder."""
+    if ref is None or not is_main_process():
+        return
+    session = sessions.get(cfg.data.snowflake.connection)  # reopened if hours closed it
+    entry = registry.Registration(ref, None, tuple(registry.evaluations_beside(result.best)))
+    logged = registry.register(session, load_checkpoint(result.best), entry, str(result.best))
+    log(f"registered {result.best} as {registry.SCHEME}{ref.qualified}/{logged.version_name}")
+
+
 def train(
     cfg: Config,
     out: str | Path | None = None,
     *,
     overwrite: bool = False,
     push: str | None = None,
+    register: str | None = None,
     connection: str | None = None,
     refresh: bool = False,
     progress: bool = True,
@@ -143,16 +161,20 @@ def train(
     """Train a model as ``cfg`` says, writing ``best.pt``, ``last.pt``, history and curves.
 
     ``refresh`` fetches a stage source's files again instead of using the local cache;
-    ``push`` (``@STAGE/models/RUN/``) uploads the run's results there at the end.
+    ``push`` (``@STAGE/models/RUN/``) uploads the run's results there at the end;
+    ``register`` (``[DB.SCHEMA.]NAME[/VERSION]``) logs ``best.pt`` as a new version of that
+    Model Registry model at the end, with its metrics (needs the ``snowflake-ml`` extra).
     """
+    ref = registry.registration_ref(register) if register else None
     if is_main_process():
         log(describe_environment(cfg.train.device).line())
     with Sessions(connection, log=log) as sessions:
-        session = _stage_session(cfg, push, sessions)
+        session = _stage_session(cfg, push, sessions, ref)
         source = build_source(cfg.data, refresh, progress, session=session)
         run_dir = _new_run_dir(cfg, out, overwrite, log)
         result = _fit(cfg, source, run_dir, resuming=False, progress=progress, log=log)
         _push(sessions, cfg, run_dir, push, log)
+        _register(sessions, cfg, result, ref, log)
     return result
 
 
@@ -175,12 +197,15 @@ def resume(
     overrides: Sequence[str] = (),
     *,
     push: str | None = None,
+    register: str | None = None,
     connection: str | None = None,
     progress: bool = True,
     log: Log = print,
 ) -> TrainResult:
     """Continue the run in ``run_dir`` from its ``last.pt`` (``train.epochs=N`` may extend it);
-    ``push`` uploads its results to a stage folder at the end, as :func:`train` does."""
+    ``push`` uploads its results to a stage folder and ``register`` logs ``best.pt`` in the
+    Model Registry at the end, as :func:`train` does."""
+    ref = registry.registration_ref(register) if register else None
     run_dir = Path(run_dir)
     if not (run_dir / "last.pt").is_file():
         raise CheckpointError(f"{run_dir}: no last.pt to resume from")
@@ -188,12 +213,13 @@ def resume(
     if is_main_process():
         log(describe_environment(cfg.train.device).line())
     with Sessions(connection, log=log) as sessions:
-        session = _stage_session(cfg, push, sessions)
+        session = _stage_session(cfg, push, sessions, ref)
         source = build_source(cfg.data, progress=progress, session=session)
         if overrides and is_main_process():
             save_config(cfg, run_dir / "config.yaml")
         result = _fit(cfg, source, run_dir, resuming=True, progress=progress, log=log)
         _push(sessions, cfg, run_dir, push, log)
+        _register(sessions, cfg, result, ref, log)
     return result
 
 

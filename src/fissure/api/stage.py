@@ -1,11 +1,15 @@
-"""Datasets and runs between this machine and a Snowflake stage."""
+"""Datasets, runs and models between this machine and Snowflake: a stage, and the Model
+Registry."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ..config import SnowflakeConfig, read_yaml
+from ..data import is_stage_path
+from ..snowflake import registry
 from ..snowflake import runs as stage_runs
 from ..snowflake.runs import check_push_target
 from ..snowflake.session import Sessions
@@ -47,3 +51,46 @@ def pull(stage_path: str, out: str | Path = ".", *, connection: str | None = Non
     gzip; returns the local path (``best_model.pth.gz`` arrives as ``best_model.pth``)."""
     with Sessions(connection) as sessions:
         return stage_runs.pull(sessions.get(), stage_path, out)
+
+
+def register_checkpoint(
+    checkpoint: str | Path,
+    model: str,
+    *,
+    version: str | None = None,
+    comment: str | None = None,
+    metrics: Sequence[str | Path] | None = None,
+    connection: str | None = None,
+    log: Log = print,
+) -> dict[str, Any]:
+    """Log a checkpoint (file or stage path) as a new version of registry model ``model``
+    (``[DB.SCHEMA.]NAME``; created at its first version).
+
+    ``metrics`` are evaluation ``metrics.json`` files whose figures become version metrics
+    (default: the ``metrics.json`` beside a local checkpoint, if any), besides the
+    checkpoint's own validation figures. Returns ``model``, ``version``, ``reference``
+    (``snowflake://...``, what ``evaluate``/``predict`` take) and ``metrics``.
+    """
+    ref = registry.registration_ref(model, version)
+    registry.require_ml("fissure snowflake register")
+    text = str(checkpoint)
+    evaluations = (registry.read_evaluations(metrics) if metrics is not None
+                   else [] if is_stage_path(text) else registry.evaluations_beside(text))
+    with Sessions(connection, log=log) as sessions:
+        session = sessions.get()
+        ckpt = stage_runs.read_checkpoint(checkpoint, session if is_stage_path(text) else None)
+        entry = registry.Registration(ref, comment, tuple(evaluations))
+        logged = registry.register(session, ckpt, entry, source=text)
+    name = logged.version_name
+    return {"model": ref.qualified, "version": name,
+            "reference": f"{registry.SCHEME}{ref.qualified}/{name}",
+            "metrics": registry.version_metrics(ckpt, evaluations)}
+
+
+def list_models(name: str | None = None, *, connection: str | None = None
+                ) -> list[dict[str, Any]]:
+    """The registered versions of model ``name`` (``[DB.SCHEMA.]NAME``), or of every model
+    in the session's schema: ``model``, ``version``, ``default``, ``comment``, ``metrics``."""
+    registry.require_ml("fissure snowflake models")
+    with Sessions(connection) as sessions:
+        return registry.list_versions(sessions.get(), name)

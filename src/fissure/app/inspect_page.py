@@ -35,6 +35,7 @@ from .inspection import (
 from .models import (
     CountingPredictor,
     model_info,
+    needs_session,
     predict_photo,
     predictor_for,
     read_model,
@@ -72,7 +73,7 @@ def _session(connection: str) -> Any:
 
 @st.cache_resource(show_spinner="Loading the model...", max_entries=2)
 def _model_from(source: str, connection: str) -> tuple[CountingPredictor, ModelInfo]:
-    session = _session(connection) if source.strip().startswith("@") else None
+    session = _session(connection) if needs_session(source) else None
     checkpoint = read_model(source, session)
     return predictor_for(checkpoint), model_info(checkpoint, source.strip())
 

@@ -24,6 +24,8 @@ from ..errors import CheckpointError, ConfigError
 from ..prediction import PredictOptions, Predictor, predict_image
 from ..prediction.predictor import default_tiling
 from ..prediction.tiles import plan_tiles
+from ..snowflake.registry import is_registry_reference
+from ..snowflake.registry import read_checkpoint as read_registered
 from ..snowflake.runs import read_checkpoint
 from .inspection import ModelInfo, PhotoPrediction
 
@@ -51,14 +53,23 @@ class CountingPredictor(Predictor):
         return logits
 
 
-def read_model(source: str | Path, session: Any = None) -> Checkpoint:
-    """The checkpoint in a local file or at a stage path (read on ``session``).
+def needs_session(source: str | Path) -> bool:
+    """Whether ``source`` is read through Snowflake: a stage path or a registry version."""
+    text = str(source).strip()
+    return is_stage_path(text) or is_registry_reference(text)
 
-    A stage path without a session is a one-line ConfigError.
+
+def read_model(source: str | Path, session: Any = None) -> Checkpoint:
+    """The checkpoint in a local file, at a stage path or in a Model Registry version
+    (``snowflake://NAME/VERSION``), the last two read on ``session``.
+
+    Either of those without a session is a one-line ConfigError.
     """
     text = str(source).strip()
-    if is_stage_path(text) and session is None:
-        raise ConfigError(f"{text}: a stage checkpoint needs a Snowflake session")
+    if needs_session(text) and session is None:
+        raise ConfigError(f"{text}: a Snowflake checkpoint needs a Snowflake session")
+    if is_registry_reference(text):
+        return read_registered(session, text)
     return read_checkpoint(text, session)
 
 

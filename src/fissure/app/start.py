@@ -13,6 +13,7 @@ from pathlib import Path
 from ..data import is_stage_path
 from ..errors import DataError
 from ..extras import require
+from ..snowflake.registry import is_registry_reference
 
 APP_SCRIPT = Path(__file__).with_name("main.py")
 """The script ``streamlit run`` is given."""
@@ -57,9 +58,10 @@ def streamlit_command(
 
 
 def check_app_inputs(checkpoint: str | Path | None, runs: str | Path | None) -> None:
-    """DataError unless a local ``checkpoint`` is a file and ``runs`` a folder; stage
-    checkpoints are read when the page opens, through its session."""
-    local = checkpoint is not None and not is_stage_path(str(checkpoint))
+    """DataError unless a local ``checkpoint`` is a file and ``runs`` a folder; stage and
+    registry checkpoints are read when the page opens, through its session."""
+    local = checkpoint is not None and not (
+        is_stage_path(str(checkpoint)) or is_registry_reference(str(checkpoint)))
     if local and not Path(str(checkpoint)).is_file():
         raise DataError(f"{checkpoint}: no such checkpoint file")
     if runs is not None and not Path(runs).is_dir():

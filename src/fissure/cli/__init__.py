@@ -5,7 +5,7 @@ One module per command group; importing them registers their commands on :data:`
 
 from __future__ import annotations
 
-from . import data, snowflake, tools, workflow  # noqa: F401  (registers the commands)
+from . import data, deploy, snowflake, tools, workflow  # noqa: F401  (registers the commands)
 from .group import cli
 
 __all__ = ["cli", "main"]

@@ -39,10 +39,13 @@ def _width_bounds(ctx: click.Context, param: click.Parameter, value: str) -> tup
 @click.option("--refresh", is_flag=True, help="Fetch stage data again instead of the local cache.")
 @click.option("--push", metavar="@STAGE/PREFIX/",
               help="Upload best.pt, config.yaml and metrics to this stage folder at the end.")
+@click.option("--register", metavar="[DB.SCHEMA.]NAME[/VERSION]",
+              help="Log best.pt in the Snowflake Model Registry at the end, as a new version "
+                   "of this model, with its metrics (needs the snowflake-ml extra).")
 @click.option("--devices", type=int, metavar="N",
               help="Data-parallel on N processes of this machine (runs torchrun for you).")
 def train(config_path, out, overrides, resume_dir, overwrite, device, quiet, connection,
-          refresh, push, devices) -> None:
+          refresh, push, register, devices) -> None:
     """Train a model; writes best.pt, last.pt, history.csv, curves.png and config.yaml.
 
     \b
@@ -51,6 +54,7 @@ def train(config_path, out, overrides, resume_dir, overwrite, device, quiet, con
       fissure train --config configs/cfd.yaml --set train.epochs=5 --set data.size=128
       fissure train --resume runs/demo
       fissure train --config stage.yaml --connection prod --push @DB.SCH.STAGE/models/run1/
+      fissure train --config stage.yaml --connection prod --register CRACKS
       fissure train --config configs/default.yaml --out runs/ddp --devices 2
     """
     if devices:
@@ -60,14 +64,15 @@ def train(config_path, out, overrides, resume_dir, overwrite, device, quiet, con
         if refresh:
             raise click.UsageError("--refresh applies to new runs; with --resume use "
                                    "--set data.snowflake.refresh=true")
-        result = api.resume(resume_dir, extra, push=push, connection=connection,
-                            progress=not quiet, log=click.echo)
+        result = api.resume(resume_dir, extra, push=push, register=register,
+                            connection=connection, progress=not quiet, log=click.echo)
     else:
         if not config_path:
             raise click.UsageError("give --config FILE (or --resume RUN_DIR)")
         cfg = load_config(config_path, extra)
-        result = api.train(cfg, out, overwrite=overwrite, push=push, connection=connection,
-                           refresh=refresh, progress=not quiet, log=click.echo)
+        result = api.train(cfg, out, overwrite=overwrite, push=push, register=register,
+                           connection=connection, refresh=refresh, progress=not quiet,
+                           log=click.echo)
     if is_main_process():
         click.echo(f"best epoch {result.best_epoch} (score {fmt(result.best_score)}); "
                    f"checkpoint {result.best}")
@@ -86,10 +91,14 @@ def train(config_path, out, overrides, resume_dir, overwrite, device, quiet, con
 @click.option("--workers", default=0, show_default=True, help="DataLoader workers.")
 @AMP_OPTION
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-@click.option("--connection", help="Snowflake connection name for a stage checkpoint or data.")
+@click.option("--connection",
+              help="Snowflake connection name for a stage or registry checkpoint, or data.")
 def evaluate(checkpoint, data, split, out, threshold, device, workers, amp, quiet,
              connection) -> None:
     """Score a checkpoint on a split with streaming, empty-mask-aware metrics.
+
+    CHECKPOINT is a file, a stage path, or a registered version: snowflake://NAME/VERSION
+    or snowflake://NAME/default (the model's default version; DB.SCHEMA.NAME also works).
 
     \b
     Writes into --out:
@@ -103,6 +112,7 @@ def evaluate(checkpoint, data, split, out, threshold, device, workers, amp, quie
     Example:
       fissure evaluate runs/demo/best.pt --data data/synth --split test --out runs/demo/eval
       fissure evaluate @DB.SCH.STAGE/models/run1/best.pt --data stage.yaml --connection prod
+      fissure evaluate snowflake://CRACKS/default --data data/cfd --connection prod
     """
     options = EvaluateOptions(threshold=threshold, device=device, amp=amp, num_workers=workers)
     metrics = api.evaluate(checkpoint, data, split, out, options, connection=connection,
@@ -142,13 +152,16 @@ def evaluate(checkpoint, data, split, out, threshold, device, workers, amp, quie
 @click.option("--device", default="auto", show_default=True)
 @AMP_OPTION
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-@click.option("--connection", help="Snowflake connection name for a stage checkpoint or --out.")
+@click.option("--connection",
+              help="Snowflake connection name for a stage or registry checkpoint, or --out.")
 def predict(checkpoint, inputs, out, pattern, threshold, tile, overlap, tta, batch_size,
             save_prob, overlay, min_area, px_per_mm, width_bounds, geojson, device, amp, quiet,
             connection) -> None:
     """Find cracks in photos of any size: masks, overlays and measurements.
 
-    INPUTS are image files (gzip too) and folders. Writes <stem>.png (0/255 mask of
+    CHECKPOINT is a file, a stage path, or a registered version (snowflake://NAME/VERSION,
+    snowflake://NAME/default). INPUTS are image files (gzip too) and folders. Writes
+    <stem>.png (0/255 mask of
     the photo's size), <stem>_overlay.jpg, and predictions.csv and predictions.json with
     size, tiling and crack area, segments, length and width per image. Images that share
     a stem are named by their folders (a__x.png, b__x.png). Large photos are predicted
@@ -158,6 +171,7 @@ def predict(checkpoint, inputs, out, pattern, threshold, tile, overlap, tta, bat
     Example:
       fissure predict runs/demo/best.pt photos/ --out predictions/ --px-per-mm 4.2
       fissure predict @DB.SCH.STAGE/models/best_model.pth.gz photos/ --out @DB.SCH.STAGE/pred/
+      fissure predict snowflake://CRACKS/V1 photos/ --out predictions/ --connection prod
     """
     options = PredictOptions(threshold=threshold, tile=tile, overlap=overlap, tta=tta,
                              batch_size=batch_size, min_area=min_area, px_per_mm=px_per_mm,

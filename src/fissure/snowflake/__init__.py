@@ -16,7 +16,16 @@
 * :mod:`~fissure.snowflake.upload`: a local dataset put into a stage, with its manifest.
 * :mod:`~fissure.snowflake.runs`: runs pushed and files pulled, stage checkpoints, stage
   inputs and outputs of prediction.
+* :mod:`~fissure.snowflake.registry`: checkpoints as Model Registry versions, listed with
+  their metrics, and ``snowflake://NAME/VERSION`` references resolved to checkpoints.
+* :mod:`~fissure.snowflake.crack_model`: the registry's ``CustomModel``: fissure's predictor
+  over one row per image (bytes or a stage path), masks and measurements out.
+* :mod:`~fissure.snowflake.batch`: predict-stage, a registered model over a stage folder
+  inside Snowflake (a stored procedure on the warehouse, or an ML Job on a compute pool).
+* :mod:`~fissure.snowflake.jobs`: fissure as a Snowflake ML Job: the wheel payload,
+  multi-node torchrun, the streamed log, the run pulled back.
 
-Snowpark is imported inside functions only: it is heavy, and only stage users need it.
+Snowpark and snowflake-ml are imported inside functions only: they are heavy, and only stage
+users need them.
 Nothing is imported here, so ``import fissure.snowflake.runs`` loads what it needs and no more.
 """
