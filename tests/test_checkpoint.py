@@ -187,3 +187,63 @@ def test_a_newer_format_asks_for_an_upgrade(tmp_path, small):
     torch.save(raw, tmp_path / "new.pt")
     with pytest.raises(CheckpointError, match="newer fissure"):
         load_checkpoint(tmp_path / "new.pt")
+
+
+def _light(decoder_channels=(64, 32, 16, 16)):
+    cfg = config_from_dict({"model": {"encoder": "resnet18",
+                                      "decoder_channels": list(decoder_channels)},
+                            "data": {"size": 64}})
+    torch.manual_seed(0)
+    return build_model("resnet18", decoder_channels=decoder_channels), cfg
+
+
+def test_custom_decoder_widths_are_stored_and_rebuilt(tmp_path):
+    model, cfg = _light()
+    make_checkpoint(model, cfg, epoch=1).save(tmp_path / "light.pt")
+    raw = torch.load(tmp_path / "light.pt", weights_only=True)
+    assert raw["model"]["decoder_channels"] == [64, 32, 16, 16]
+    assert raw["config"]["model"]["decoder_channels"] == [64, 32, 16, 16]
+    ckpt = load_checkpoint(tmp_path / "light.pt")
+    assert ckpt.model.decoder_channels == (64, 32, 16, 16)
+    rebuilt = ckpt.build_model()
+    assert rebuilt.decoder.widths == (64, 32, 16, 16)
+    shapes = {k: v.shape for k, v in model.state_dict().items()}
+    assert shapes == {k: v.shape for k, v in rebuilt.state_dict().items()}
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x), rebuilt(x))
+
+
+def test_widths_from_the_stored_config_when_the_model_entry_lacks_them(tmp_path):
+    model, cfg = _light()
+    raw = make_checkpoint(model, cfg, epoch=0).to_dict()
+    del raw["model"]["decoder_channels"]
+    assert checkpoint_from_dict(raw, "c.pt").build_model().decoder.widths == (64, 32, 16, 16)
+
+
+def test_weights_of_other_widths_are_one_line_naming_the_file(tmp_path):
+    model, cfg = _light()
+    raw = make_checkpoint(model, cfg, epoch=0).to_dict()
+    raw["model"]["decoder_channels"] = [128, 64, 32, 16]  # label and weights disagree
+    torch.save(raw, tmp_path / "mixed.pt")
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(tmp_path / "mixed.pt").build_model()
+    message = str(info.value)
+    assert f"{tmp_path / 'mixed.pt'}: weights do not fit" in message and "\n" not in message
+    assert "mis-shaped" in message and "size mismatch" not in message
+
+
+def test_default_widths_write_the_notebook_model_entry(tmp_path, small):
+    model, cfg = small
+    raw = make_checkpoint(model, cfg, epoch=0).to_dict()
+    assert "decoder_channels" not in raw["model"]
+    assert checkpoint_from_dict(raw, "d.pt").model.decoder_channels is None
+
+
+@pytest.mark.parametrize("bad", [[64, 32, 16], [64, 32, 16, 0], "wide"])
+def test_unusable_stored_widths_are_named(tmp_path, bad):
+    model, cfg = _light()
+    raw = make_checkpoint(model, cfg, epoch=0).to_dict()
+    raw["model"]["decoder_channels"] = bad
+    with pytest.raises(CheckpointError, match="w.pt: stored values are unusable.*decoder_channels"):
+        checkpoint_from_dict(raw, "w.pt")

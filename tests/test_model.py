@@ -181,3 +181,47 @@ def test_checkpoint_files_under_todays_key_names_load(tmp_path):
     for name in ("best_model.pth", "today.pt"):
         with torch.no_grad():
             assert torch.equal(load_checkpoint(tmp_path / name).build_model()(x), flat(x)), name
+
+
+def test_a_light_decoder_trains_and_keeps_the_output_shape():
+    torch.manual_seed(0)
+    model = build_model("resnet18", decoder_channels=(64, 32, 16, 16))
+    assert model.decoder.widths == (64, 32, 16, 16)
+    assert model.decoder.up4.out_channels == 64 and model.decoder.up1.out_channels == 16
+    assert model.decoder.dec1.double_conv[0].in_channels == 16 + 64
+    assert model.head.conv.in_channels == 16
+    x = torch.randn(2, 3, 64, 64)
+    out = model(x)
+    assert out.shape == (2, 1, 64, 64)
+    target = (torch.rand(2, 1, 64, 64) > 0.9).float()
+    torch.nn.functional.binary_cross_entropy_with_logits(out, target).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    assert model.decoder.up4.weight.grad.abs().sum() > 0
+    heavy = sum(p.numel() for p in build_model("resnet18").decoder.parameters())
+    assert sum(p.numel() for p in model.decoder.parameters()) < heavy / 4
+
+
+def test_default_decoder_channels_are_the_notebooks_exactly():
+    default = build_model("resnet34")
+    spelled = build_model("resnet34", decoder_channels=(256, 128, 64, 64))
+    shapes = {k: v.shape for k, v in default.state_dict().items()}
+    assert shapes == {k: v.shape for k, v in spelled.state_dict().items()}
+    assert default.decoder.widths == (256, 128, 64, 64)
+    assert build_model("resnet50").decoder.widths == (256, 128, 64, 64)
+    load_weights(spelled, default.state_dict(), "default.pt")
+
+
+@pytest.mark.parametrize("widths", [(64, 32, 16), (64, 32, 16, 0), (64, 32, 16, 8.5)])
+def test_bad_decoder_channels_name_the_key(widths):
+    with pytest.raises(ConfigError, match="model.decoder_channels"):
+        build_model("resnet18", decoder_channels=widths)
+
+
+def test_a_light_decoder_scripts():
+    model = build_model("resnet18", decoder_channels=(32, 16, 16, 8)).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        scripted = torch.jit.script(model)
+    x = torch.randn(1, 3, 40, 72)
+    with torch.no_grad():
+        assert torch.equal(scripted(x), model(x))

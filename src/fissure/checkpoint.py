@@ -5,7 +5,7 @@ On disk a checkpoint is a plain dict of tensors and primitives (:data:`FORMAT_VE
 it loads without unpickling code::
 
     format, format_version, fissure_version
-    model       {arch, encoder, n_classes}
+    model       {arch, encoder, n_classes, decoder_channels (only when not the notebook's)}
     state_dict  the weights, on the CPU
     threshold   the decision threshold (probability > threshold is crack)
     normalization {mean, std}, input {mode, size}
@@ -113,7 +113,8 @@ class Checkpoint:
         ``channels_last`` (NHWC) lets cuDNN and oneDNN choose faster convolutions; it is
         the caller's choice because it may change the last bits of a result.
         """
-        model = build_model(self.model.encoder, pretrained=False, n_classes=self.model.n_classes)
+        model = build_model(self.model.encoder, pretrained=False, n_classes=self.model.n_classes,
+                            decoder_channels=self.model.decoder_channels)
         load_weights(model, self.state_dict, self.origin)
         model = model.to(select_device(str(device))).eval()
         if channels_last:
@@ -129,15 +130,19 @@ class Checkpoint:
 
     def to_dict(self) -> dict[str, Any]:
         """The on-disk form (:data:`FORMAT_VERSION`): plain values and CPU tensors."""
+        spec: dict[str, Any] = {
+            "arch": "ResNetUNet",
+            "encoder": self.model.encoder,
+            "n_classes": self.model.n_classes,
+        }
+        if self.model.decoder_channels is not None:
+            # Absent means the notebook's widths, which is what every older file holds.
+            spec["decoder_channels"] = list(self.model.decoder_channels)
         obj: dict[str, Any] = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "fissure_version": self.fissure_version,
-            "model": {
-                "arch": "ResNetUNet",
-                "encoder": self.model.encoder,
-                "n_classes": self.model.n_classes,
-            },
+            "model": spec,
             "state_dict": self.state_dict,
             "threshold": float(self.threshold),
             "normalization": {"mean": list(self.mean), "std": list(self.std)},
@@ -243,6 +248,19 @@ def _read(path: Path, map_location: str | torch.device) -> Any:
         raise CheckpointError(f"{path}: not a readable torch checkpoint ({reason})") from None
 
 
+def _decoder_channels(spec: dict[str, Any], cfg: Config) -> tuple[int, ...] | None:
+    """The decoder widths the weights were trained with: the model entry's, else the stored
+    config's (both are written), else None, the notebook's widths that older files hold."""
+    raw = spec.get("decoder_channels", cfg.model.decoder_channels)
+    if raw is None:
+        return None
+    if not isinstance(raw, (list, tuple)) or len(raw) != 4 or any(
+        not isinstance(w, int) or isinstance(w, bool) or w < 1 for w in raw
+    ):
+        raise FissureError(f"model.decoder_channels: four positive widths, got {raw!r}")
+    return tuple(raw)
+
+
 def checkpoint_from_dict(obj: Any, origin: str = "checkpoint") -> Checkpoint:
     """Validate an unpickled checkpoint (format 1, or a notebook state dict) and type it."""
     if _is_notebook_state_dict(obj):
@@ -257,7 +275,8 @@ def checkpoint_from_dict(obj: Any, origin: str = "checkpoint") -> Checkpoint:
         raise CheckpointError(f"{origin}: unknown encoder {spec.get('encoder')!r} in checkpoint")
     try:
         cfg = config_from_dict(obj.get("config") or {})
-        model_cfg = ModelConfig(encoder=spec["encoder"], n_classes=int(spec.get("n_classes", 1)))
+        model_cfg = ModelConfig(encoder=spec["encoder"], n_classes=int(spec.get("n_classes", 1)),
+                                decoder_channels=_decoder_channels(spec, cfg))
         if model_cfg.n_classes != 1:
             raise FissureError(f"model.n_classes is {model_cfg.n_classes}, fissure needs 1")
         threshold = check_threshold(obj.get("threshold", DEFAULT_THRESHOLD), "threshold")

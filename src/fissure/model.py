@@ -124,23 +124,48 @@ class ResNetEncoder(nn.Module):
         return [e0, e1, e2, e3, e4]
 
 
+def default_decoder_channels(channels: tuple[int, ...], expansion: int = 1) -> tuple[int, ...]:
+    """The notebook's decoder widths, deepest first, for an encoder's five ``channels``."""
+    c0, c1, c2, c3, _ = channels
+    return (c3 // expansion, c2 // expansion, c1 // expansion, c0)
+
+
+def _check_widths(widths: tuple[int, ...] | list[int]) -> tuple[int, ...]:
+    values = tuple(widths)
+    if len(values) != 4 or any(
+        not isinstance(w, int) or isinstance(w, bool) or w < 1 for w in values
+    ):
+        raise ConfigError(f"model.decoder_channels: four positive integer widths, deepest "
+                          f"first (e.g. [256, 128, 64, 64]), got {list(values)}")
+    return values
+
+
 class UNetDecoder(nn.Module):
     """The U-Net decoder: four upsampling steps from stride 32 back to stride 2.
 
     Each step is a transposed conv that doubles the resolution, concatenation with the
     encoder map of the same stride, and a :class:`DoubleConv`. ``channels`` are the
-    encoder's five widths. The decoder widths follow the notebook for resnet34 (256, 128,
-    64, 64); a bottleneck encoder (``expansion`` 4) is narrowed to the same widths.
+    encoder's five widths. ``widths`` are the four steps' output widths, deepest first
+    (``model.decoder_channels``, as smp's ``decoder_channels``); None gives the notebook's
+    (:func:`default_decoder_channels`: 256, 128, 64, 64 for resnet18/34, and a bottleneck
+    encoder, ``expansion`` 4, narrowed to the same), whose parameter names and shapes old
+    checkpoints hold.
 
     Shapes:
         features: the encoder's five maps (see :class:`ResNetEncoder`).
-        returns: (N, channels[0], H / 2, W / 2).
+        returns: (N, widths[3], H / 2, W / 2).
     """
 
-    def __init__(self, channels: tuple[int, ...], expansion: int = 1) -> None:
+    def __init__(
+        self,
+        channels: tuple[int, ...],
+        expansion: int = 1,
+        widths: tuple[int, ...] | None = None,
+    ) -> None:
         super().__init__()
         c0, c1, c2, c3, c4 = channels
-        d4, d3, d2, d1 = c3 // expansion, c2 // expansion, c1 // expansion, c0
+        d4, d3, d2, d1 = _check_widths(widths or default_decoder_channels(channels, expansion))
+        self.widths = (d4, d3, d2, d1)
         self.out_channels = d1
         # Built in this order so that a seeded run draws the notebook's initial weights.
         self.up4 = nn.ConvTranspose2d(c4, d4, kernel_size=2, stride=2)
@@ -203,19 +228,31 @@ class ResNetUNet(nn.Module):
     The input is padded to a multiple of :data:`STRIDE` (:func:`pad_to_stride`), run
     through :class:`ResNetEncoder`, :class:`UNetDecoder` and :class:`SegmentationHead`, and
     the logits are cropped back to the input's size. Channel counts come from the encoder,
-    so resnet18/34 (64..512) and resnet50 (64, 256..2048) share one definition.
+    so resnet18/34 (64..512) and resnet50 (64, 256..2048) share one definition;
+    ``decoder_channels`` (four widths, deepest first) narrows or widens the decoder, None
+    keeping the notebook's.
 
     Shapes:
         x: (N, 3, H, W) float, normalised; any H and W.
         returns: (N, n_classes, H, W) logits.
     """
 
-    def __init__(self, n_classes: int = 1, encoder: str = "resnet34", pretrained: bool = False):
+    def __init__(
+        self,
+        n_classes: int = 1,
+        encoder: str = "resnet34",
+        pretrained: bool = False,
+        decoder_channels: tuple[int, ...] | None = None,
+    ) -> None:
         super().__init__()
         self.encoder_name = encoder
         self.stride = STRIDE
+        if decoder_channels is not None:  # before the encoder: a bad width fails fast
+            decoder_channels = _check_widths(decoder_channels)
         self.encoder = ResNetEncoder(encoder, pretrained)
-        self.decoder = UNetDecoder(self.encoder.channels, self.encoder.expansion)
+        self.decoder = UNetDecoder(
+            self.encoder.channels, self.encoder.expansion, decoder_channels
+        )
         self.head = SegmentationHead(self.decoder.out_channels, n_classes)
         self.register_load_state_dict_pre_hook(_rename_legacy_keys_hook)
 
@@ -228,10 +265,18 @@ class ResNetUNet(nn.Module):
 
 
 def build_model(
-    encoder: str = "resnet34", pretrained: bool = False, n_classes: int = 1
+    encoder: str = "resnet34",
+    pretrained: bool = False,
+    n_classes: int = 1,
+    decoder_channels: tuple[int, ...] | None = None,
 ) -> ResNetUNet:
-    """A :class:`ResNetUNet` with ``encoder``, ImageNet weights if ``pretrained``."""
-    return ResNetUNet(n_classes=n_classes, encoder=encoder, pretrained=pretrained)
+    """A :class:`ResNetUNet` with ``encoder``, ImageNet weights if ``pretrained``.
+
+    ``decoder_channels``: the decoder's four widths, deepest first (``model.decoder_channels``);
+    None gives the notebook's. Raises ConfigError naming the key on a bad value.
+    """
+    return ResNetUNet(n_classes=n_classes, encoder=encoder, pretrained=pretrained,
+                      decoder_channels=decoder_channels)
 
 
 def rename_legacy_keys(state_dict: dict[str, Tensor], prefix: str = "") -> dict[str, Tensor]:

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from scipy.ndimage import distance_transform_edt
 from skimage.morphology import skeletonize
 
 from fissure.data import FolderSource, load_pair
@@ -17,6 +18,7 @@ from fissure.data.synth import (
     MANIFEST_COLUMNS,
     MANIFEST_NAME,
     SPLITS,
+    THIN_DEFAULT_SIZE,
     SynthOptions,
     _crack_free_per_split,
     _split_sizes,
@@ -249,3 +251,78 @@ def test_layouts_do_not_mix_in_one_folder(tmp_path: Path) -> None:
 def test_bad_options_raise_data_error(tmp_path: Path, options: SynthOptions) -> None:
     with pytest.raises(DataError):
         generate_dataset(tmp_path / "out", count=3, size=32, options=options)
+
+
+# --------------------------------------------------------------------------- thin cracks
+
+
+def _widths(crack: np.ndarray) -> tuple[float, float]:
+    """Mean width (area over centreline length) and the share of pixels over 2 px across.
+
+    A pixel 2+ px from the background (distance transform) sits in a band 3+ px across.
+    """
+    mean = crack.sum() / skeletonize(crack).sum()
+    return float(mean), float((distance_transform_edt(crack) > 1.5).mean() / crack.mean())
+
+
+def test_thin_cracks_per_split_are_rare_and_one_to_two_pixels_wide(tmp_path: Path) -> None:
+    generate_dataset(tmp_path, count=20, size=256, seed=5, options=SynthOptions(thin=True))
+    for split, masks in _masks(tmp_path).items():
+        fraction = np.mean([m > 0 for m in masks])
+        assert 0.0 < fraction <= 0.005, (split, fraction)
+        for m in masks:
+            if m.any():
+                mean, wide = _widths(m > 0)
+                assert 1.0 <= mean <= 2.0, (split, mean)
+                assert wide <= 0.01, (split, wide)  # junctions only
+
+
+def test_thin_default_size_is_512_and_same_seed_same_bytes(tmp_path: Path) -> None:
+    thin = SynthOptions(thin=True)
+    for name in ("a", "b"):
+        generate_dataset(tmp_path / name, count=3, seed=1, options=thin)
+    generate_dataset(tmp_path / "wide", count=3, seed=1)
+    a = _files(tmp_path / "a")
+    assert a == _files(tmp_path / "b")
+    with Image.open(tmp_path / "a" / "train" / "images" / "synth_0001.png") as im:
+        assert im.size == (THIN_DEFAULT_SIZE, THIN_DEFAULT_SIZE)
+    thin_share = np.mean([m > 0 for ms in _masks(tmp_path / "a").values() for m in ms])
+    wide_share = np.mean([m > 0 for ms in _masks(tmp_path / "wide").values() for m in ms])
+    assert 0.0 < thin_share <= 0.005 < wide_share
+
+
+@pytest.mark.parametrize("size", [64, 128, 512, 900])
+def test_thin_pair_stays_under_the_cap_at_any_size(size: int) -> None:
+    for seed in range(4):
+        image, mask = synth_pair(np.random.default_rng([seed, 9]), size, thin=True)
+        crack = mask > 0
+        assert 0.0 < crack.mean() <= 0.005, (size, seed, crack.mean())
+        assert _widths(crack)[1] <= 0.02, (size, seed)
+        lum = image.astype(float).mean(axis=2)
+        assert lum[crack].mean() < lum[~crack].mean() - 5
+
+
+def test_thin_cracks_in_the_notebook_layout(tmp_path: Path) -> None:
+    opts = SynthOptions(manifest=True, gzip=True, thin=True)
+    counts = generate_dataset(tmp_path, count=10, size=96, seed=3, options=opts)
+    assert sum(counts.values()) == 10 and (tmp_path / MANIFEST_NAME).exists()
+    source = FolderSource(tmp_path)
+    cracked = 0
+    for sample in source.samples("train"):
+        _, mask = load_pair(source, sample)
+        truth = synth_pair(np.random.default_rng([3, int(sample.name[-4:])]), 96,
+                           with_crack=bool(mask.any()), thin=True)[1]
+        # A 1-px line survives JPEG: the binarised mask is still the drawn one.
+        assert np.array_equal(mask, truth > 0), sample.name
+        cracked += bool(mask.any())
+    assert cracked >= 1
+
+
+def test_thin_crack_is_shortened_when_no_draw_fits(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fissure.data import synth_draw
+
+    # No draw falls in an empty band, and every one is over a cap a tenth the usual.
+    monkeypatch.setattr(synth_draw, "_THIN_BAND", (1.0, 0.0))
+    monkeypatch.setattr(synth_draw, "THIN_MAX_FRACTION", 0.0005)
+    _, mask = synth_pair(np.random.default_rng(4), 256, thin=True)
+    assert 0.0 < (mask > 0).mean() <= 0.0005

@@ -20,7 +20,8 @@ def data() -> None:
 @data.command("synth")
 @click.argument("out", type=click.Path(file_okay=False))
 @click.option("--count", default=200, show_default=True, help="Number of image/mask pairs.")
-@click.option("--size", default=256, show_default=True, help="Image side in pixels.")
+@click.option("--size", type=int, show_default="256, or 512 with --thin",
+              help="Image side in pixels.")
 @click.option("--seed", default=0, show_default=True, help="Same seed, same bytes.")
 @click.option("--gzip", "gzip_files", is_flag=True,
               help="gzip every file (x.jpg.gz), as the notebook's stage holds them.")
@@ -31,20 +32,26 @@ def data() -> None:
               help="Image and mask format (default: jpg with --manifest, else png).")
 @click.option("--workers", type=click.IntRange(min=1),
               help="Processes drawing images (default: one per core from 256 pairs).")
-def data_synth(out, count, size, seed, gzip_files, manifest, image_format, workers) -> None:
+@click.option("--thin", is_flag=True,
+              help="Hairline cracks: 1-2 px wide, at most 0.5 % of each image's pixels.")
+def data_synth(out, count, size, seed, gzip_files, manifest, image_format, workers,
+               thin) -> None:
     """Write a synthetic crack dataset to OUT/{train,val,test}/{images,masks}.
 
     With --manifest, the notebook's stage layout instead (images/, masks/, manifest.csv).
+    With --thin, hairline cracks (1-2 px wide, under 0.5 % crack pixels, 512 px unless
+    --size is given): the thin, rare cracks on which a model drifts to blank masks.
 
     \b
     Examples:
       fissure data synth data/synth --count 200 --size 256 --seed 0
+      fissure data synth data/thin --count 200 --thin
       fissure data synth data/notebook --count 11298 --size 448 --gzip --manifest
     """
     from ..data.synth import MANIFEST_NAME, SynthOptions, generate_dataset
 
     options = SynthOptions(manifest=manifest, gzip=gzip_files, image_format=image_format,
-                           workers=workers)
+                           workers=workers, thin=thin)
     counts = generate_dataset(out, count=count, size=size, seed=seed, progress=True,
                               options=options)
     click.echo(f"wrote {sum(counts.values())} pairs to {out} "

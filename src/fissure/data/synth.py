@@ -5,6 +5,8 @@ stream derived from ``(seed, index)``, so a dataset is reproducible byte for byt
 image does not depend on how many others were generated before it, nor on how many
 processes drew them. Two layouts: ``{train,val,test}/{images,masks}`` PNGs (the default),
 or the notebook's stage (flat ``images/`` and ``masks/`` of gzip JPEGs and a manifest).
+``SynthOptions(thin=True)`` draws hairline cracks (1-2 px, at most 0.5 % of the pixels) at
+512 px by default, to test rare-crack training without real data.
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ from fissure.progress import progress_bar
 __all__ = ["MIN_COUNT", "MIN_SIZE", "SPLITS", "SynthOptions", "generate_dataset", "synth_pair"]
 
 MIN_COUNT = 3
+DEFAULT_SIZE = 256
+THIN_DEFAULT_SIZE = 512
+"""Thin cracks are drawn at 512 px unless a size is given: the held-out thin set's size."""
 
 
 # --------------------------------------------------------------------------- dataset
@@ -125,13 +130,16 @@ class SynthOptions:
     the stage holds them. ``image_format``: ``png`` or ``jpg`` for images and masks alike
     (None: ``jpg`` with ``manifest``, as the public dataset, else ``png``). ``workers``:
     processes drawing images (None: the usable cores for large sets, one for small ones);
-    the files do not depend on it.
+    the files do not depend on it. ``thin``: hairline cracks, 1-2 px wide and at most 0.5 %
+    of an image's pixels (:func:`~fissure.data.synth_draw.synth_pair`), instead of 1-6 px
+    cracks covering about 1-6 %.
     """
 
     manifest: bool = False
     gzip: bool = False
     image_format: str | None = None
     workers: int | None = None
+    thin: bool = False
 
     @property
     def suffix(self) -> str:
@@ -169,12 +177,12 @@ def _write(path: Path, data: bytes) -> None:
         raise DataError(f"{path}: cannot write synthetic image ({exc.strerror or exc})") from exc
 
 
-def _draw_items(seed: int, size: int, suffix: str, items: list[_Item]) -> int:
+def _draw_items(seed: int, size: int, suffix: str, items: list[_Item], thin: bool = False) -> int:
     """Draw and write ``items``; a module-level function so worker processes can run it."""
     for item in items:
         # One stream per image, so each file depends only on (seed, index, with_crack).
         rng = np.random.default_rng([seed, item.index + 1])
-        image, mask = synth_pair(rng, size, with_crack=item.with_crack)
+        image, mask = synth_pair(rng, size, with_crack=item.with_crack, thin=thin)
         _write(item.image, _encode(image, suffix))
         _write(item.mask, _encode(mask, suffix))
     return len(items)
@@ -238,11 +246,13 @@ def _write_manifest(out: Path, plan: list[tuple[str, str, bool]]) -> None:
     os.replace(tmp, out / MANIFEST_NAME)
 
 
-def _run(seed: int, size: int, suffix: str, items: list[_Item], workers: int, bar) -> None:
+def _run(
+    seed: int, size: int, suffix: str, items: list[_Item], workers: int, bar, thin: bool
+) -> None:
     """Draw ``items`` in ``workers`` processes (here when 1), advancing ``bar``."""
     if workers <= 1:
         for item in items:
-            bar.update(_draw_items(seed, size, suffix, [item]))
+            bar.update(_draw_items(seed, size, suffix, [item], thin))
         return
     chunk = 16
     jobs = [items[k : k + chunk] for k in range(0, len(items), chunk)]
@@ -252,7 +262,7 @@ def _run(seed: int, size: int, suffix: str, items: list[_Item], workers: int, ba
     methods = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
     with ProcessPoolExecutor(workers, mp_context=context) as pool:
-        futures = [pool.submit(_draw_items, seed, size, suffix, job) for job in jobs]
+        futures = [pool.submit(_draw_items, seed, size, suffix, job, thin) for job in jobs]
         for future in as_completed(futures):
             bar.update(future.result())
 
@@ -271,7 +281,7 @@ def _workers(count: int, wanted: int | None) -> int:
 def generate_dataset(
     out: Path | str,
     count: int,
-    size: int = 256,
+    size: int | None = None,
     seed: int = 0,
     fractions: tuple[float, float, float] | None = None,
     crack_free_fraction: float = 0.15,
@@ -285,12 +295,15 @@ def generate_dataset(
     gzip and JPEG, where the default split is 0.8/0.1/0.1 (:data:`NOTEBOOK_FRACTIONS`).
     Files are numbered across all splits; an image and its mask share the name. Exactly
     ``round(count * crack_free_fraction)`` images carry no crack, spread over the splits.
+    ``size`` defaults to 256 px, or 512 with ``options.thin`` (hairline cracks).
     The same arguments always produce byte-identical files, however many workers draw them.
 
     Raises:
         DataError: on bad arguments, when OUT already holds other images, or on write errors.
     """
     options = options or SynthOptions()
+    if size is None:
+        size = THIN_DEFAULT_SIZE if options.thin else DEFAULT_SIZE
     if fractions is None:
         fractions = NOTEBOOK_FRACTIONS if options.manifest else (0.7, 0.15, 0.15)
     _check_args(count, size, seed, fractions, crack_free_fraction)
@@ -311,7 +324,7 @@ def generate_dataset(
     if options.manifest:  # a manifest left by an earlier run would describe unfinished files
         (out / MANIFEST_NAME).unlink(missing_ok=True)
     with progress_bar(total=len(items), desc="synth", unit="img", enabled=progress) as bar:
-        _run(seed, size, suffix, items, workers, bar)
+        _run(seed, size, suffix, items, workers, bar, options.thin)
     if options.manifest:
         # The names the stage uses: the .gz is the stage's transport, not part of the name.
         _write_manifest(out, [(s, n.removesuffix(".gz"), c) for s, n, c in plan])

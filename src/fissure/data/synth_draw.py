@@ -4,6 +4,11 @@ The crack is rasterised once as a signed coverage field; the mask is the hard th
 that field and the image receives the soft, blurred version, so label and pixels agree
 exactly while the image still looks antialiased. :mod:`fissure.data.synth` writes whole
 datasets of these.
+
+``thin=True`` draws hairline cracks instead: every mask pixel lies within
+:data:`THIN_MAX_RADIUS` of the centreline, so the mask is 1-2 px across, and the crack's
+length follows the image area so that it covers at most :data:`THIN_MAX_FRACTION` of the
+pixels, the regime of thin real cracks (0.1-0.5 %) where a model drifts to blank masks.
 """
 
 from __future__ import annotations
@@ -21,6 +26,12 @@ MAX_WIDTH = 6.0
 # Crack pixel fraction we aim for in cracked images; outside it we redraw the crack.
 _FRACTION_BAND = (0.008, 0.06)
 _MAX_REDRAWS = 12
+THIN_MAX_FRACTION = 0.005
+"""A thin-mode crack never covers more than this share of its image."""
+THIN_MAX_RADIUS = 0.7
+"""Below 1/sqrt(2): a band of this half-width holds at most two pixel centres across at any
+angle, so thin-mode masks are 1-2 px wide."""
+_THIN_BAND = (0.001, THIN_MAX_FRACTION)
 
 
 # --------------------------------------------------------------------------- background
@@ -118,19 +129,24 @@ def _taper(n: int, start: float, end: float) -> np.ndarray:
     return (start + (1.0 - start) * head) * (end + (1.0 - end) * tail)
 
 
-def _crack_strokes(rng: np.random.Generator, size: int) -> list[tuple[np.ndarray, ...]]:
+def _crack_strokes(
+    rng: np.random.Generator, size: int, thin: bool = False
+) -> list[tuple[np.ndarray, ...]]:
     """Main crack plus one or two branches as (points, widths, darkness) strokes."""
-    max_width = min(MAX_WIDTH, 1.0 + size / 50.0)
+    max_width = 2.0 * THIN_MAX_RADIUS if thin else min(MAX_WIDTH, 1.0 + size / 50.0)
+    # Thin cracks are shortened on small images: a 1.2 px line 1.5 sides long would cover
+    # 0.5 % of a 360 px image; at 512 px the main crack stays under 0.3 % of the pixels.
+    reach = min(1.0, size / 600.0) if thin else 1.0
     step = max(2.0, size / 64.0)
     centre = rng.uniform(0.2, 0.8, 2) * size
     heading = rng.uniform(0.0, math.pi)
-    left = _walk(rng, centre, heading + math.pi, rng.uniform(0.3, 0.75) * size, step)
-    right = _walk(rng, centre, heading, rng.uniform(0.3, 0.75) * size, step)
+    left = _walk(rng, centre, heading + math.pi, rng.uniform(0.3, 0.75) * size * reach, step)
+    right = _walk(rng, centre, heading, rng.uniform(0.3, 0.75) * size * reach, step)
     main = np.concatenate([left[::-1], right[1:]])
     n = len(main)
     w0 = rng.uniform(1.0, max_width)
     widths = w0 * _profile(rng, n, 0.3) * _taper(n, 0.35, 0.35)
-    dark0 = rng.uniform(0.3, 0.75)
+    dark0 = rng.uniform(0.4, 0.8) if thin else rng.uniform(0.3, 0.75)
     strokes = [(main, widths, dark0 * _profile(rng, n, 0.2))]
 
     for _ in range(rng.integers(1, 3)):
@@ -138,21 +154,23 @@ def _crack_strokes(rng: np.random.Generator, size: int) -> list[tuple[np.ndarray
         local = main[min(at + 1, n - 1)] - main[max(at - 1, 0)]
         side = rng.choice([-1.0, 1.0])
         angle = math.atan2(local[1], local[0]) + side * rng.uniform(0.35, 1.2)
-        branch = _walk(rng, main[at], angle, rng.uniform(0.12, 0.4) * size, step)
+        branch = _walk(rng, main[at], angle, rng.uniform(0.12, 0.4) * size * reach, step)
         m = len(branch)
         bw = widths[at] * rng.uniform(0.45, 0.85) * _profile(rng, m, 0.2) * _taper(m, 1.0, 0.3)
         strokes.append((branch, bw, dark0 * rng.uniform(0.8, 1.0) * _profile(rng, m, 0.2)))
-    return [(pts, np.clip(w, 1.0, MAX_WIDTH), np.clip(d, 0.15, 0.85)) for pts, w, d in strokes]
+    top = max_width if thin else MAX_WIDTH
+    return [(pts, np.clip(w, 1.0, top), np.clip(d, 0.15, 0.85)) for pts, w, d in strokes]
 
 
 def _rasterise(
-    strokes: list[tuple[np.ndarray, ...]], rough: np.ndarray
+    strokes: list[tuple[np.ndarray, ...]], rough: np.ndarray, max_radius: float = math.inf
 ) -> tuple[np.ndarray, np.ndarray]:
     """Hard mask (bool) and soft darkening field in [0, 1) for a set of strokes.
 
     A pixel is crack when its centre lies within half the local width (plus the edge
-    roughness ``rough``) of the centreline; the darkening uses a one-pixel linear falloff
-    around that edge, so every mask pixel is darkened by at least half the local contrast.
+    roughness ``rough``, at most ``max_radius``) of the centreline; the darkening uses a
+    one-pixel linear falloff around that edge, so every mask pixel is darkened by at least
+    half the local contrast.
     """
     size = rough.shape[0]
     mask = np.zeros((size, size), bool)
@@ -174,7 +192,7 @@ def _rasterise(
             t = np.clip(((xs - p0[0]) * v[0] + (ys - p0[1]) * v[1]) / vv, 0.0, 1.0)
             dist = np.hypot(xs - (p0[0] + t * v[0]), ys - (p0[1] + t * v[1]))
             # Never below half a pixel, so hairline cracks stay connected.
-            radius = np.maximum(r0 + t * (r1 - r0) + rough[y_lo:y_hi, x_lo:x_hi], 0.5)
+            radius = np.clip(r0 + t * (r1 - r0) + rough[y_lo:y_hi, x_lo:x_hi], 0.5, max_radius)
             cover = np.clip(radius + 0.5 - dist, 0.0, 1.0)
             # Deeper (darker) along the centreline, as a real crack is shadowed inside.
             depth = 1.0 - 0.3 * np.clip(dist / np.maximum(radius, 0.5), 0.0, 1.0) ** 2
@@ -185,8 +203,37 @@ def _rasterise(
     return mask, dark
 
 
+def _thin_crack(
+    rng: np.random.Generator, size: int, rough: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mask and darkening of a hairline crack covering at most THIN_MAX_FRACTION of the image.
+
+    Redraws until the share is within the band; if none is, the smallest draw is shortened
+    from its far end (its branches first), so the cap holds on any size.
+    """
+    best: tuple[float, list[tuple[np.ndarray, ...]]] | None = None
+    for _ in range(_MAX_REDRAWS):
+        strokes = _crack_strokes(rng, size, thin=True)
+        mask, dark = _rasterise(strokes, rough, THIN_MAX_RADIUS)
+        if _THIN_BAND[0] <= mask.mean() <= _THIN_BAND[1]:
+            return mask, dark
+        if best is None or mask.mean() < best[0]:
+            best = (float(mask.mean()), strokes)
+    strokes = best[1]
+    while True:
+        mask, dark = _rasterise(strokes, rough, THIN_MAX_RADIUS)
+        if mask.mean() <= THIN_MAX_FRACTION:
+            return mask, dark
+        pts, widths, contrast = strokes[-1]
+        keep = max(2, len(pts) * 3 // 4)
+        if len(strokes) > 1 and keep == len(pts):
+            strokes = strokes[:-1]
+        else:
+            strokes = [*strokes[:-1], (pts[:keep], widths[:keep], contrast[:keep])]
+
+
 def synth_pair(
-    rng: np.random.Generator, size: int, with_crack: bool = True
+    rng: np.random.Generator, size: int, with_crack: bool = True, thin: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
     """Draw one synthetic concrete photo and its crack mask.
 
@@ -194,6 +241,8 @@ def synth_pair(
         rng: Source of randomness; the result is a pure function of its state.
         size: Side length in pixels of the square image (at least 32).
         with_crack: If False, the image is bare concrete and the mask is all zero.
+        thin: A hairline crack, 1-2 px wide and at most 0.5 % of the pixels, instead of a
+            1-6 px crack covering about 1-6 %.
 
     Returns:
         ``(image, mask)``: an (H, W, 3) uint8 RGB image and an (H, W) uint8 mask in {0, 255}.
@@ -205,13 +254,17 @@ def synth_pair(
     if with_crack:
         # Ragged edges: real crack walls break around aggregate instead of running smooth.
         rough = _smooth_noise(rng, size, 3.0) * rng.uniform(0.2, 0.5)
-        for _ in range(_MAX_REDRAWS):
-            strokes = _crack_strokes(rng, size)
-            mask, dark = _rasterise(strokes, rough)
-            if _FRACTION_BAND[0] <= mask.mean() <= _FRACTION_BAND[1]:
-                break
-        # Blur only the image's darkening, never the mask, so labels stay crisp.
-        dark = gaussian_filter(dark, rng.uniform(0.35, 0.8))
+        if thin:
+            mask, dark = _thin_crack(rng, size, rough * 0.3)
+        else:
+            for _ in range(_MAX_REDRAWS):
+                strokes = _crack_strokes(rng, size)
+                mask, dark = _rasterise(strokes, rough)
+                if _FRACTION_BAND[0] <= mask.mean() <= _FRACTION_BAND[1]:
+                    break
+        # Blur only the image's darkening, never the mask, so labels stay crisp; a hairline
+        # is blurred less, or it would fade into the sensor noise.
+        dark = gaussian_filter(dark, rng.uniform(0.3, 0.55) if thin else rng.uniform(0.35, 0.8))
         lum = lum * (1.0 - dark)
 
     tint = 1.0 + rng.normal(0.0, 0.012, 3).astype(np.float32)
