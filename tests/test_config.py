@@ -141,3 +141,34 @@ def test_data_cache_choices(tmp_path):
     cfg = load_config(None, ["train.batch_size=auto", "data.cache=decoded"])
     save_config(cfg, tmp_path / "c.yaml")
     assert load_config(tmp_path / "c.yaml") == cfg
+
+
+def test_data_size_takes_a_number_or_auto_in_crop_mode():
+    cfg = load_config(None, ["data.mode=crop", "data.size=auto"])
+    assert cfg.data.size == "auto"
+    with pytest.raises(ConfigError, match="data.size: 'auto' picks a crop, so it needs"):
+        load_config(None, ["data.mode=resize", "data.size=auto"])
+    with pytest.raises(ConfigError, match="data.size: expected a positive int or 'auto'"):
+        load_config(None, ["data.mode=crop", "data.size=big"])
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("train.ema_start=1", "train.ema_start: must be within [0, 1)"),
+    ("train.select_window=0", "train.select_window: must be at least 1"),
+    ("train.select_tolerance=-0.1", "train.select_tolerance and train.min_val_images"),
+    ("train.min_val_images=-1", "train.select_tolerance and train.min_val_images"),
+    ("train.max_minutes=-5", "train.max_minutes: must be >= 0"),
+    ("train.init_bias=prior", "train.init_bias: 'prior' is not one of none, auto"),
+])
+def test_budget_and_selection_keys_are_checked(override, message):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [override])
+    assert message in str(info.value)
+
+
+def test_the_shipped_cfd_recipe_is_budgeted():
+    """bf16 where the CPU has it, the crack prior as output bias, a run the clock ends."""
+    cfg = load_config(CONFIGS / "cfd.yaml")
+    train = cfg.train
+    assert train.amp and train.init_bias == "auto" and train.max_minutes == 30
+    assert train.patience == 0 and train.select_window > 1

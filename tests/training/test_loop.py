@@ -23,6 +23,7 @@ from fissure.training import (
     loop,
     train_one_epoch,
     validate,
+    validation,
 )
 from fissure.training.interruption import Interrupt
 
@@ -110,6 +111,7 @@ def test_train_iou_is_taken_at_the_training_threshold(tmp_path, tiny_overrides, 
         return real(logits, masks, threshold, **kwargs)
 
     monkeypatch.setattr(loop, "confusion_counts", spy)
+    monkeypatch.setattr(validation, "confusion_counts", spy)
     setup = build_setup(cfg, build_source(cfg.data))
     state = TrainState()
     outcome = train_one_epoch(setup, state, Interrupt(), **QUIET)
@@ -123,7 +125,7 @@ def test_train_iou_is_taken_at_the_training_threshold(tmp_path, tiny_overrides, 
 
 def test_dataset_scores_come_from_the_metrics_package():
     """Summed counts, one division; NaN where nothing was to be scored (the history rule)."""
-    tally = loop._Tally()
+    tally = validation.Tally()
     assert math.isnan(tally.iou())
     tally.conf += torch.tensor([3, 1, 2])
     assert tally.iou() == 3 / 6

@@ -15,8 +15,9 @@ def test_schedules(kind, step, expected):
 
 
 def test_warmup_ramps_up():
-    assert lr_factor(0, 100, 10, "cosine") == pytest.approx(0.1)
-    assert lr_factor(9, 100, 10, "cosine") == pytest.approx(1.0)
+    assert lr_factor(0, 100, 10, "cosine") == pytest.approx(0.1)  # never 0
+    assert lr_factor(5, 100, 10, "cosine") == pytest.approx(0.5)
+    assert lr_factor(10, 100, 10, "cosine") == pytest.approx(1.0)
 
 
 def test_optimizer_and_schedule_follow_the_config():

@@ -33,7 +33,59 @@ def test_setup_follows_the_config(tiny_overrides):
 def test_fixed_steps_per_epoch_and_ema(tiny_overrides):
     setup = _setup(tiny_overrides + ["train.steps_per_epoch=5", "train.ema=0.9"])
     assert setup.steps_per_epoch == 5
+    assert setup.eval_model is setup.model  # the EMA has not begun averaging
+    setup.ema.update_parameters(setup.model)
     assert setup.eval_model is setup.ema.module
+
+
+def test_init_bias_auto_starts_at_the_crack_prior(tiny_overrides):
+    """The mean first prediction on the training images is their crack share."""
+    from fissure.data import collate
+    from fissure.data.dataset import load_pair
+    from fissure.runtime import predict_probs
+
+    setup = _setup(tiny_overrides + ["train.init_bias=auto"])
+    source, samples = setup.train_set.source, setup.train_set.samples
+    prior = (sum(load_pair(source, x)[1].sum() for x in samples)
+             / sum(load_pair(source, x)[1].size for x in samples))
+    batch = collate([setup.val_set[i] for i in range(len(setup.val_set))])
+    probs = predict_probs(setup.model.eval(), batch["image"], setup.policy)
+    assert 0.001 < prior < 0.5
+    assert float(probs.mean()) == pytest.approx(prior, rel=0.1)
+    assert any("init_bias auto" in note for note in setup.notes)
+    plain = _setup(tiny_overrides)
+    plain_probs = predict_probs(plain.model.eval(), batch["image"], plain.policy)
+    assert abs(float(plain_probs.mean()) - prior) > 0.1  # without it: far from the prior
+
+
+def test_size_auto_takes_the_crop_the_training_images_hold(tiny_overrides):
+    setup = _setup(tiny_overrides + ["data.mode=crop", "data.size=auto"])
+    assert setup.cfg.data.size == 64 and setup.policy.size == 64  # the 64 px synth images
+    assert any(note.startswith("data.size auto: 64 px") for note in setup.notes)
+
+
+def test_images_smaller_than_the_crop_are_said_to_be_padded(tiny_overrides):
+    setup = _setup(tiny_overrides + ["data.mode=crop", "data.size=96"])
+    note = next(n for n in setup.notes if "smaller than the 96 px crop" in n)
+    assert note.startswith("8 of 8 training images") and "zero-padded" in note
+    image = setup.train_set[0]["image"]
+    assert tuple(image.shape[-2:]) == (96, 96)
+    assert not any("smaller than" in n for n in _setup(
+        tiny_overrides + ["data.mode=crop", "data.size=64"]).notes)
+
+
+def test_a_tiny_validation_split_is_topped_up_from_train(tiny_overrides):
+    setup = _setup(tiny_overrides + ["train.min_val_images=4"])
+    assert (len(setup.train_set), len(setup.val_set)) == (6, 4)
+    assert not {s.image for s in setup.train_set.samples} & {s.image for s in
+                                                               setup.val_set.samples}
+    assert any("2 training images moved" in note for note in setup.notes)
+    again = _setup(tiny_overrides + ["train.min_val_images=4"])
+    assert [s.image for s in again.val_set.samples] == [s.image for s in setup.val_set.samples]
+
+
+def test_the_compute_dtype_is_said(tiny_overrides):
+    assert _setup(tiny_overrides).notes[0].startswith("compute dtype: ")
 
 
 def test_the_same_seed_builds_the_same_model(tiny_overrides):

@@ -24,7 +24,7 @@ go under ``/tmp``, and loader workers are 0 in the warehouse sandbox.
 
 from ..evaluation import EvaluateOptions
 from ..prediction import OutputOptions, PredictOptions
-from .deploy import PredictStageOptions, predict_stage, train_job
+from .deploy import PredictStageOptions, TrainJob, predict_stage, train_job
 from .info import data_stats, environment
 from .models import data_config_for, demo, evaluate, load_model, predict
 from .runs import RUN_FILES, TrainResult, build_source, prepare_run_dir, resume, train
@@ -36,6 +36,7 @@ __all__ = [
     "PredictOptions",
     "PredictStageOptions",
     "RUN_FILES",
+    "TrainJob",
     "TrainResult",
     "build_source",
     "data_config_for",

@@ -9,9 +9,7 @@ needs once, as every library call does (:class:`~fissure.snowflake.session.Sessi
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from ..snowflake.batch import predict_stage as run_predict_stage
@@ -53,17 +51,13 @@ def predict_stage(model: str, folder: str, table: str, options: PredictStageOpti
         return run_predict_stage(session, request, options.compute_pool, log)
 
 
-def train_job(config: str | Path, compute_pool: str, stage: str, *, instances: int = 1,
-              overrides: Sequence[str] = (), out: str | Path | None = None,
-              wheel: str | Path | None = None, connection: str | None = None,
+def train_job(request: TrainJob, *, connection: str | None = None,
               log: Log = print) -> JobResult:
-    """Train ``config`` (with ``overrides``) as a Snowflake ML Job on ``compute_pool``, on
-    ``instances`` nodes through fissure's DDP path, its payload and run under stage folder
-    ``stage``; streams the job's log to ``log`` and pulls the run into ``out`` (default
-    ``runs/<job name>``). ``wheel``: a built fissure wheel to ship instead of building one."""
+    """Train ``request.config`` (with its overrides) as a Snowflake ML Job on
+    ``request.compute_pool``, on ``request.instances`` nodes through fissure's DDP path, its
+    payload and run under stage folder ``request.stage``; streams the job's log to ``log``
+    and pulls the run into ``request.out`` (default ``runs/<job name>``)."""
     require_ml("train-job")
-    request = TrainJob(Path(config), compute_pool, stage, instances, tuple(overrides),
-                       Path(out) if out else None, Path(wheel) if wheel else None)
     check_train_job(request)  # a bad config fails before any session is opened
     with Sessions(connection, log=log) as sessions:
         return run_train_job(sessions.get(), request, log)

@@ -56,6 +56,12 @@ def build_source(
                                    progress=progress)
 
 
+def _recorded(cfg: Config) -> Config:
+    """``cfg`` as ``config.yaml`` keeps it: a stage refresh is done once, not on resume."""
+    fetched = replace(cfg.data.snowflake, refresh=False)
+    return replace(cfg, data=replace(cfg.data, snowflake=fetched))
+
+
 def prepare_run_dir(out: str | Path | None, overwrite: bool = False) -> Path:
     """A fresh run folder: ``out`` if it holds no run, or ``runs/<timestamp>`` when not given
     (below ``/tmp`` inside Snowflake when the working folder is read-only)."""
@@ -87,8 +93,10 @@ def _fit(cfg: Config, source: PairSource, run_dir: Path, *, resuming: bool, prog
         setup = build_setup(cfg, source)
         for note in setup.notes:
             log(note)
-        if setup.cfg.train.batch_size != cfg.train.batch_size and setup.dist.main:
-            save_config(setup.cfg, run_dir / "config.yaml")  # a resume keeps the probed batch
+        # A resume keeps the probed batch and the crop `data.size: auto` chose.
+        probed = (setup.cfg.train.batch_size, setup.cfg.data.size)
+        if probed != (cfg.train.batch_size, cfg.data.size) and setup.dist.main:
+            save_config(_recorded(setup.cfg), run_dir / "config.yaml")
         keeper = RunKeeper(setup, run_dir)
         step = 0
         if resuming:
@@ -154,13 +162,13 @@ def train(
     push: str | None = None,
     register: str | None = None,
     connection: str | None = None,
-    refresh: bool = False,
     progress: bool = True,
     log: Log = print,
 ) -> TrainResult:
     """Train a model as ``cfg`` says, writing ``best.pt``, ``last.pt``, history and curves.
 
-    ``refresh`` fetches a stage source's files again instead of using the local cache;
+    ``data.snowflake.refresh`` fetches a stage source's files again instead of using the
+    local cache (``config.yaml`` records it as false: a resume need not fetch again);
     ``push`` (``@STAGE/models/RUN/``) uploads the run's results there at the end;
     ``register`` (``[DB.SCHEMA.]NAME[/VERSION]``) logs ``best.pt`` as a new version of that
     Model Registry model at the end, with its metrics (needs the ``snowflake-ml`` extra).
@@ -170,7 +178,7 @@ def train(
         log(describe_environment(cfg.train.device).line())
     with Sessions(connection, log=log) as sessions:
         session = _stage_session(cfg, push, sessions, ref)
-        source = build_source(cfg.data, refresh, progress, session=session)
+        source = build_source(cfg.data, progress=progress, session=session)
         run_dir = _new_run_dir(cfg, out, overwrite, log)
         result = _fit(cfg, source, run_dir, resuming=False, progress=progress, log=log)
         _push(sessions, cfg, run_dir, push, log)
@@ -183,7 +191,7 @@ def _new_run_dir(cfg: Config, out: str | Path | None, overwrite: bool, log: Log)
     if is_main_process():
         # Inside Snowflake a read-only working folder sends the run under /tmp (logged).
         run_dir = prepare_run_dir(None if out is None else writable_dir(out, log), overwrite)
-        save_config(cfg, run_dir / "config.yaml")
+        save_config(_recorded(cfg), run_dir / "config.yaml")
         log(f"run folder: {run_dir}")
         return run_dir
     if out is None:
@@ -216,7 +224,7 @@ def resume(
         session = _stage_session(cfg, push, sessions, ref)
         source = build_source(cfg.data, progress=progress, session=session)
         if overrides and is_main_process():
-            save_config(cfg, run_dir / "config.yaml")
+            save_config(_recorded(cfg), run_dir / "config.yaml")
         result = _fit(cfg, source, run_dir, resuming=True, progress=progress, log=log)
         _push(sessions, cfg, run_dir, push, log)
         _register(sessions, cfg, result, ref, log)

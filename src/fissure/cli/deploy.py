@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
-from ..api.deploy import PredictStageOptions, predict_stage, train_job
+from ..api.deploy import PredictStageOptions, TrainJob, predict_stage, train_job
 from .snowflake import snowflake
 
 
@@ -66,6 +68,7 @@ def snowflake_train_job(config_path, compute_pool, instances, stage, overrides, 
       fissure snowflake train-job --config stage.yaml --compute-pool GPU_POOL \\
           --instances 2 --stage @DB.SCH.STAGE/jobs/
     """
-    result = train_job(config_path, compute_pool, stage, instances=instances,
-                       overrides=overrides, out=out, connection=connection, log=click.echo)
+    request = TrainJob(Path(config_path), compute_pool, stage, instances, tuple(overrides),
+                       Path(out) if out else None)
+    result = train_job(request, connection=connection, log=click.echo)
     click.echo(f"job {result.job_id} done; run folder {result.files[0].parent}")

@@ -69,10 +69,9 @@ def train(config_path, out, overrides, resume_dir, overwrite, device, quiet, con
     else:
         if not config_path:
             raise click.UsageError("give --config FILE (or --resume RUN_DIR)")
-        cfg = load_config(config_path, extra)
+        cfg = load_config(config_path, extra + (["data.snowflake.refresh=true"] if refresh else []))
         result = api.train(cfg, out, overwrite=overwrite, push=push, register=register,
-                           connection=connection, refresh=refresh, progress=not quiet,
-                           log=click.echo)
+                           connection=connection, progress=not quiet, log=click.echo)
     if is_main_process():
         click.echo(f"best epoch {result.best_epoch} (score {fmt(result.best_score)}); "
                    f"checkpoint {result.best}")

@@ -16,9 +16,10 @@ epoch. Under torchrun, :func:`process_group` leaves the group a run joined::
 from .distributed import is_main_process, process_group
 from .interruption import TrainingInterrupted
 from .keeper import RunKeeper, decision_threshold
-from .loop import EpochOutcome, fit, train_one_epoch, validate
+from .loop import EpochOutcome, fit, train_one_epoch
 from .setup import TrainSetup, build_setup, seed_everything
 from .state import HISTORY_FIELDS, TrainState
+from .validation import validate
 
 __all__ = [
     "HISTORY_FIELDS",

@@ -157,6 +157,15 @@ def broadcast_flag(flag: bool, info: Dist) -> bool:
     return bool(value.item())
 
 
+def broadcast_float(value: float, info: Dist) -> float:
+    """Rank 0's ``value``, for every rank (the time budget's clock reading)."""
+    if not info.active:
+        return value
+    tensor = _on_backend(torch.tensor([float(value)], dtype=torch.float64))
+    dist.broadcast(tensor, src=0)
+    return float(tensor.item())
+
+
 @contextmanager
 def process_group() -> Iterator[None]:
     """Leave, at the end of the block, a process group that :func:`init_distributed` joined in it.

@@ -4,13 +4,17 @@
 After each epoch it records the history row, keeps ``best.pt`` when the monitored score
 improved and rewrites ``last.pt``; it resumes from ``last.pt`` and says when early stopping
 or the time budget ends the run. Only rank 0 writes files; every rank keeps the same state.
+
+Selection can be made less hostage to a tiny validation split: ``train.select_window``
+ranks an epoch by its score averaged over its last validations, and an epoch within
+``train.select_tolerance`` of the best score replaces ``best.pt`` (the later, more annealed
+weights win a near tie).
 """
 
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +45,16 @@ def monitored_score(row: Mapping[str, Any], monitor: str) -> float:
     return row["val_f1_tuned"] if monitor == "f1" else row["val_iou"]
 
 
+def smoothed_score(history: Sequence[Mapping[str, Any]], monitor: str, window: int) -> float:
+    """The monitored score of the last row, averaged over the last ``window`` rows' finite
+    scores; NaN when the last row's own score is not finite."""
+    scores = [monitored_score(row, monitor) for row in history[-max(1, window):]]
+    if not scores or not math.isfinite(scores[-1]):
+        return math.nan
+    finite = [s for s in scores if math.isfinite(s)]
+    return sum(finite) / len(finite)
+
+
 class RunKeeper:
     """The persistent side of a run in ``run_dir``: state, checkpoints and stopping rules."""
 
@@ -53,7 +67,9 @@ class RunKeeper:
         """What ``last.pt`` stores besides the weights: optimiser, schedule, scaler and EMA
         states, the step reached in the current epoch, and :class:`TrainState`'s values."""
         s = self.setup
+        budget = getattr(s, "budget", None)
         return {
+            "budget": budget.state_dict() if budget is not None else None,
             "optimizer": s.optimizer.state_dict(),
             "scheduler": s.scheduler.state_dict(),
             "scaler": s.scaler.state_dict(),
@@ -96,28 +112,40 @@ class RunKeeper:
         return improved
 
     def _update_best(self, row: dict[str, Any]) -> bool:
+        """Keep ``best.pt`` when the (smoothed) score beats the best by more than
+        ``train.min_delta``, or comes within ``train.select_tolerance`` of it; the best
+        score itself only ever rises, and only a real improvement resets the patience."""
         train = self.setup.cfg.train
-        score = monitored_score(row, train.monitor)
+        score = smoothed_score(self.state.history, train.monitor, train.select_window)
         best = self.state.best
-        if not math.isfinite(score) or (best is not None and score <= best + train.min_delta):
+        if not math.isfinite(score):
             self.state.bad_epochs += 1
             return False
-        self.state.best, self.state.best_epoch, self.state.bad_epochs = score, row["epoch"], 0
+        if best is None or score > best + train.min_delta:
+            self.state.best, self.state.bad_epochs = score, 0
+        else:
+            self.state.bad_epochs += 1
+            if not (train.select_tolerance > 0 and score >= best - train.select_tolerance):
+                return False
+        self.state.best_epoch = row["epoch"]
         self.save_best(row)
         return True
 
-    def stop_reason(self, started: float) -> str | None:
-        """Why the run should stop after this epoch, or None; ``started`` is the
-        :func:`time.monotonic` at which this process began training.
+    def stop_reason(self) -> str | None:
+        """Why the run should stop after this epoch, or None.
 
         Early stopping after ``train.patience`` epochs without improvement, or the time
-        budget ``train.max_minutes``. Under DDP rank 0's answer is the one that counts.
+        budget ``train.max_minutes`` (validation included). Under DDP rank 0's answer is
+        the one that counts.
         """
         train = self.setup.cfg.train
         if train.patience and self.state.bad_epochs >= train.patience:
             return f"early stopping: no improvement for {train.patience} epochs"
-        if train.max_minutes and (time.monotonic() - started) / 60 >= train.max_minutes:
-            return f"time budget of {train.max_minutes} min reached"
+        budget = self.setup.budget
+        budget.tick(step=False)
+        if budget.out_of_time():
+            return (f"time budget of {train.max_minutes:g} min reached after "
+                    f"{budget.elapsed / 60:.1f} min")
         return None
 
     def resume(self) -> int:
@@ -140,5 +168,6 @@ class RunKeeper:
         s.scaler.load_state_dict(state["scaler"])
         if s.ema is not None and state.get("ema") is not None:
             s.ema.load_state_dict(state["ema"])
+        s.budget.load_state_dict(state.get("budget"))
         self.state = TrainState.from_dict(state)
         return int(state.get("step", 0))

@@ -7,6 +7,11 @@ summed over the whole epoch (and over the ranks), then divided once by
 
 Under DDP every rank runs this same code on its share of each batch; the collectives
 (forward, backward, count sums, stop decisions) keep the ranks in step.
+
+With ``train.max_minutes`` the epoch under way when the time left reaches what the last end
+of epoch (validation and checkpoints) took is cut short, validated, and ends the run: the
+schedule follows the budget (:mod:`fissure.training.budget`), so those weights have
+annealed, and they are always validated.
 """
 
 from __future__ import annotations
@@ -14,23 +19,23 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from ..data import iter_groups
 from ..data.loader import epoch_indices, make_loader
 from ..errors import FissureError
-from ..metrics import ThresholdSweep, confusion_counts, f1, iou
+from ..metrics import confusion_counts
 from ..progress import progress_bar
-from ..runtime import autocast_dtype, autocast_for, forward_logits
+from ..runtime import autocast_dtype, autocast_for
 from .augment import device_batch
-from .distributed import Dist, all_reduce_sum, any_rank, broadcast_flag, shard
+from .distributed import any_rank, broadcast_flag, shard
 from .interruption import Interrupt, TrainingInterrupted
 from .keeper import RunKeeper
 from .setup import TrainSetup
 from .state import TrainState
+from .validation import Tally, note_skipped, pool_skipped, reduce_tally, validate
 
 Log = Callable[[str], None]
 EpochEnd = Callable[[list[dict[str, Any]]], None]
@@ -60,7 +65,7 @@ def fit(
     progress = progress and setup.dist.main
     log = log if setup.dist.main else _silent
     interrupt = Interrupt()
-    started = time.monotonic()
+    setup.budget.start()
     ran_on = {"device": str(setup.device),
               "compute_dtype": str(autocast_dtype(setup.device, cfg.train.amp)).removeprefix(
                   "torch."),
@@ -76,9 +81,14 @@ def fit(
                 where = f"epoch {keeper.state.epoch + 1}, step {outcome.stopped_at}"
                 raise _interrupted(interrupt, keeper, where)
             start_step = 0
+            if outcome.cut_at is not None:
+                log(_cut_line(setup, keeper.state.epoch + 1, outcome.cut_at))
+            closing = setup.budget.clock()
             row.update(outcome.metrics)
             row.update(validate(setup, keeper.state, log=log, progress=progress))
             row["lr"] = setup.optimizer.param_groups[0]["lr"]
+            row["steps"] = setup.scheduler.last_epoch
+            row["progress"] = round(setup.budget.progress(setup.scheduler.last_epoch), 4)
             row["seconds"] = round(time.monotonic() - tick, 2)
             row["skipped"] = len(keeper.state.skipped)
             row.update(ran_on)
@@ -86,9 +96,10 @@ def fit(
             log(_epoch_line(row, cfg.train.epochs, improved))
             if on_epoch_end is not None and setup.dist.main:
                 on_epoch_end(keeper.state.history)
+            setup.budget.note_end_of_epoch(setup.budget.clock() - closing)
             if any_rank([interrupt.signum is not None], setup.dist)[0]:
                 raise _interrupted(interrupt, keeper, f"end of epoch {keeper.state.epoch}")
-            reason = keeper.stop_reason(started)
+            reason = keeper.stop_reason()
             if broadcast_flag(reason is not None, setup.dist):
                 log(reason or "stopping: rank 0 decided so")
                 break
@@ -100,7 +111,18 @@ def _epoch_line(row: dict[str, Any], epochs: int, improved: bool) -> str:
             f"train loss {row['train_loss']:.4f} "
             f"iou {row['train_iou']:.4f} | val loss {row['val_loss']:.4f} "
             f"iou {row['val_iou']:.4f} f1@{row['threshold']:.2f} {row['val_f1_tuned']:.4f}"
-            f"  {row['seconds']:.1f}s" + ("  * best" if improved else ""))
+            f"  lr {row['lr']:.2e} progress {row['progress']:.2f}  {row['seconds']:.1f}s"
+            + ("  * best" if improved else ""))
+
+
+def _cut_line(setup: TrainSetup, epoch: int, step: int) -> str:
+    """The log line of an epoch the time budget cut short."""
+    budget = setup.budget
+    return (f"time budget: epoch {epoch} stops after {step} of {setup.steps_per_epoch} steps "
+            f"({setup.scheduler.last_epoch} of {budget.total_steps} planned), "
+            f"{budget.elapsed / 60:.1f} of {(budget.max_seconds or 0) / 60:g} min used, "
+            f"lr {setup.optimizer.param_groups[0]['lr']:.2e}; {budget.reserve:.0f} s kept to "
+            f"validate these final weights")
 
 
 def _interrupted(interrupt: Interrupt, keeper: RunKeeper, where: str) -> TrainingInterrupted:
@@ -119,23 +141,14 @@ class EpochOutcome:
 
     ``metrics``: ``train_loss`` and ``train_iou`` of a finished epoch. ``stopped_at``: the
     step at which a signal stopped the epoch before its end (then ``metrics`` is empty and
-    the caller saves ``last.pt`` at that step); None for a finished epoch.
+    the caller saves ``last.pt`` at that step); None for a finished epoch. ``cut_at``: the
+    step at which the time budget ended the epoch (its metrics cover the steps taken, and
+    it is the run's last); None when it was not cut.
     """
 
     metrics: dict[str, float]
     stopped_at: int | None = None
-
-
-@dataclass
-class _Tally:
-    """Sums over an epoch: loss times images, images, and the (tp, fp, fn) pixel counts."""
-
-    loss: float = 0.0
-    seen: int = 0
-    conf: torch.Tensor = field(default_factory=lambda: torch.zeros(3, dtype=torch.int64))
-
-    def iou(self) -> float:
-        return float(iou(*self.conf, empty=math.nan))
+    cut_at: int | None = None
 
 
 def train_one_epoch(
@@ -165,41 +178,44 @@ def train_one_epoch(
     loader = make_loader(setup.train_set, setup.batch_size, setup.workers, setup.device, mine)
     bar = progress_bar(loader, desc=f"epoch {state.epoch + 1}/{cfg.train.epochs} train",
                        enabled=progress, leave=False)
-    tally = _Tally()
+    tally = Tally()
     setup.optimizer.zero_grad(set_to_none=True)
     try:
-        batches, step, stop = _train_batches(setup, state, bar, tally, start_step,
-                                             interrupt, log)
+        batches, step, stop, cut = _train_batches(setup, state, bar, tally, start_step,
+                                                  interrupt, log)
     finally:
         bar.close()
     # A signal during the epoch's last batch finishes the epoch instead: fit() stops after
     # validation and the end-of-epoch last.pt, so no checkpoint points past the last step.
-    if stop and batches < len(loader):
+    if stop and not cut and batches < len(loader):
         return EpochOutcome({}, stopped_at=step)
-    _pool_skipped(setup, state, log)
-    _reduce(setup.dist, tally)
+    pool_skipped(setup, state, log)
+    reduce_tally(setup.dist, tally)
     if tally.seen == 0:
         raise FissureError("no training batch could be used this epoch")
-    return EpochOutcome({"train_loss": tally.loss / tally.seen, "train_iou": tally.iou()})
+    return EpochOutcome({"train_loss": tally.loss / tally.seen, "train_iou": tally.iou()},
+                        cut_at=step if cut and batches < len(loader) else None)
 
 
 def _train_batches(
     setup: TrainSetup,
     state: TrainState,
     bar: Iterable[dict[str, Any]],
-    tally: _Tally,
+    tally: Tally,
     step: int,
     interrupt: Interrupt,
     log: Log,
 ) -> tuple[int, int, bool]:
     """Run the epoch's micro-batches from ``bar`` into ``tally``, stepping the optimiser
-    every ``train.accumulate`` of them; returns (batches taken, step reached, stopped)."""
+    every ``train.accumulate`` of them; returns (batches taken, step reached, stopped by a
+    signal, cut by the time budget). Every rank reads the same clock reading
+    (:meth:`Budget.tick`), so all cut at the same step."""
     accumulate, active = setup.cfg.train.accumulate, setup.dist.active
-    micro, step_ok, batches, stop = 0, True, 0, False
+    micro, step_ok, batches, stop, cut = 0, True, 0, False, False
     try:
         for batch in bar:
             batches += 1
-            _note_skipped(setup, state, batch["skipped"], log)
+            note_skipped(setup, state, batch["skipped"], log)
             if not batch["name"] and not active:
                 continue
             loss, counts, stop = _train_batch(setup, state, batch, step, interrupt, log)
@@ -210,20 +226,21 @@ def _train_batches(
                 if step_ok:
                     optimizer_step(setup)
                 step, step_ok = step + 1, True
+                cut = setup.budget.out_of_time()
             if loss is not None:
                 tally.loss += loss * len(batch["name"])
                 tally.seen += len(batch["name"])
                 bar.set_postfix(loss=f"{loss:.4f}", iou=f"{tally.iou():.4f}")
             if not active:  # one process: no need to wait for the next batch
                 stop = interrupt.signum is not None
-            if stop:
+            if stop or cut:
                 break
     except RuntimeError:
         # A signal sent to the whole process group also kills the loader's workers.
         if interrupt.signum is None:
             raise
         stop = True
-    return batches, step, stop
+    return batches, step, stop, cut
 
 
 def _train_batch(
@@ -288,7 +305,8 @@ def _check_finite(setup: TrainSetup, loss: torch.Tensor, where: str, log: Log) -
 
 
 def optimizer_step(setup: TrainSetup) -> None:
-    """One optimiser step on the accumulated gradients: clip, step, schedule, EMA update."""
+    """One optimiser step on the accumulated gradients: clip, step, then the clock, the
+    schedule and the EMA update, which follow the progress it gives."""
     clip = setup.cfg.train.grad_clip
     if clip:
         setup.scaler.unscale_(setup.optimizer)
@@ -296,85 +314,8 @@ def optimizer_step(setup: TrainSetup) -> None:
     setup.scaler.step(setup.optimizer)
     setup.scaler.update()
     setup.optimizer.zero_grad(set_to_none=True)
+    setup.budget.tick()
     setup.scheduler.step()
-    if setup.ema is not None:
+    if setup.ema is not None and (setup.budget.progress(setup.scheduler.last_epoch)
+                                  >= setup.cfg.train.ema_start):
         setup.ema.update_parameters(setup.model)
-
-
-# -- validation --------------------------------------------------------------------------
-
-
-@torch.inference_mode()
-def validate(
-    setup: TrainSetup, state: TrainState, *, log: Log = print, progress: bool = True
-) -> dict[str, float]:
-    """Score :attr:`TrainSetup.eval_model` on the validation split.
-
-    Returns ``val_loss``; ``val_iou`` and ``val_f1`` at ``train.threshold``;
-    ``val_f1_tuned``, the best F1 over ``eval.thresholds`` thresholds, and ``threshold``,
-    the one it was reached at (``train.threshold`` when none scores).
-    """
-    cfg = setup.cfg
-    model = setup.eval_model
-    model.eval()
-    mine = list(range(len(setup.val_set)))[setup.dist.rank::setup.dist.world]
-    loader = make_loader(setup.val_set, cfg.eval.batch_size, setup.workers, setup.device, mine)
-    sweep = ThresholdSweep(cfg.eval.thresholds, tolerance=0, per_image=False)
-    tally = _Tally()
-    bar = progress_bar(loader, desc=f"epoch {state.epoch + 1}/{cfg.train.epochs} val",
-                       enabled=progress, inner=True, leave=False)
-    for batch in bar:
-        _note_skipped(setup, state, batch["skipped"], log)
-        for images, masks in iter_groups(batch):
-            images, masks = images.to(setup.device), masks.to(setup.device)
-            logits = forward_logits(model, images, setup.policy, cfg.train.amp)
-            tally.loss += setup.loss_fn(logits, masks).item() * len(images)
-            tally.seen += len(images)
-            counts = confusion_counts(logits, masks, cfg.train.threshold, from_logits=True)
-            tally.conf += torch.stack([c.sum() for c in counts[:3]]).cpu()
-            sweep.update(torch.sigmoid(logits).cpu(), masks.cpu())
-    _pool_skipped(setup, state, log)
-    _reduce(setup.dist, tally)
-    if setup.dist.active:
-        sweep.reduce_(lambda t: all_reduce_sum(t, setup.dist))
-    if tally.seen == 0:
-        raise FissureError("no validation image could be used")
-    tuned = sweep.compute()["exact"]
-    threshold = tuned["ods_threshold"] or cfg.train.threshold
-    return {"val_loss": tally.loss / tally.seen, "val_iou": tally.iou(),
-            "val_f1": float(f1(*tally.conf, empty=math.nan)),
-            "val_f1_tuned": tuned["ods_f1"] if tuned["ods_f1"] is not None else math.nan,
-            "threshold": float(threshold)}
-
-
-# -- shared by both passes ---------------------------------------------------------------
-
-
-def _note_skipped(
-    setup: TrainSetup, state: TrainState, skipped: Iterable[tuple[str, str]], log: Log
-) -> None:
-    """Record a batch's unreadable samples; stop once more than the allowed share is."""
-    state.record_skipped(skipped, log)
-    _check_skipped(setup, state)
-
-
-def _pool_skipped(setup: TrainSetup, state: TrainState, log: Log) -> None:
-    """Take in what the other ranks skipped (under DDP), then apply the same limit."""
-    state.pool_skipped(setup.dist, log)
-    _check_skipped(setup, state)
-
-
-def _check_skipped(setup: TrainSetup, state: TrainState) -> None:
-    total = len(setup.train_set) + len(setup.val_set)
-    state.check_skipped(total, setup.cfg.data.max_skip_fraction)
-
-
-def _reduce(info: Dist, tally: _Tally) -> None:
-    """Sum ``tally`` over the ranks in place (nothing to do for one process)."""
-    if not info.active:
-        return
-    all_reduce_sum(tally.conf, info)
-    sums = all_reduce_sum(torch.tensor([tally.loss, float(tally.seen)], dtype=torch.float64),
-                          info)
-    tally.loss, tally.seen = float(sums[0]), int(sums[1])
-

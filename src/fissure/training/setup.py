@@ -17,26 +17,39 @@ from __future__ import annotations
 import copy
 import math
 import random
+import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
 from ..config import AUTO, Config
-from ..data import CrackDataset, PairSource, Sample, crack_fraction
+from ..data import CrackDataset, PairSource, Sample
 from ..data.decoded import DecodedStore, default_root, estimate_bytes, free_bytes
 from ..data.loader import default_workers
+from ..data.stats import SplitStats
 from ..data.transforms import eval_transform, train_transform
 from ..errors import ConfigError
-from ..losses import build_loss
+from ..losses import auto_pos_weight, build_loss
 from ..model import build_model
 from ..runtime import InputPolicy, autocast_for, select_device
 from .augment import BatchAugment, geometry_transform
-from .distributed import Dist, data_parallel, init_distributed, merge_dicts, shard
+from .budget import Budget, Clock, ema_decay
+from .distributed import Dist, broadcast_float, data_parallel, init_distributed, merge_dicts, shard
 from .optim import build_optimizer, build_scheduler
+from .recipe import (
+    SAMPLED_IMAGES,
+    dtype_note,
+    init_output_bias,
+    needs_facts,
+    note_small_images,
+    resolve_size,
+    top_up_validation,
+    train_facts,
+)
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -58,7 +71,9 @@ class TrainSetup:
     steps of one epoch, on which the schedule is laid out. ``augment``, when set, is the
     augmentation a training step applies to its uint8 batch on the device (the training
     set then yields uint8 crops); ``notes`` say what was chosen automatically, for the log.
-    ``cfg`` holds the resolved batch size when ``train.batch_size`` was ``auto``.
+    ``cfg`` holds the resolved batch size and crop when ``train.batch_size`` or
+    ``data.size`` was ``auto``. ``budget`` is the run's progress through its steps and its
+    time (:class:`~fissure.training.budget.Budget`), which the schedule and the EMA follow.
     """
 
     cfg: Config
@@ -79,11 +94,15 @@ class TrainSetup:
     steps_per_epoch: int
     augment: BatchAugment | None = None
     notes: tuple[str, ...] = ()
+    budget: Budget = field(default_factory=lambda: Budget(1))
 
     @property
     def eval_model(self) -> torch.nn.Module:
-        """The weights validation scores and ``best.pt`` keeps: the EMA's average if any."""
-        return self.ema.module if self.ema is not None else self.model
+        """The weights validation scores and ``best.pt`` keeps: the EMA's average once it
+        has begun (``train.ema_start``), else the trained weights."""
+        if self.ema is not None and int(self.ema.n_averaged) > 0:
+            return self.ema.module
+        return self.model
 
 
 def seed_everything(seed: int) -> None:
@@ -94,19 +113,28 @@ def seed_everything(seed: int) -> None:
 
 
 def build_setup(
-    cfg: Config, source: PairSource, *, batch_augment: bool | None = None
+    cfg: Config,
+    source: PairSource,
+    *,
+    batch_augment: bool | None = None,
+    clock: Clock = time.monotonic,
 ) -> TrainSetup:
     """Build the run that ``cfg`` describes on the pairs of ``source``.
 
     ``batch_augment`` augments whole batches on the device instead of each sample in the
-    loader; None does so on CUDA only. Under torchrun this joins the process group; wrap
-    the run in :func:`fissure.training.distributed.process_group` to leave it at the end.
+    loader; None does so on CUDA only. ``clock`` is what the time budget reads (seconds).
+    Under torchrun this joins the process group; wrap the run in
+    :func:`fissure.training.distributed.process_group` to leave it at the end.
     """
     info, device = init_distributed(select_device(cfg.train.device))
     seed_everything(cfg.train.seed)
-    notes: list[str] = []
+    notes: list[str] = [dtype_note(device, cfg.train.amp)]
     on_device = device.type == "cuda" if batch_augment is None else batch_augment
-    train_samples, val_samples = source.samples("train"), source.samples("val")
+    train_samples, val_samples = top_up_validation(
+        cfg, source.samples("train"), source.samples("val"), notes)
+    facts = _facts(cfg, source, train_samples)
+    cfg = resolve_size(cfg, facts, notes)
+    note_small_images(cfg, facts, notes, len(train_samples))
     train_store, val_store = _decoded_stores(cfg, source, (train_samples, val_samples),
                                              device, notes)
     transform = (geometry_transform(cfg.data) if on_device
@@ -114,24 +142,49 @@ def build_setup(
     train_set = CrackDataset(source, train_samples, transform, cfg.data.on_error, train_store)
     val_set = CrackDataset(source, val_samples, eval_transform(), cfg.data.on_error, val_store)
     model = _build_model(cfg, device)
+    if cfg.train.init_bias == AUTO and facts is not None:
+        p = init_output_bias(model, facts.crack_fraction)
+        notes.append(f"train.init_bias auto: output starts at crack probability {p:.4f} "
+                     f"(training masks: {100 * facts.crack_fraction:.2f} % crack pixels)")
     cfg = _resolve_batch_size(cfg, model, device, info, len(train_set), notes)
     model, forward = _wrap(cfg, model, info, device)
     workers = cfg.train.num_workers
     if workers is None:
         workers = default_workers(device, info.local_world)
     shard([], cfg.train.batch_size, info)  # checks divisibility up front
-    loss_fn = _loss(cfg, train_set)
+    loss_fn = _loss(cfg, facts, notes)
     steps = _steps_per_epoch(cfg, len(train_set))
     optimizer = build_optimizer(model, cfg.train)
+    budget = _budget(cfg, steps, clock, info)
+    notes.append(budget.describe())
     return TrainSetup(
         cfg=cfg, dist=info, device=device, train_set=train_set, val_set=val_set,
         policy=InputPolicy(cfg.data.mode, cfg.data.size), model=model, forward=forward,
         loss_fn=loss_fn, optimizer=optimizer,
-        scheduler=build_scheduler(optimizer, cfg.train, steps),
+        scheduler=build_scheduler(optimizer, cfg.train, steps, budget),
         scaler=_scaler(cfg, device), ema=_ema(cfg, model),
         batch_size=cfg.train.batch_size // info.world, workers=workers, steps_per_epoch=steps,
         augment=BatchAugment(cfg.augment) if on_device else None, notes=tuple(notes),
+        budget=budget,
     )
+
+
+def _facts(cfg: Config, source: PairSource, samples: list[Sample]) -> SplitStats | None:
+    """The training masks' facts: all of them for an ``auto`` value, a sample of them for
+    the crop-mode log line on small images, None when nothing needs them."""
+    if needs_facts(cfg):
+        return train_facts(source, samples, cfg.data.on_error)
+    if cfg.data.mode == "crop":
+        return train_facts(source, samples, cfg.data.on_error, limit=SAMPLED_IMAGES)
+    return None
+
+
+def _budget(cfg: Config, steps_per_epoch: int, clock: Clock, info: Dist) -> Budget:
+    """The run's :class:`Budget`; under DDP every rank reads rank 0's clock."""
+    minutes = cfg.train.max_minutes
+    share = (lambda value: broadcast_float(value, info)) if info.active else None
+    return Budget(cfg.train.epochs * steps_per_epoch, minutes * 60 if minutes else None,
+                  clock=clock, share=share)
 
 
 def _decoded_stores(
@@ -167,7 +220,8 @@ def _decoded_stores(
 
 def _build_model(cfg: Config, device: torch.device) -> torch.nn.Module:
     """The model on ``device``, channels-last if ``train.channels_last``."""
-    model = build_model(cfg.model.encoder, cfg.model.pretrained, cfg.model.n_classes)
+    model = build_model(cfg.model.encoder, cfg.model.pretrained, cfg.model.n_classes,
+                        decoder_channels=cfg.model.decoder_channels)
     model.to(device)
     if cfg.train.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -259,10 +313,14 @@ def memory_probe(
     return fits
 
 
-def _loss(cfg: Config, train_set: CrackDataset) -> Loss:
+def _loss(cfg: Config, facts: SplitStats | None, notes: list[str]) -> Loss:
     """``train.loss``; ``pos_weight: auto`` is worked out from the training masks."""
     params = dict(cfg.train.loss.params)
-    fraction = crack_fraction(train_set) if params.get("pos_weight") == "auto" else None
+    fraction = None
+    if params.get("pos_weight") == AUTO and facts is not None:
+        fraction = max(facts.crack_fraction, 1e-6)
+        notes.append(f"train.loss.params.pos_weight auto: {auto_pos_weight(fraction):.2f} "
+                     f"from {100 * fraction:.2f} % crack pixels in the training masks")
     return build_loss(cfg.train.loss.name, params, crack_fraction=fraction)
 
 
@@ -282,7 +340,23 @@ def _scaler(cfg: Config, device: torch.device) -> torch.amp.GradScaler:
 
 
 def _ema(cfg: Config, model: torch.nn.Module) -> AveragedModel | None:
-    """An exponential moving average of ``model``'s weights with ``train.ema``'s decay."""
+    """An exponential moving average of ``model``'s weights, its decay ``train.ema``
+    reached through a running mean (:func:`~fissure.training.budget.ema_decay`)."""
     if not cfg.train.ema:
         return None
-    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema))
+    return AveragedModel(model, multi_avg_fn=_ema_update(cfg.train.ema))
+
+
+def _ema_update(decay: float) -> Callable[[list, list, torch.Tensor], None]:
+    """AveragedModel's ``multi_avg_fn``: one EMA step at :func:`ema_decay`'s decay."""
+
+    @torch.no_grad()
+    def update(averaged: list, current: list, n_averaged: torch.Tensor) -> None:
+        weight = 1.0 - ema_decay(int(n_averaged), decay)
+        if torch.is_floating_point(averaged[0]):
+            torch._foreach_lerp_(averaged, current, weight)
+        else:
+            for a, c in zip(averaged, current, strict=True):
+                a.copy_(a * (1.0 - weight) + c * weight)
+
+    return update

@@ -15,10 +15,11 @@ from ..errors import FissureError
 from .distributed import Dist, merge_dicts
 
 HISTORY_FIELDS = ("epoch", "train_loss", "train_iou", "val_loss", "val_iou", "val_f1",
-                  "val_f1_tuned", "threshold", "lr", "seconds", "skipped", "device",
-                  "compute_dtype", "cpu")
-"""Columns of ``history.csv``; the last three say where the epoch ran (runs from before
-they existed leave them empty)."""
+                  "val_f1_tuned", "threshold", "lr", "steps", "progress", "seconds", "skipped",
+                  "device", "compute_dtype", "cpu")
+"""Columns of ``history.csv``. ``steps`` counts the optimiser steps taken so far and
+``progress`` is the schedule's position (:mod:`fissure.training.budget`); the last three
+say where the epoch ran. Runs from before a column existed leave it empty."""
 
 
 @dataclass
