@@ -236,10 +236,13 @@ def child_seed_predict(ckpt: str, photos: str, out: str, device_type: str) -> di
 
     n = len(list(Path(photos).glob("*.jpg")))
     rss0 = rss_bytes()
-    _, dt = _timed(lambda: predict(ckpt, [photos], out, PredictOptions(device=device_type),
-                                   progress=False))
+    # The defaults of `fissure predict`: batch_size auto, images read ahead and written
+    # behind in threads, 512-px tiles where the checkpoint allows.
+    records, dt = _timed(lambda: predict(ckpt, [photos], out, PredictOptions(device=device_type),
+                                         progress=False))
     return {"photos": n, "seconds": dt, "photos_per_s": n / dt, "rss_before": rss0,
-            "peak_rss": peak_rss_bytes()}
+            "peak_rss": peak_rss_bytes(), "tile": records[0]["tile"],
+            "overlap": records[0]["overlap"], "tiles_per_photo": records[0]["tiles"]}
 
 
 def _photos(folder: Path, count: int, size: tuple[int, int]) -> Path:
@@ -442,7 +445,8 @@ def _child_rows(sec: Section, gpu: bool) -> None:
     else:
         sec.rows.append(Row(
             "seed-scale", f"prediction of {pr['photos']} photos of "
-            f"{'x'.join(map(str, sec.raw['settings']['photo']))} (`predict`): photos/s",
+            f"{'x'.join(map(str, sec.raw['settings']['photo']))} (`predict`, "
+            f"{pr.get('tiles_per_photo', '?')} tiles of {pr.get('tile', '?')} px each): photos/s",
             f"{pr['photos_per_s']:.3f} photos/s, {pr['peak_rss'] / 2**30:.2f} GiB", "-", "-",
             ">= 10 photos/s" if gpu else "info",
             verdict(pr["photos_per_s"], 10.0) if gpu else "info"))

@@ -14,7 +14,7 @@ def test_defaults_leave_the_checkpoint_in_charge() -> None:
     options = PredictOptions()
     assert (options.threshold, options.tile, options.overlap, options.min_area) == (None,) * 4
     assert (options.amp, options.px_per_mm) == (None, None)
-    assert (options.tta, options.batch_size) == (False, 8)
+    assert (options.tta, options.batch_size, options.prefetch) == (False, "auto", 2)
     assert options.device == "auto"
     assert OutputOptions() == OutputOptions(overlay=True, save_prob=False, glob="**/*")
 
@@ -40,7 +40,8 @@ def test_threshold_is_checked_once_and_made_a_float() -> None:
         ({"tile": 0}, "--tile must be a positive multiple of 32, got 0"),
         ({"tile": 64, "overlap": 64}, r"--overlap must be in \[0, tile=64\), got 64"),
         ({"overlap": -1}, r"--overlap must be in \[0, tile\), got -1"),
-        ({"batch_size": 0}, "--batch-size must be >= 1, got 0"),
+        ({"batch_size": 0}, "--batch-size must be >= 1 or 'auto', got 0"),
+        ({"prefetch": -1}, "prefetch must be an int >= 0, got -1"),
         ({"min_area": -1}, "min_area must be >= 0, got -1"),
         ({"px_per_mm": 0.0}, "px_per_mm must be a positive number, got 0.0"),
     ],

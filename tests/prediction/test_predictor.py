@@ -74,9 +74,14 @@ class _Recorder(nn.Module):
 
 def test_default_tiling_follows_the_checkpoint() -> None:
     crop = default_tiling(InputPolicy("crop", 100))
-    assert (crop.tile, crop.overlap, crop.resize_size) == (96, 24, None)
+    assert (crop.tile, crop.overlap, crop.resize_size, crop.large_tile) == (96, 24, None, 512)
     resize = default_tiling(InputPolicy("resize", 256))
-    assert (resize.tile, resize.overlap, resize.resize_size) == (256, 64, 256)
+    assert (resize.tile, resize.overlap, resize.resize_size, resize.large_tile) == (
+        256,
+        64,
+        256,
+        None,
+    )
     assert resize.resizes(512, 300) and not resize.resizes(513, 300)
     assert default_tiling(InputPolicy("resize", 256), PredictOptions(tile=128)).resize_size is None
     with pytest.raises(FissureError, match="--tile"):
@@ -120,15 +125,25 @@ def test_resize_checkpoint_shrinks_small_images_like_evaluate(tmp_path: Path) ->
     assert large.probability.shape == (70, 40)
 
 
-def test_a_12_megapixel_photo_goes_through_in_bounded_batches() -> None:
+@pytest.mark.parametrize(
+    ("options", "tile", "n_tiles"),
+    [
+        (PredictOptions(batch_size=4), 512, 63),  # the default: fewer, larger tiles
+        (PredictOptions(batch_size=4, tile=256), 256, 336),  # the training tile, given
+    ],
+)
+def test_a_12_megapixel_photo_goes_through_in_bounded_batches(
+    options: PredictOptions, tile: int, n_tiles: int
+) -> None:
     recorder = _Recorder()
     predictor = Predictor(recorder, InputPolicy("crop", 256))
     photo = np.full((3000, 4000, 3), 128, dtype=np.uint8)
-    result = predict_image(predictor, photo, PredictOptions(batch_size=4))
-    plan = plan_tiles(3000, 4000, 256, 64)
-    assert result.tiles == plan.n_tiles == len(plan.origins_y) * len(plan.origins_x) == 336
-    # Never more than one batch of 256-px tiles in the network at a time.
-    assert {s[1:] for s in recorder.shapes} == {(3, 256, 256)}
+    result = predict_image(predictor, photo, options)
+    plan = plan_tiles(3000, 4000, tile, 64)
+    assert result.tiles == plan.n_tiles == len(plan.origins_y) * len(plan.origins_x) == n_tiles
+    assert (result.tile, result.overlap) == (tile, 64)
+    # Never more than one batch of tiles in the network at a time.
+    assert {s[1:] for s in recorder.shapes} == {(3, tile, tile)}
     assert max(s[0] for s in recorder.shapes) == 4
     assert sum(s[0] for s in recorder.shapes) == plan.n_tiles
     assert result.mask.shape == result.probability.shape == (3000, 4000)

@@ -19,11 +19,11 @@ from torch import Tensor, nn
 
 from fissure.data.transforms import image_to_tensor
 from fissure.errors import FissureError
+from fissure.prediction.batching import TileBatcher
 from fissure.prediction.options import PredictOptions
 from fissure.prediction.predictor import Predictor, predict_many
 from fissure.prediction.tiles import (
     ResizedJob,
-    TileBatcher,
     TiledJob,
     blend_window,
     check_overlap,

@@ -23,7 +23,6 @@ from ..data import is_stage_path
 from ..errors import CheckpointError, ConfigError
 from ..prediction import PredictOptions, Predictor, predict_image
 from ..prediction.predictor import default_tiling
-from ..prediction.tiles import plan_tiles
 from ..snowflake.registry import is_registry_reference
 from ..snowflake.registry import read_checkpoint as read_registered
 from ..snowflake.runs import read_checkpoint
@@ -112,7 +111,7 @@ def network_inputs(predictor: Predictor, shape: tuple[int, int], options: Predic
     TTA's flips included."""
     tiling = default_tiling(predictor.policy, options)
     resized = tiling.resizes(*shape)
-    count = 1 if resized else plan_tiles(*shape, tiling.tile, tiling.overlap).n_tiles
+    count = 1 if resized else tiling.plan(*shape).n_tiles
     return count * (3 if options.tta else 1)
 
 

@@ -23,6 +23,17 @@ def _width_bounds(ctx: click.Context, param: click.Parameter, value: str) -> tup
         raise click.BadParameter(f"widths in mm such as 0.1,0.3,1, got {value!r}") from None
 
 
+
+def _batch_size(ctx: click.Context, param: click.Parameter, value: str) -> int | str:
+    """``--batch-size 16`` as a number, ``auto`` as it is; PredictOptions checks both."""
+    if value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise click.BadParameter(f"a number of tiles or auto, got {value!r}") from None
+
+
 @cli.command()
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
               help="YAML config file (see configs/).")
@@ -130,10 +141,13 @@ def evaluate(checkpoint, data, split, out, threshold, device, workers, amp, quie
               help="Files to take from input folders (image suffixes only).")
 @click.option("--threshold", type=float, help="Decision threshold (default: the checkpoint's).")
 @click.option("--tile", type=int,
-              help="Tile side in px, a multiple of 32 (default: the training size).")
+              help="Tile side in px, a multiple of 32 (default: the training size, or 512 "
+                   "where a crop-mode checkpoint computes fewer pixels so).")
 @click.option("--overlap", type=int, help="Tile overlap in px (default: tile // 4).")
 @click.option("--tta", is_flag=True, help="Average with left-right and top-bottom flips (3x).")
-@click.option("--batch-size", default=8, show_default=True, help="Tiles per forward pass.")
+@click.option("--batch-size", default="auto", show_default=True, callback=_batch_size,
+              help="Tiles per forward pass, or auto: 8 on a CPU; on CUDA the largest batch "
+                   "that fits the GPU, probed once per tile size and halved.")
 @click.option("--save-prob", is_flag=True, help="Also write <stem>_prob.png (8-bit).")
 @click.option("--overlay/--no-overlay", default=True, show_default=True,
               help="Write <stem>_overlay.jpg, cracks in magenta over the photo.")

@@ -4,7 +4,10 @@
   built once and passed down;
 * :mod:`~fissure.prediction.predictor`: :class:`Predictor`, :func:`predict_many` and
   :func:`predict_image`, in memory;
+* :mod:`~fissure.prediction.tiling`: which tiles an image takes (the checkpoint's defaults);
 * :mod:`~fissure.prediction.tiles`: tile plan, blending and the batches shared by images;
+* :mod:`~fissure.prediction.autobatch`: ``batch_size``, a number or ``auto``;
+* :mod:`~fissure.prediction.threads`: decoding ahead of and writing behind the network;
 * :mod:`~fissure.prediction.files`: :func:`predict_files`, from files and folders to masks,
   overlays and ``predictions.csv``/``.json``;
 * :mod:`~fissure.prediction.measure`: :func:`measure_cracks`, crack area, length and width;

@@ -33,6 +33,7 @@ import io
 import json
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path, PurePosixPath
@@ -45,7 +46,14 @@ from ..data import is_stage_path
 from ..data.image import decode_image, image_stem, is_image_name, read_bytes
 from ..errors import DataError, FissureError
 from .options import OutputOptions, PredictOptions
-from .predictor import ModelSource, Prediction, as_predictor, predict_many
+from .predictor import (
+    ModelSource,
+    Prediction,
+    Probability,
+    as_predictor,
+    prediction_from,
+    stream_probabilities,
+)
 from .records import (
     crack_analysis,
     crack_geojson,
@@ -54,6 +62,7 @@ from .records import (
     prediction_record,
     write_records,
 )
+from .threads import BackgroundWriter
 
 OVERLAY_COLOR = (255, 0, 255)
 """Magenta: rare on concrete, unlike red, which rust stains and markings share."""
@@ -274,6 +283,11 @@ def _image_outputs(
     return prediction_record(source, paths, prediction, options), rows
 
 
+WRITE_QUEUE = 2
+"""Images whose outputs may wait for the writer thread: each holds its photo and its
+float32 probabilities (84 MB for 12 megapixels)."""
+
+
 def predict_files(
     checkpoint: ModelSource,
     inputs: Sequence[str | Path],
@@ -288,10 +302,15 @@ def predict_files(
 
     ``checkpoint`` is anything :func:`~fissure.prediction.predictor.as_predictor` takes,
     loaded onto ``options.device``; ``options`` go to
-    :func:`~fissure.prediction.predictor.predict_many` as they are. ``fetch`` lists stage
-    inputs (see :func:`find_inputs`). Returns the records, in input order.
+    :func:`~fissure.prediction.predictor.stream_probabilities` as they are. ``fetch`` lists
+    stage inputs (see :func:`find_inputs`). Returns the records, in input order.
+
+    Images are decoded ahead of the network in one background thread and each image's
+    mask is thresholded, measured and written in another (:mod:`~fissure.prediction.threads`),
+    so the device waits for neither; the files are the same as without the threads. Every
+    file is written when this returns; a failure to write one is raised here, naming it.
     """
-    predictor = as_predictor(checkpoint, options.device)
+    predictor = as_predictor(checkpoint, options.device).configured(options)
     out_dir = Path(out)
     images = find_inputs(inputs, output.glob, fetch=fetch, exclude=out_dir)
     names = output_names(images)
@@ -302,12 +321,19 @@ def predict_files(
         for i, image in enumerate(images)
         for rgb in [decode_image(image.read(), image.source)]
     )
-    results = predict_many(predictor, decoded, options, progress=progress, total=len(images))
     done: dict[int, tuple[dict[str, Any], list[dict[str, Any]]]] = {}
-    for (i, rgb), prediction in results:
-        done[i] = _image_outputs(
-            out_dir, names[i], (images[i].source, rgb), prediction, options, output
-        )
+
+    def write(i: int, rgb: np.ndarray, result: Probability) -> None:
+        prediction = prediction_from(result, predictor, options.px_per_mm)
+        source = (images[i].source, rgb)
+        done[i] = _image_outputs(out_dir, names[i], source, prediction, options, output)
+
+    stream = stream_probabilities(predictor, decoded, options, progress=progress,
+                                  total=len(images))
+    with closing(stream), BackgroundWriter(WRITE_QUEUE) as writer:
+        for (i, rgb), result in stream:
+            writer.submit(f"{out_dir / names[i]}.png (from {images[i].source})", write, i, rgb,
+                          result)
     ordered = [done[i][0] for i in sorted(done)]
     write_records(ordered, out_dir)
     if output.cracks:

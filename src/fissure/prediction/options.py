@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from ..config import check_threshold
 from ..errors import FissureError
+from .autobatch import AUTO, check_batch_size
 from .cracks import DEFAULT_WIDTH_BOUNDS, check_width_bounds
 from .measure import check_min_area, check_px_per_mm
 from .tiles import check_overlap, check_tile
@@ -23,9 +24,12 @@ class PredictOptions:
 
     ``threshold``: decision threshold (a pixel is crack where its probability is above it),
     default the checkpoint's tuned one. ``tile``/``overlap``: tiling in px (see
-    :func:`~fissure.prediction.predictor.default_tiling`); ``tile`` is a multiple of 32 and
+    :func:`~fissure.prediction.tiling.default_tiling`); ``tile`` is a multiple of 32 and
     giving it always tiles. ``tta``: also run left-right and top-bottom flips and average
-    (3x the compute). ``batch_size``: network inputs per forward pass. ``min_area``: crack
+    (3x the compute). ``batch_size``: network inputs per forward pass, or ``auto`` (8 off
+    CUDA; on CUDA the largest batch that fits, see :mod:`~fissure.prediction.autobatch`).
+    ``prefetch``: images decoded and tiled ahead of the network in a background thread
+    (0: none, in the caller's thread); the results do not depend on it. ``min_area``: crack
     components smaller than this many px are left out of the measurements, default the
     checkpoint's ``eval.min_area``. ``px_per_mm``: the image scale, which adds mm figures.
     ``width_bounds``: upper bounds in mm of the hairline, fine and medium width classes of
@@ -38,7 +42,8 @@ class PredictOptions:
     tile: int | None = None
     overlap: int | None = None
     tta: bool = False
-    batch_size: int = 8
+    batch_size: int | str = AUTO
+    prefetch: int = 2
     min_area: int | None = None
     px_per_mm: float | None = None
     amp: bool | None = None
@@ -52,8 +57,11 @@ class PredictOptions:
             check_tile(self.tile)
         if self.overlap is not None:
             check_overlap(self.overlap, self.tile)
-        if self.batch_size < 1:
-            raise FissureError(f"--batch-size must be >= 1, got {self.batch_size}")
+        check_batch_size(self.batch_size)
+        if isinstance(self.prefetch, bool) or not isinstance(self.prefetch, int) or (
+            self.prefetch < 0
+        ):
+            raise FissureError(f"prefetch must be an int >= 0, got {self.prefetch!r}")
         if self.min_area is not None:
             check_min_area(self.min_area)
         if self.px_per_mm is not None:

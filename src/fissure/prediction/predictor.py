@@ -9,22 +9,16 @@ Arrays: an image is ``(H, W, 3)`` uint8 RGB; a :class:`Prediction` is a ``(H, W)
 float32 probability map and a ``(H, W)`` bool mask (``probability > threshold``) at the
 image's own resolution, plus :class:`~fissure.prediction.measure.CrackMeasurements`.
 
-How an image goes through the network (:func:`default_tiling`):
-
-* Native-resolution tiles (:mod:`fissure.prediction.tiles`): windows of ``tile`` px
-  overlapping by ``overlap`` px, blended smoothly. Defaults: ``tile`` = the checkpoint's
-  training size rounded to a multiple of 32, ``overlap = tile // 4``. Images smaller than a
-  tile are padded into one.
-* Whole image shrunk to the training size, exactly as ``evaluate`` does. Only for
-  ``resize``-mode checkpoints (trained on whole images shrunk to ``size x size``), only with
-  the default tiling, and only when both sides are at most ``RESIZE_LIMIT`` times the training
-  size: there the shrink costs at most a factor two of resolution and the model sees cracks
-  at the scale it learnt. A larger photo shrunk that way would lose hairline cracks, so it
-  is tiled at native resolution instead. Passing ``tile`` always tiles.
+How an image goes through the network (tiles, larger tiles or a whole-image resize) is
+decided by :func:`~fissure.prediction.tiling.default_tiling`.
 
 Tiles of several images share batches, so a folder of small images keeps the device busy;
-peak memory is one batch of tiles plus, for each image in flight, its padded copy and two
-float32 accumulators.
+the batch is ``PredictOptions.batch_size``, ``auto`` by default (see
+:mod:`~fissure.prediction.autobatch`). A background thread decodes the next images and cuts
+them into tiles while the network runs (:mod:`~fissure.prediction.threads`); on CUDA it
+copies each image from pinned memory without waiting for the copy. Peak memory is one
+batch of tiles plus, for each image in flight (``PredictOptions.prefetch`` read ahead, and
+those whose tiles are in a batch), its padded copy and two float32 accumulators.
 """
 
 from __future__ import annotations
@@ -39,20 +33,41 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 from torch import Tensor, nn
+from torchvision import tv_tensors
 
 from ..checkpoint import Checkpoint, load_checkpoint
 from ..config import DEFAULT_THRESHOLD, EvalConfig
 from ..data.image import _to_uint8, load_image
-from ..data.transforms import image_to_tensor
+from ..data.transforms import eval_transform, image_to_tensor
 from ..errors import FissureError
 from ..progress import progress_bar
 from ..runtime import InputPolicy, forward_logits, select_device
+from .autobatch import BatchSizes
+from .batching import TileBatcher
 from .measure import CrackMeasurements, measure_cracks
 from .options import PredictOptions
-from .tiles import TILE_MULTIPLE, Job, ResizedJob, TileBatcher, TiledJob, check_overlap
+from .threads import prefetch
+from .tiles import Job
+from .tiling import RESIZE_LIMIT, Tiling, default_tiling, round_tile
 
-RESIZE_LIMIT = 2
-"""Resize-mode checkpoints see a whole image shrunk when both sides are <= this x size."""
+__all__ = [
+    "RESIZE_LIMIT",
+    "ImageLike",
+    "ModelSource",
+    "Prediction",
+    "Predictor",
+    "Probability",
+    "Tiling",
+    "as_predictor",
+    "as_rgb",
+    "default_tiling",
+    "image_on",
+    "predict_image",
+    "predict_many",
+    "prediction_from",
+    "round_tile",
+    "stream_probabilities",
+]
 
 DEFAULT_TILE = 256
 """Tile for a bare ``nn.Module``, which carries no training size."""
@@ -87,49 +102,6 @@ class Prediction:
     min_area: int | None = None
 
 
-@dataclass(frozen=True)
-class Tiling:
-    """Window ``tile`` and ``overlap`` in px; ``resize_size`` set: shrink small images whole."""
-
-    tile: int
-    overlap: int
-    resize_size: int | None = None
-
-    def resizes(self, height: int, width: int) -> bool:
-        """Whether an image of ``height x width`` is shrunk whole rather than tiled."""
-        limit = RESIZE_LIMIT * (self.resize_size or 0)
-        return max(height, width) <= limit
-
-    def job(self, image: Tensor) -> Job:
-        """The job that takes ``image`` through the network.
-
-        Shapes:
-            image: (3, H, W) float, normalised.
-        """
-        if self.resizes(*image.shape[-2:]):
-            assert self.resize_size is not None
-            return ResizedJob(image, self.resize_size)
-        return TiledJob(image, self.tile, self.overlap)
-
-
-def round_tile(size: int) -> int:
-    """The multiple of 32 nearest to ``size``, at least 32."""
-    return max(TILE_MULTIPLE, TILE_MULTIPLE * round(size / TILE_MULTIPLE))
-
-
-def default_tiling(policy: InputPolicy, options: PredictOptions | None = None) -> Tiling:
-    """Tiling for a checkpoint's ``policy`` and the ``tile``/``overlap`` of ``options``.
-
-    See the module docstring for the defaults. ``overlap`` is checked here against the tile
-    in effect, which may be the checkpoint's.
-    """
-    options = options or PredictOptions()
-    tile = round_tile(policy.size) if options.tile is None else options.tile
-    overlap = tile // 4 if options.overlap is None else check_overlap(options.overlap, tile)
-    resize = policy.size if policy.mode == "resize" and options.tile is None else None
-    return Tiling(tile, overlap, resize)
-
-
 @dataclass
 class Predictor:
     """A model ready to predict, with what its checkpoint says about feeding it.
@@ -137,6 +109,8 @@ class Predictor:
     ``policy`` (training mode and size) chooses tiles or a whole-image resize; ``threshold``
     and ``min_area`` are the defaults of :class:`PredictOptions` fields left as None;
     ``amp`` runs the network in mixed precision where the hardware has it.
+    ``batch_sizes`` remembers the batches ``batch_size="auto"`` probed, shared by the
+    copies :meth:`configured` makes.
     """
 
     model: nn.Module
@@ -144,6 +118,7 @@ class Predictor:
     threshold: float = DEFAULT_THRESHOLD
     min_area: int = EvalConfig.min_area
     amp: bool = True
+    batch_sizes: dict[tuple, int] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def device(self) -> torch.device:
@@ -179,6 +154,16 @@ class Predictor:
         """
         return forward_logits(self.model, tiles, InputPolicy("crop", tiles.shape[-1]), self.amp)
 
+    def batch_size(self, setting: int | str) -> BatchSizes:
+        """The batch per input shape for ``PredictOptions.batch_size`` ``setting``; ``auto``
+        probes this model's forward pass (not :meth:`forward`, which subclasses may count)
+        once per shape and precision."""
+
+        def network(tiles: Tensor) -> Tensor:
+            return forward_logits(self.model, tiles, InputPolicy("crop", tiles.shape[-1]), self.amp)
+
+        return BatchSizes(setting, network, self.device, self.batch_sizes, key=(self.amp,))
+
 
 def as_predictor(model_or_checkpoint: ModelSource, device: str = "auto") -> Predictor:
     """A :class:`Predictor` from itself, a checkpoint path or :class:`Checkpoint`, or a model.
@@ -206,23 +191,116 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
-def _finish(
-    job: Job, prob: np.ndarray, predictor: Predictor, px_per_mm: float | None
+@dataclass(frozen=True)
+class Probability:
+    """One image's blended ``(H, W)`` float32 probabilities and how they were made (the
+    fields of :class:`Prediction` of the same names)."""
+
+    probability: np.ndarray
+    mode: str
+    tiles: int
+    tile: int | None
+    overlap: int | None
+
+    @classmethod
+    def of(cls, job: Job) -> Probability:
+        """The result of a completed job, on the CPU."""
+        prob = job.probability().numpy()
+        return cls(prob, job.mode, job.n_tiles, job.tile, job.overlap)
+
+
+def prediction_from(
+    result: Probability, predictor: Predictor, px_per_mm: float | None = None
 ) -> Prediction:
-    """The :class:`Prediction` of a completed job whose ``(H, W)`` probabilities are ``prob``."""
-    mask = prob > predictor.threshold
+    """The :class:`Prediction` of ``result``: mask at ``predictor.threshold``, measured."""
+    mask = result.probability > predictor.threshold
     measurements = measure_cracks(mask, predictor.min_area, px_per_mm)
     return Prediction(
         mask,
-        prob,
+        result.probability,
         measurements,
         predictor.threshold,
-        mode=job.mode,
-        tiles=job.n_tiles,
-        tile=job.tile,
-        overlap=job.overlap,
+        mode=result.mode,
+        tiles=result.tiles,
+        tile=result.tile,
+        overlap=result.overlap,
         min_area=predictor.min_area,
     )
+
+
+def image_on(device: torch.device, image: np.ndarray) -> Tensor:
+    """``image`` normalised for the network, on ``device``.
+
+    On CUDA the uint8 image goes over (a quarter of the float32 bytes) from pinned memory
+    without the caller waiting, and is normalised there; elsewhere
+    :func:`~fissure.data.transforms.image_to_tensor` as ``evaluate`` does.
+
+    Shapes:
+        image: (H, W, 3) uint8.
+        returns: (3, H, W) float32.
+    """
+    if device.type != "cuda":
+        return image_to_tensor(image).to(device)
+    raw = torch.from_numpy(image).pin_memory().to(device, non_blocking=True)
+    chw = tv_tensors.Image(raw.permute(2, 0, 1).contiguous())
+    return eval_transform()(chw).as_subclass(Tensor)
+
+
+def stream_probabilities(
+    predictor: Predictor,
+    images: Iterable[tuple[T, np.ndarray]],
+    options: PredictOptions | None = None,
+    *,
+    progress: bool = False,
+    total: int | None = None,
+) -> Iterator[tuple[T, Probability]]:
+    """The probabilities of ``(payload, image)`` pairs, as :func:`predict_many` makes them,
+    before any threshold or measurement; yields ``(payload, Probability)`` as each image
+    completes (not always in input order).
+
+    ``options.prefetch`` images are decoded and tiled ahead in a background thread (``0``:
+    in this thread, one ahead of the network); ``options.batch_size`` tiles go through the
+    network at once. ``predictor`` is used as it is (see :meth:`Predictor.configured`).
+
+    Shapes:
+        image: (H, W, 3) uint8 RGB.
+    """
+    options = options or PredictOptions()
+    tiling, device = default_tiling(predictor.policy, options), predictor.device
+    image_bar = progress_bar(total=total, desc="images", unit="img", enabled=progress)
+    tile_bar = progress_bar(total=0, desc="tiles", unit="tile", enabled=progress, inner=True,
+                            leave=False)
+    sizes = predictor.batch_size(options.batch_size)
+    batcher = TileBatcher(predictor.forward, sizes, options.tta, tile_bar.update)
+    payloads: dict[int, T] = {}
+
+    def prepare(item: tuple[T, np.ndarray]) -> tuple[T, Job]:
+        with torch.inference_mode():
+            return item[0], tiling.job(image_on(device, item[1]))
+
+    def ready(jobs: list[Job]) -> list[tuple[T, Probability]]:
+        image_bar.update(len(jobs))
+        return [(payloads.pop(id(job)), Probability.of(job)) for job in jobs]
+
+    jobs = prefetch(images, prepare, options.prefetch)
+    # inference_mode only around the tensor work: it is thread-wide state and must not
+    # leak into the caller's code while this generator is suspended at a yield.
+    try:
+        with _eval_mode(predictor.model):
+            for payload, job in jobs:
+                with torch.inference_mode():
+                    payloads[id(job)] = payload
+                    tile_bar.total += job.n_tiles
+                    tile_bar.refresh()
+                    done = ready(batcher.add(job))
+                yield from done
+            with torch.inference_mode():
+                done = ready(batcher.flush())
+            yield from done
+    finally:
+        jobs.close()
+        tile_bar.close()
+        image_bar.close()
 
 
 def predict_many(
@@ -236,7 +314,8 @@ def predict_many(
     """Predict ``(payload, image)`` pairs; yields ``(payload, Prediction)`` as each image
     completes (not always in input order).
 
-    ``images`` is read lazily, one image ahead of the network. ``options`` (default
+    ``images`` is read lazily, ``options.prefetch`` images ahead of the network, in a
+    background thread (see :func:`stream_probabilities`). ``options`` (default
     :class:`PredictOptions`) is applied to ``predictor`` here, the one place its
     checkpoint defaults are resolved; its ``device`` is not used, ``predictor`` stays where
     it is. ``total`` sizes the progress bar.
@@ -246,39 +325,10 @@ def predict_many(
     """
     options = options or PredictOptions()
     predictor = predictor.configured(options)
-    tiling = default_tiling(predictor.policy, options)
-    image_bar = progress_bar(total=total, desc="images", unit="img", enabled=progress)
-    tile_bar = progress_bar(total=0, desc="tiles", unit="tile", enabled=progress, inner=True,
-                            leave=False)
-    batcher = TileBatcher(predictor.forward, options.batch_size, options.tta, tile_bar.update)
-    payloads: dict[int, T] = {}
-
-    def ready(jobs: list[Job]) -> list[tuple[T, Job, np.ndarray]]:
-        return [(payloads.pop(id(job)), job, job.probability().numpy()) for job in jobs]
-
-    def finish(items: list[tuple[T, Job, np.ndarray]]) -> Iterator[tuple[T, Prediction]]:
-        for payload, job, prob in items:
-            image_bar.update(1)
-            yield payload, _finish(job, prob, predictor, options.px_per_mm)
-
-    # inference_mode only around the tensor work: it is thread-wide state and must not
-    # leak into the caller's code while this generator is suspended at a yield.
-    try:
-        with _eval_mode(predictor.model):
-            for payload, image in images:
-                with torch.inference_mode():
-                    job = tiling.job(image_to_tensor(image).to(predictor.device))
-                    payloads[id(job)] = payload
-                    tile_bar.total += job.n_tiles
-                    tile_bar.refresh()
-                    done = ready(batcher.add(job))
-                yield from finish(done)
-            with torch.inference_mode():
-                done = ready(batcher.flush())
-            yield from finish(done)
-    finally:
-        tile_bar.close()
-        image_bar.close()
+    stream = stream_probabilities(predictor, images, options, progress=progress, total=total)
+    with contextlib.closing(stream):
+        for payload, result in stream:
+            yield payload, prediction_from(result, predictor, options.px_per_mm)
 
 
 def as_rgb(image: ImageLike) -> np.ndarray:

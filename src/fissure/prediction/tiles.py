@@ -1,4 +1,4 @@
-"""Tiles: where they go on an image, how they blend, and how they are batched.
+"""Tiles: where they go on an image and how they blend back into one probability map.
 
 Inspection photos are far larger than the tiles the network was trained on, and resizing
 them would thin hairline cracks out of existence. So an image is padded
@@ -14,8 +14,9 @@ An image on its way through the network is a *job* (:class:`Job`): :class:`Tiled
 training size, as :func:`fissure.runtime.predict_probs` does). A job yields its network
 inputs with ``pieces()``, takes back one logit map per TTA view with ``add()`` and, once
 ``remaining`` is 0, gives its probability map with ``probability()``.
-:class:`TileBatcher` runs the inputs of consecutive jobs through the network in shared
-batches, so a folder of small images fills batches as well as one large photo does.
+:class:`~fissure.prediction.batching.TileBatcher` runs the inputs of consecutive jobs
+through the network in shared batches, so a folder of small images fills batches as well as
+one large photo does.
 
 Shapes: an image is ``(C, H, W)`` float, normalised for the network; a ``forward`` maps
 tiles ``(B, C, t, t)`` to logits ``(B, 1, t, t)``; a probability map is ``(H, W)`` float32
@@ -331,66 +332,3 @@ class ResizedJob:
         """``(H, W)`` float32 probabilities on the CPU."""
         assert self.prob is not None
         return self.prob
-
-
-def _view_logits(forward: Forward, tiles: Tensor, tta: bool) -> list[Tensor]:
-    """Logits per view: as is and, with ``tta``, flipped left-right and top-bottom; each
-    flipped back.
-
-    Shapes:
-        tiles: (B, C, t, t).
-        returns: one (B, 1, t, t) float32 tensor per view.
-    """
-    views: list[tuple[int, ...]] = [(), (-1,), (-2,)] if tta else [()]
-    out = []
-    for dims in views:
-        logits = forward(tiles.flip(dims) if dims else tiles).float()
-        if logits.shape != (tiles.shape[0], 1, *tiles.shape[-2:]):
-            raise FissureError(
-                f"model returned shape {tuple(logits.shape)} for tiles "
-                f"{tuple(tiles.shape)}, expected one channel of the same size"
-            )
-        out.append(logits.flip(dims) if dims else logits)
-    return out
-
-
-class TileBatcher:
-    """Gathers the inputs of any number of jobs into batches of one input shape.
-
-    A batch runs as soon as ``batch_size`` (>= 1) inputs of one shape are queued, so the
-    network never sees more; ``on_batch`` is called after each with the number it held.
-    ``forward`` maps ``(B, C, t, t)`` to ``(B, 1, t, t)`` logits.
-    """
-
-    def __init__(
-        self, forward: Forward, batch_size: int, tta: bool, on_batch: Callable[[int], None]
-    ) -> None:
-        self.forward, self.batch_size, self.tta, self.on_batch = forward, batch_size, tta, on_batch
-        self.pending: dict[tuple[int, ...], list[tuple[Job, Any, Tensor]]] = {}
-
-    def add(self, job: Job) -> list[Job]:
-        """Queue ``job``'s inputs; returns the jobs that batches run meanwhile completed."""
-        finished = []
-        for key, piece in job.pieces():
-            queue = self.pending.setdefault(tuple(piece.shape), [])
-            queue.append((job, key, piece))
-            if len(queue) == self.batch_size:
-                finished += self._run(self.pending.pop(tuple(piece.shape)))
-        return finished
-
-    def flush(self) -> list[Job]:
-        """Run the inputs still queued; returns the jobs that completed."""
-        finished = []
-        for shape in list(self.pending):
-            finished += self._run(self.pending.pop(shape))
-        return finished
-
-    def _run(self, queue: list[tuple[Job, Any, Tensor]]) -> list[Job]:
-        views = _view_logits(self.forward, torch.stack([piece for _, _, piece in queue]), self.tta)
-        done = []
-        for i, (job, key, _) in enumerate(queue):
-            job.add(key, [v[i] for v in views])
-            if job.remaining == 0:
-                done.append(job)
-        self.on_batch(len(queue))
-        return done
