@@ -153,9 +153,7 @@ def test_upload_tune_and_see_the_table_change(
     server: str, browser: Any, tmp_path: Path, photo_png: bytes
 ) -> None:
     from selenium.common.exceptions import StaleElementReferenceException
-    from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
     photo = tmp_path / "crack.png"
@@ -175,15 +173,7 @@ def test_upload_tune_and_see_the_table_change(
     before = _table(browser)
     assert before[0][0] == "1"  # the 3-px horizontal crack alone at 0.5
 
-    slider = _labelled(browser, "stSlider", "Threshold")
-    # The thumb is an ARIA slider or, in newer Streamlit, a visually hidden range input.
-    thumb = slider.find_element(By.CSS_SELECTOR, '[role="slider"], input[type="range"]')
-    browser.execute_script("arguments[0].focus()", thumb)
-    keys = ActionChains(browser)
-    for _ in range(20):  # 0.50 -> 0.30 in steps of 0.01
-        keys.send_keys(Keys.ARROW_LEFT)
-    keys.perform()
-    wait.until(lambda d: "0.30" in _labelled(d, "stSlider", "Threshold").text)
+    _slide_threshold_to(browser, 0.30)
     wait.until(lambda d: _cracks(d) == 2 and len(_table(d) or []) == 2)
     after = _table(browser)
     assert after != before and [row[0] for row in after] == ["1", "2"]
@@ -193,6 +183,46 @@ def test_upload_tune_and_see_the_table_change(
     assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
     if os.environ.get("FISSURE_APP_SCREENSHOT"):
         shutil.copyfile(shot, os.environ["FISSURE_APP_SCREENSHOT"])
+
+
+def _slide_threshold_to(browser: Any, target: float, attempts: int = 5) -> None:
+    """Move the Threshold slider to ``target`` with the arrow keys (0.01 a key).
+
+    A rerun can redraw the slider while keys are on their way, and the focus goes with the
+    old element: read where the thumb is, press what is missing, and look again.
+    """
+    from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    # The thumb is an ARIA slider or, in newer Streamlit, a visually hidden range input.
+    selector = '[role="slider"], input[type="range"]'
+
+    def value(driver: Any) -> float:
+        thumb = _labelled(driver, "stSlider", "Threshold").find_element(By.CSS_SELECTOR, selector)
+        return float(thumb.get_attribute("aria-valuenow") or thumb.get_attribute("value"))
+
+    for _ in range(attempts):
+        try:
+            steps = round((value(browser) - target) / 0.01)
+            if steps == 0:
+                return
+            thumb = _labelled(browser, "stSlider", "Threshold").find_element(
+                By.CSS_SELECTOR, selector)
+            browser.execute_script("arguments[0].focus()", thumb)
+            keys = ActionChains(browser)
+            for _ in range(abs(steps)):
+                keys.send_keys(Keys.ARROW_LEFT if steps > 0 else Keys.ARROW_RIGHT)
+            keys.perform()
+            WebDriverWait(browser, 20, poll_frequency=0.25,
+                          ignored_exceptions=(StaleElementReferenceException,)).until(
+                lambda d: abs(value(d) - target) < 0.005)
+            return
+        except (StaleElementReferenceException, TimeoutException):
+            continue
+    raise AssertionError(f"the Threshold slider did not reach {target}")
 
 
 def test_the_skip_names_what_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
