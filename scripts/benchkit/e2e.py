@@ -41,6 +41,7 @@ class _TimedLoader:
 
 def bench_e2e(st: Settings, device: torch.device, workdir: Path) -> Section:
     import fissure.training.loop as engine
+    import fissure.training.validation as validation
     from fissure.api import build_source, train
     from fissure.config import load_config
     from fissure.runtime import autocast_dtype
@@ -149,11 +150,12 @@ def bench_e2e(st: Settings, device: torch.device, workdir: Path) -> Section:
         )
         clock["last"] = time.perf_counter()
 
-    engine.make_loader = timed_loader
+    # Training batches come through the loop's make_loader, validation through its own.
+    engine.make_loader = validation.make_loader = timed_loader
     try:
         result = train(cfg, workdir / "e2e-run", overwrite=True, progress=False, log=on_log)
     finally:
-        engine.make_loader = original_loader
+        engine.make_loader = validation.make_loader = original_loader
     n_train = len(train_pairs)
     fis, nb, ffp32 = fis_epochs[1:], nb_epochs[1:], fp32_epochs[1:]
     ratios_fp32 = [a["seconds"] / b["seconds"] for a, b in zip(nb, ffp32, strict=True)]

@@ -128,9 +128,13 @@ def test_train_from_the_stage_pushes_the_run(session, trained, tmp_path) -> None
 def test_library_train_refreshes_the_cache(session, dataset, stage_yaml, tmp_path, monkeypatch):
     cfg = load_config(stage_yaml, OVERRIDES)
     gets = CountingGets(session, monkeypatch)
-    result = workflow.train(cfg, tmp_path / "run", refresh=True, progress=False, log=print)
+    fresh = load_config(stage_yaml, [*OVERRIDES, "data.snowflake.refresh=true"])
+    result = workflow.train(fresh, tmp_path / "run", progress=False, log=print)
     assert result.best.is_file() and len(result.history) == 1
     assert len(gets.calls) == 20  # train and val pairs fetched again, test not needed yet
+    # A refresh is done once: the run's config.yaml does not ask a resume for another.
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["data"]["snowflake"][
+        "refresh"] is False
 
     gets = CountingGets(session, monkeypatch)
     workflow.train(cfg, tmp_path / "run2", progress=False, log=print)
