@@ -13,6 +13,7 @@ from fissure.runtime import (
     autocast_dtype,
     autocast_for,
     forward_logits,
+    half_largest_fitting,
     predict_probs,
     resize_images,
     resize_logits,
@@ -99,3 +100,17 @@ def test_channels_last_model_gets_channels_last_input() -> None:
     )
     forward_logits(model, torch.randn(1, 3, 32, 32), InputPolicy("crop", 32), amp=False)
     assert layouts == [True]
+
+
+def test_half_largest_fitting_stops_at_the_first_misfit() -> None:
+    tried: list[int] = []
+
+    def fits(n: int) -> bool:
+        tried.append(n)
+        return n <= 48
+
+    assert half_largest_fitting(fits, 1024) == 16
+    assert tried == [1, 2, 4, 8, 16, 32, 64]  # memory grows with the batch: no larger one
+    assert half_largest_fitting(lambda n: True, 100) == 32  # 64 is the largest <= 100
+    assert half_largest_fitting(lambda n: n == 1, 100) == 1
+    assert half_largest_fitting(lambda n: False, 100) == 0

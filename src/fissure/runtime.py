@@ -14,6 +14,7 @@ Shapes:
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -35,6 +36,21 @@ class InputPolicy:
     mode: str = "resize"
     size: int = 256
     amp: bool = True
+
+
+def half_largest_fitting(fits: Callable[[int], bool], limit: int) -> int:
+    """Half the largest power of two ``n <= limit`` for which ``fits(n)`` (at least 1), or
+    0 when not even ``fits(1)``: the ``batch_size: auto`` of training and of prediction,
+    each of which raises its own error on 0.
+
+    Tries 1, 2, 4, ... and stops at the first that does not fit: memory grows with the
+    batch, so nothing larger would. Halved because the probe measures one step alone, and a
+    run holds more beside it (optimizer state, blending buffers, batches in flight).
+    """
+    best, n = 0, 1
+    while n <= limit and fits(n):
+        best, n = n, n * 2
+    return max(1, best // 2) if best else 0
 
 
 def select_device(name: str = "auto") -> torch.device:

@@ -52,17 +52,8 @@ def test_bad_batch_sizes_name_the_option(value: object) -> None:
         PredictOptions(batch_size=value)  # type: ignore[arg-type]
 
 
-def test_probe_halves_the_largest_power_of_two_that_fits() -> None:
-    tried: list[int] = []
-
-    def fits(n: int) -> bool:
-        tried.append(n)
-        return n <= 40
-
-    assert probe_batch_size(fits, limit=256) == 16
-    assert tried == [1, 2, 4, 8, 16, 32, 64]
-    assert probe_batch_size(lambda n: True, limit=100) == 32
-    assert probe_batch_size(lambda n: n == 1) == 1
+def test_prediction_probe_names_the_option_when_nothing_fits() -> None:
+    assert probe_batch_size(lambda n: n <= 40, limit=256) == 16
     with pytest.raises(FissureError, match="not even one tile fits"):
         probe_batch_size(lambda n: False)
 

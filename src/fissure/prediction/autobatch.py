@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from ..errors import FissureError
+from ..runtime import half_largest_fitting
 
 AUTO = "auto"
 """The ``batch_size`` that lets the device decide."""
@@ -41,20 +42,14 @@ def check_batch_size(value: int | str) -> int | str:
 
 
 def probe_batch_size(fits: Callable[[int], bool], limit: int = AUTO_LIMIT) -> int:
-    """Half the largest power of two ``n <= limit`` for which ``fits(n)``, at least 1.
-
-    Tries 1, 2, 4, ... and stops at the first that does not fit: memory grows with the
-    batch, so nothing larger would.
-    """
-    best, n = 0, 1
-    while n <= limit and fits(n):
-        best, n = n, n * 2
-    if best == 0:
+    """:func:`~fissure.runtime.half_largest_fitting`, or a FissureError when nothing fits."""
+    batch = half_largest_fitting(fits, limit)
+    if batch == 0:
         raise FissureError(
             "--batch-size auto: not even one tile fits this device's memory; "
             "pass a smaller --tile or free device memory"
         )
-    return max(1, best // 2)
+    return batch
 
 
 def forward_fits(forward: Forward, shape: Shape, device: torch.device) -> Callable[[int], bool]:

@@ -35,7 +35,7 @@ from ..data.transforms import eval_transform, train_transform
 from ..errors import ConfigError
 from ..losses import auto_pos_weight, build_loss
 from ..model import build_model
-from ..runtime import InputPolicy, autocast_for, select_device
+from ..runtime import InputPolicy, autocast_for, half_largest_fitting, select_device
 from .augment import BatchAugment, geometry_transform
 from .budget import Budget, Clock, ema_decay
 from .distributed import Dist, broadcast_float, data_parallel, init_distributed, merge_dicts, shard
@@ -51,7 +51,7 @@ from .recipe import (
     train_facts,
 )
 
-Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Loss = Callable[..., torch.Tensor]  # loss(logits, target, valid=None), see fissure.losses
 
 AUTO_BATCH_CPU = 16
 """``train.batch_size: auto`` off CUDA, where probing memory means nothing (the OS would
@@ -268,18 +268,12 @@ def _resolve_batch_size(
 
 
 def probe_batch_size(fits: Callable[[int], bool], limit: int = AUTO_BATCH_LIMIT) -> int:
-    """Half the largest power of two ``n <= limit`` for which ``fits(n)``, at least 1.
-
-    Tries 1, 2, 4, ... and stops at the first that does not fit: memory grows with the
-    batch, so nothing larger would.
-    """
-    best, n = 0, 1
-    while n <= limit and fits(n):
-        best, n = n, n * 2
-    if best == 0:
+    """:func:`~fissure.runtime.half_largest_fitting`, or a ConfigError when nothing fits."""
+    batch = half_largest_fitting(fits, limit)
+    if batch == 0:
         raise ConfigError("train.batch_size: auto: not even one sample fits a training step "
                           "on this device; lower data.size or free device memory")
-    return max(1, best // 2)
+    return batch
 
 
 def memory_probe(
