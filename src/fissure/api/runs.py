@@ -174,13 +174,34 @@ def train(
     Model Registry model at the end, with its metrics (needs the ``snowflake-ml`` extra).
     """
     ref = registry.registration_ref(register) if register else None
+    return _session_fit(cfg, lambda: _new_run_dir(cfg, out, overwrite, log), resuming=False,
+                        push=push, ref=ref, connection=connection, progress=progress, log=log)
+
+
+def _session_fit(
+    cfg: Config,
+    run_dir_for: Callable[[], Path],
+    *,
+    resuming: bool,
+    push: str | None,
+    ref: registry.ModelRef | None,
+    connection: str | None,
+    progress: bool,
+    log: Log,
+) -> TrainResult:
+    """What :func:`train` and :func:`resume` share: the session (when the data, ``push``
+    or ``ref`` needs one), the source, the fit, then the upload and the registration.
+
+    ``run_dir_for`` is called once the source has been built, so that a source that
+    cannot be read leaves no new run folder and no rewritten ``config.yaml`` behind.
+    """
     if is_main_process():
         log(describe_environment(cfg.train.device).line())
     with Sessions(connection, log=log) as sessions:
         session = _stage_session(cfg, push, sessions, ref)
         source = build_source(cfg.data, progress=progress, session=session)
-        run_dir = _new_run_dir(cfg, out, overwrite, log)
-        result = _fit(cfg, source, run_dir, resuming=False, progress=progress, log=log)
+        run_dir = run_dir_for()
+        result = _fit(cfg, source, run_dir, resuming=resuming, progress=progress, log=log)
         _push(sessions, cfg, run_dir, push, log)
         _register(sessions, cfg, result, ref, log)
     return result
@@ -218,16 +239,13 @@ def resume(
     if not (run_dir / "last.pt").is_file():
         raise CheckpointError(f"{run_dir}: no last.pt to resume from")
     cfg = load_config(None, overrides, base=read_yaml(run_dir / "config.yaml"))
-    if is_main_process():
-        log(describe_environment(cfg.train.device).line())
-    with Sessions(connection, log=log) as sessions:
-        session = _stage_session(cfg, push, sessions, ref)
-        source = build_source(cfg.data, progress=progress, session=session)
+
+    def existing_run_dir() -> Path:
         if overrides and is_main_process():
             save_config(_recorded(cfg), run_dir / "config.yaml")
-        result = _fit(cfg, source, run_dir, resuming=True, progress=progress, log=log)
-        _push(sessions, cfg, run_dir, push, log)
-        _register(sessions, cfg, result, ref, log)
-    return result
+        return run_dir
+
+    return _session_fit(cfg, existing_run_dir, resuming=True, push=push, ref=ref,
+                        connection=connection, progress=progress, log=log)
 
 
