@@ -45,6 +45,7 @@ from PIL import Image
 from ..data import is_stage_path
 from ..data.image import decode_image, image_stem, is_image_name, read_bytes
 from ..errors import DataError, FissureError
+from .cracks import CrackAnalysis
 from .options import OutputOptions, PredictOptions
 from .predictor import (
     ModelSource,
@@ -55,7 +56,7 @@ from .predictor import (
     stream_probabilities,
 )
 from .records import (
-    crack_analysis,
+    analysed_prediction,
     crack_geojson,
     crack_rows,
     cracks_csv,
@@ -265,16 +266,17 @@ def _image_outputs(
     out_dir: Path,
     name: str,
     image: tuple[str, np.ndarray],
-    prediction: Prediction,
+    prediction: tuple[Prediction, CrackAnalysis | None],
     options: PredictOptions,
     output: OutputOptions,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Write one image's files; returns its record and its ``cracks.csv`` rows."""
+    """Write one image's files; returns its record and its ``cracks.csv`` rows (the
+    ``analysis`` beside the prediction is there when cracks or GeoJSON are asked for)."""
     source, rgb = image
+    prediction, analysis = prediction
     paths = write_outputs(out_dir, name, rgb, prediction, output)
     rows: list[dict[str, Any]] = []
-    if output.cracks or output.geojson:
-        analysis = crack_analysis(prediction, options)
+    if analysis is not None:
         rows = crack_rows(source, analysis.cracks)
         if output.geojson:
             paths["geojson"] = str(out_dir / f"{name}.geojson")
@@ -324,7 +326,10 @@ def predict_files(
     done: dict[int, tuple[dict[str, Any], list[dict[str, Any]]]] = {}
 
     def write(i: int, rgb: np.ndarray, result: Probability) -> None:
-        prediction = prediction_from(result, predictor, options.px_per_mm)
+        if output.cracks or output.geojson:
+            prediction = analysed_prediction(result, predictor, options)
+        else:
+            prediction = (prediction_from(result, predictor, options.px_per_mm), None)
         source = (images[i].source, rgb)
         done[i] = _image_outputs(out_dir, names[i], source, prediction, options, output)
 

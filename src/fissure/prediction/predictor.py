@@ -210,11 +210,19 @@ class Probability:
 
 
 def prediction_from(
-    result: Probability, predictor: Predictor, px_per_mm: float | None = None
+    result: Probability,
+    predictor: Predictor,
+    px_per_mm: float | None = None,
+    measurements: CrackMeasurements | None = None,
 ) -> Prediction:
-    """The :class:`Prediction` of ``result``: mask at ``predictor.threshold``, measured."""
+    """The :class:`Prediction` of ``result``: mask at ``predictor.threshold``, measured.
+
+    ``measurements``: the same mask's, already taken (a crack analysis's summary), so that
+    the mask is not traced a second time.
+    """
     mask = result.probability > predictor.threshold
-    measurements = measure_cracks(mask, predictor.min_area, px_per_mm)
+    if measurements is None:
+        measurements = measure_cracks(mask, predictor.min_area, px_per_mm)
     return Prediction(
         mask,
         result.probability,

@@ -19,7 +19,7 @@ from typing import Any
 from ..config import EvalConfig
 from .cracks import CrackAnalysis, CrackRecord, analyse_cracks, crack_outline
 from .options import PredictOptions
-from .predictor import Prediction
+from .predictor import Prediction, Predictor, Probability, prediction_from
 
 CRACK_FIELDS = ("image", *(f.name for f in fields(CrackRecord)))
 
@@ -70,6 +70,17 @@ def crack_analysis(prediction: Prediction, options: PredictOptions) -> CrackAnal
     ``min_area``), in mm with ``options.px_per_mm``, classed by ``options.width_bounds``."""
     min_area = EvalConfig.min_area if prediction.min_area is None else prediction.min_area
     return analyse_cracks(prediction.mask, min_area, options.px_per_mm, options.width_bounds)
+
+
+def analysed_prediction(
+    result: Probability, predictor: Predictor, options: PredictOptions
+) -> tuple[Prediction, CrackAnalysis]:
+    """``result``'s :class:`Prediction` and its cracks, the mask traced once: the
+    prediction's summary is the analysis's (what :func:`crack_analysis` would give)."""
+    mask = result.probability > predictor.threshold
+    analysis = analyse_cracks(mask, predictor.min_area, options.px_per_mm, options.width_bounds)
+    prediction = prediction_from(result, predictor, options.px_per_mm, analysis.measurements)
+    return prediction, analysis
 
 
 def crack_rows(source: str, cracks: Iterable[CrackRecord]) -> list[dict[str, Any]]:
