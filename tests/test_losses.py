@@ -288,6 +288,39 @@ def test_shape_mismatch_is_refused():
             loss_fn(torch.zeros(2, 1, 4, 4), torch.zeros(2, 4, 4))
 
 
+# --- padding left out (valid) -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_padding_is_left_out_as_if_the_image_were_cropped(name):
+    """A 2x3 image whose last column is padding (target IGNORE there, any logit) costs what
+    its 2x2 photo part costs alone: padding changes neither the sums nor the mean."""
+    loss_fn = build_loss(name, {"pos_weight": 3.0} if name in ("bce", "bce_dice") else {})
+    photo_logits, photo_target = as_image(LOGITS), as_image(TARGET)
+    logits = torch.cat([photo_logits, torch.full((1, 1, 2, 1), 4.0)], dim=-1)
+    target = torch.cat([photo_target, torch.full((1, 1, 2, 1), 255.0)], dim=-1)
+    valid = target != 255
+    expected = loss_fn(photo_logits, photo_target)
+    assert torch.allclose(loss_fn(logits, target, valid=valid), expected, atol=1e-6)
+
+
+def test_padding_gets_no_gradient():
+    logits = torch.zeros(1, 1, 2, 3, requires_grad=True)
+    target = torch.tensor([[[[1.0, 0.0, 255.0], [0.0, 1.0, 255.0]]]])
+    bce_dice_loss(logits, target, valid=target != 255).backward()
+    assert torch.all(logits.grad[..., 2] == 0) and torch.all(logits.grad[..., :2] != 0)
+
+
+def test_valid_of_another_shape_is_refused():
+    with pytest.raises(ValueError, match="valid must have the shape"):
+        bce_loss(torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 2, 2), valid=torch.ones(1, 2, 2))
+
+
+def test_valid_is_not_a_config_key():
+    with pytest.raises(ConfigError, match="train.loss.valid: unknown parameter"):
+        build_loss("bce", {"valid": 1.0})
+
+
 # --- auto_pos_weight ----------------------------------------------------------------------
 
 

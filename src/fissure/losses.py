@@ -5,16 +5,22 @@ Shape conventions, shared by every loss here:
 * ``logits``: ``(N, 1, H, W)`` float, the raw model output (before the sigmoid).
 * ``target``: ``(N, 1, H, W)`` float with values in ``{0, 1}`` (1 = crack).
 
-Any shape works as long as ``logits`` and ``target`` match exactly (no broadcasting);
-the first dimension is the batch. Every loss returns a 0-dim float32 tensor, whatever the
-input dtype: inputs are cast to float32 first so the losses are safe under autocast.
+* ``valid``: ``(N, 1, H, W)`` bool or float in ``{0, 1}``, or None: the pixels that count.
+  Zero padding of images smaller than the training crop is not part of any photo, so it is
+  left out of every sum and mean (``None``: every pixel counts).
+
+Any shape works as long as ``logits``, ``target`` and ``valid`` match exactly (no
+broadcasting); the first dimension is the batch. Every loss returns a 0-dim float32 tensor,
+whatever the input dtype: inputs are cast to float32 first so the losses are safe under
+autocast.
 
 Region losses (Dice, Tversky) sum over the whole batch by default, as if the batch were
 one large image. Cracks cover a small, very uneven share of each photo, and per-image
 ratios are dominated by the images with only a few crack pixels (or none).
 
 :func:`build_loss` turns the ``train.loss`` section of a config into a
-``loss(logits, target)`` callable, raising :class:`~fissure.errors.ConfigError` on bad keys.
+``loss(logits, target, valid=None)`` callable, raising :class:`~fissure.errors.ConfigError`
+on bad keys.
 """
 
 from __future__ import annotations
@@ -60,24 +66,52 @@ def _as_float32(logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
     return logits.float(), target.float()
 
 
-def _batch_stats(logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def _weights(valid: Tensor | None, like: Tensor) -> Tensor | None:
+    """``valid`` as float32 weights, or None; a ValueError if its shape is not ``like``'s."""
+    if valid is None:
+        return None
+    if valid.shape != like.shape:
+        raise ValueError(
+            f"valid must have the shape of logits, got {tuple(valid.shape)} "
+            f"and {tuple(like.shape)}"
+        )
+    return valid.float()
+
+
+def _mean(values: Tensor, weights: Tensor | None) -> Tensor:
+    """Mean of ``values`` over the pixels that count (all of them when ``weights`` is None)."""
+    if weights is None:
+        return values.mean()
+    # An all-padding batch cannot occur from a crop, but must not divide by zero.
+    return (values * weights).sum() / weights.sum().clamp_min(1.0)
+
+
+def _batch_stats(
+    logits: Tensor, target: Tensor, valid: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
     """Soft true positives, false positives and false negatives summed over the batch.
 
     Shapes:
         logits: (N, 1, H, W) float, raw scores.
         target: (N, 1, H, W) float in {0, 1}.
+        valid: (N, 1, H, W) or None.
         returns: ``(tp, fp, fn)``, each 0-dim float32.
     """
     logits, target = _as_float32(logits, target)
     prob = torch.sigmoid(logits)
+    weights = _weights(valid, logits)
+    if weights is not None:
+        prob, target = prob * weights, target * weights
     tp = (prob * target).sum()
     fp = (prob * (1.0 - target)).sum()
     fn = ((1.0 - prob) * target).sum()
     return tp, fp, fn
 
 
-def bce_loss(logits: Tensor, target: Tensor, pos_weight: float | None = None) -> Tensor:
-    """Binary cross-entropy from logits, averaged over all pixels.
+def bce_loss(
+    logits: Tensor, target: Tensor, pos_weight: float | None = None, valid: Tensor | None = None
+) -> Tensor:
+    """Binary cross-entropy from logits, averaged over the pixels that count.
 
     ``pos_weight`` multiplies the crack-pixel (``target == 1``) term; ``None`` means 1.
     Values above 1 trade precision for recall, offsetting how rare cracks are (see
@@ -89,14 +123,25 @@ def bce_loss(logits: Tensor, target: Tensor, pos_weight: float | None = None) ->
         returns: 0-dim float32.
     """
     logits, target = _as_float32(logits, target)
+    weights = _weights(valid, logits)
     weight = None
     if pos_weight is not None:
         weight = torch.as_tensor(pos_weight, device=logits.device, dtype=logits.dtype)
-    return F.binary_cross_entropy_with_logits(logits, target, pos_weight=weight)
+    if weights is None:
+        return F.binary_cross_entropy_with_logits(logits, target, pos_weight=weight)
+    # Padding's target may be anything (the ignore value): zero it before the log terms.
+    per_pixel = F.binary_cross_entropy_with_logits(
+        logits, target * weights, pos_weight=weight, reduction="none"
+    )
+    return _mean(per_pixel, weights)
 
 
 def soft_dice_loss(
-    logits: Tensor, target: Tensor, smooth: float = 1.0, per_image: bool = False
+    logits: Tensor,
+    target: Tensor,
+    smooth: float = 1.0,
+    per_image: bool = False,
+    valid: Tensor | None = None,
 ) -> Tensor:
     """``1 - dice`` with dice ``= (2*sum(p*t) + smooth) / (sum(p) + sum(t) + smooth)``.
 
@@ -114,6 +159,9 @@ def soft_dice_loss(
     """
     logits, target = _as_float32(logits, target)
     prob = torch.sigmoid(logits)
+    weights = _weights(valid, logits)
+    if weights is not None:
+        prob, target = prob * weights, target * weights
     dims = tuple(range(1, prob.dim())) if per_image else tuple(range(prob.dim()))
     intersection = (prob * target).sum(dim=dims)
     cardinality = prob.sum(dim=dims) + target.sum(dim=dims)
@@ -127,25 +175,30 @@ def bce_dice_loss(
     bce_weight: float = 0.5,
     dice_weight: float = 0.5,
     pos_weight: float | None = None,
+    valid: Tensor | None = None,
 ) -> Tensor:
     """``bce_weight * bce_loss + dice_weight * soft_dice_loss`` (batch-level dice, smooth 1).
 
-    ``pos_weight`` is passed to :func:`bce_loss`.
+    ``pos_weight`` is passed to :func:`bce_loss`, ``valid`` to both.
 
     Shapes:
         logits: (N, 1, H, W) float, raw scores.
         target: (N, 1, H, W) float in {0, 1}.
         returns: 0-dim float32.
     """
-    bce = bce_loss(logits, target, pos_weight=pos_weight)
-    dice = soft_dice_loss(logits, target)
+    bce = bce_loss(logits, target, pos_weight=pos_weight, valid=valid)
+    dice = soft_dice_loss(logits, target, valid=valid)
     return bce_weight * bce + dice_weight * dice
 
 
 def focal_loss(
-    logits: Tensor, target: Tensor, alpha: float | None = 0.25, gamma: float = 2.0
+    logits: Tensor,
+    target: Tensor,
+    alpha: float | None = 0.25,
+    gamma: float = 2.0,
+    valid: Tensor | None = None,
 ) -> Tensor:
-    """Focal loss ``-alpha_t * (1 - p_t)**gamma * log(p_t)``, averaged over all pixels.
+    """Focal loss ``-alpha_t * (1 - p_t)**gamma * log(p_t)``, averaged over the pixels.
 
     ``p_t`` is the predicted probability of the true class; ``log(p_t)`` comes from
     ``logsigmoid`` so saturated logits give no ``log(0)``. The mean runs over all pixels
@@ -162,13 +215,16 @@ def focal_loss(
         returns: 0-dim float32.
     """
     logits, target = _as_float32(logits, target)
+    weights = _weights(valid, logits)
+    if weights is not None:
+        target = target * weights
     log_pt = target * F.logsigmoid(logits) + (1.0 - target) * F.logsigmoid(-logits)
     # -expm1(log_pt) is 1 - p_t without the cancellation of 1 - exp(log_pt) near p_t = 1.
     modulator = (-torch.expm1(log_pt)).clamp_min(_POW_FLOOR).pow(gamma)
     loss = -modulator * log_pt
     if alpha is not None:
         loss = (alpha * target + (1.0 - alpha) * (1.0 - target)) * loss
-    return loss.mean()
+    return _mean(loss, weights)
 
 
 def tversky_loss(
@@ -177,6 +233,7 @@ def tversky_loss(
     alpha: float = 0.3,
     beta: float = 0.7,
     smooth: float = 1.0,
+    valid: Tensor | None = None,
 ) -> Tensor:
     """``1 - TI`` with Tversky index ``TI = (TP + smooth) / (TP + alpha*FP + beta*FN + smooth)``.
 
@@ -193,7 +250,7 @@ def tversky_loss(
         target: (N, 1, H, W) float in {0, 1}.
         returns: 0-dim float32 in [0, 1].
     """
-    tp, fp, fn = _batch_stats(logits, target)
+    tp, fp, fn = _batch_stats(logits, target, valid)
     index = (tp + smooth) / (tp + alpha * fp + beta * fn + smooth)
     return 1.0 - index
 
@@ -205,6 +262,7 @@ def focal_tversky_loss(
     beta: float = 0.7,
     gamma: float = 0.75,
     smooth: float = 1.0,
+    valid: Tensor | None = None,
 ) -> Tensor:
     """``tversky_loss ** gamma`` (Abraham & Khan, 2019, who write the exponent as ``1/gamma``).
 
@@ -218,7 +276,7 @@ def focal_tversky_loss(
         target: (N, 1, H, W) float in {0, 1}.
         returns: 0-dim float32 in [0, 1].
     """
-    loss = tversky_loss(logits, target, alpha=alpha, beta=beta, smooth=smooth)
+    loss = tversky_loss(logits, target, alpha=alpha, beta=beta, smooth=smooth, valid=valid)
     return loss.clamp_min(_POW_FLOOR).pow(gamma)
 
 
@@ -285,8 +343,8 @@ def build_loss(
     name: str,
     params: Mapping[str, Any] | None = None,
     crack_fraction: float | None = None,
-) -> Callable[[Tensor, Tensor], Tensor]:
-    """Make ``loss(logits, target)`` from the ``train.loss`` config section.
+) -> Callable[..., Tensor]:
+    """Make ``loss(logits, target, valid=None)`` from the ``train.loss`` config section.
 
     ``name`` is a key of :data:`LOSSES` (``train.loss.name``); ``params`` are that loss's
     keyword arguments (every other ``train.loss.*`` key), checked against its signature and
@@ -309,7 +367,10 @@ def build_loss(
         raise ConfigError(f"train.loss: expected a mapping of loss parameters, got {params!r}")
 
     hints = typing.get_type_hints(fn)
-    valid = [p for p in inspect.signature(fn).parameters if p not in ("logits", "target")]
+    # ``valid`` is per batch, passed by the loop, never a config value.
+    valid = [
+        p for p in inspect.signature(fn).parameters if p not in ("logits", "target", "valid")
+    ]
     kwargs: dict[str, Any] = {}
     for key, value in params.items():
         if key not in valid:

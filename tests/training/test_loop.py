@@ -228,7 +228,7 @@ def test_nonfinite_loss_stops_with_a_clear_message(tmp_path, tiny_overrides, mon
 
     def poisoned(*args, **kwargs):
         fn = real(*args, **kwargs)
-        return lambda logits, target: fn(logits, target) * float("nan")
+        return lambda logits, target, **kw: fn(logits, target, **kw) * float("nan")
 
     monkeypatch.setattr(setup_module, "build_loss", poisoned)
     with pytest.raises(FissureError, match="non-finite loss at epoch 1 step 1"):

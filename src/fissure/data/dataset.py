@@ -1,9 +1,10 @@
 """The torch Dataset over a source's samples, and the collate that batches it.
 
 An item is ``{"image": (3, H, W) float32 normalised, "mask": (1, H, W) float32 in {0, 1},
-"name": str}`` (the image stays uint8 when the transform leaves it so, for augmentation on
-the GPU). With ``on_error="skip"`` a bad sample becomes ``{"skipped": (name, reason)}``
-and :func:`collate` moves it out of the batch, so a worker never kills a long run. With a
+"name": str}``, the mask :data:`~fissure.data.transforms.IGNORE` on a training crop's
+padding (the image stays uint8 when the transform leaves it so, for augmentation on the
+GPU). With ``on_error="skip"`` a bad sample becomes ``{"skipped": (name, reason)}`` and
+:func:`collate` moves it out of the batch, so a worker never kills a long run. With a
 :class:`~fissure.data.decoded.DecodedStore` each pair is decoded once and read as arrays
 afterwards; the transform, random crops and augmentation included, still runs on every read.
 """

@@ -20,6 +20,9 @@ from ..config import AugmentConfig, DataConfig
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+IGNORE = 255
+"""Mask value of the zero padding around an image smaller than the training crop: no part of
+the photo, so the losses and the training counts leave it out (:func:`valid_pixels`)."""
 
 
 def _find_mask(flat_inputs: list[Any]) -> torch.Tensor | None:
@@ -31,7 +34,8 @@ class CrackAwareCrop(v2.Transform):
 
     With probability ``crack_fraction`` the crop is centred near a random crack pixel, so
     batches are not mostly background (cracks are 1-2 % of pixels). Images smaller than the
-    crop are padded (reflect for the image would invent structure at borders, so zeros).
+    crop are padded: the image with zeros (reflect would invent structure at borders), the
+    mask with :data:`IGNORE`, so that the padding is not learnt as easy background.
     """
 
     def __init__(self, size: int, crack_fraction: float = 0.5) -> None:
@@ -60,7 +64,8 @@ class CrackAwareCrop(v2.Transform):
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
         if any(params["pad"]):
-            inpt = TF.pad(inpt, params["pad"], fill=0)
+            fill = IGNORE if isinstance(inpt, tv_tensors.Mask) else 0
+            inpt = TF.pad(inpt, params["pad"], fill=fill)
         return TF.crop(inpt, params["top"], params["left"], self.size, self.size)
 
 
@@ -135,6 +140,17 @@ def train_transform(data: DataConfig, aug: AugmentConfig) -> v2.Compose:
 def eval_transform() -> v2.Compose:
     """Evaluation keeps native resolution; any resizing for the model happens at inference."""
     return v2.Compose(_finish())
+
+
+def valid_pixels(masks: torch.Tensor) -> torch.Tensor | None:
+    """Where ``masks`` are part of the photo (not :data:`IGNORE` padding); None when all are.
+
+    Shapes:
+        masks: (N, 1, H, W) any dtype, {0, 1} or IGNORE.
+        returns: (N, 1, H, W) bool, or None.
+    """
+    padding = masks == IGNORE
+    return ~padding if bool(padding.any()) else None
 
 
 def image_to_tensor(image: np.ndarray) -> torch.Tensor:

@@ -185,7 +185,7 @@ def device_batch(
 
     Shapes:
         batch["image"]: (N, 3, H, W) float normalised, or uint8 when ``augment`` is given.
-        batch["mask"]: (N, 1, H, W) in {0, 1}.
+        batch["mask"]: (N, 1, H, W) in {0, 1}, or IGNORE on padding (kept as it is).
         returns: images (N, 3, H, W) float normalised (channels-last if asked),
         masks (N, 1, H, W) float.
     """

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from ..data.loader import epoch_indices, make_loader
+from ..data.transforms import valid_pixels
 from ..errors import FissureError
 from ..metrics import confusion_counts
 from ..progress import progress_bar
@@ -261,7 +262,7 @@ def _train_batch(
 
     Shapes:
         batch["image"]: (N, 3, H, W) float, normalised.
-        batch["mask"]: (N, 1, H, W) float in {0, 1}.
+        batch["mask"]: (N, 1, H, W) float in {0, 1}, IGNORE on a small image's padding.
         returns: counts (3,) int64 on the CPU.
     """
     cfg, info, where = setup.cfg, setup.dist, f"epoch {state.epoch + 1} step {step + 1}"
@@ -276,10 +277,14 @@ def _train_batch(
     images, masks = device_batch(batch, setup.device, setup.augment, cfg.train.channels_last)
     with autocast_for(setup.device, cfg.train.amp):
         logits = setup.forward(images)
-    loss = setup.loss_fn(logits.float(), masks)
+    valid = valid_pixels(masks)
+    loss = setup.loss_fn(logits.float(), masks, valid=valid)
     with torch.no_grad():
-        found = confusion_counts(logits.detach().float(), masks, cfg.train.threshold,
-                                 from_logits=True)
+        scores = logits.detach().float()
+        if valid is not None:
+            # Padding becomes a predicted and true background pixel: a TN, which IoU ignores.
+            scores, masks = scores.masked_fill(~valid, -math.inf), masks * valid
+        found = confusion_counts(scores, masks, cfg.train.threshold, from_logits=True)
         counts = torch.stack([c.sum() for c in found[:3]]).cpu()
     ok = _check_finite(setup, loss, where, log)
     if ok or info.active:

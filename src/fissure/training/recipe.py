@@ -104,8 +104,8 @@ def note_small_images(
              else f"{total} training images")
     notes.append(
         f"{count} of {among} are smaller than the {size} px crop ({examples}): each crop "
-        f"is zero-padded (black image, background mask; the padding counts in the loss as easy "
-        f"background). data.size=auto would crop {implied_crop(facts)} px instead")
+        f"is zero-padded (black image; the padding is left out of the loss and of the "
+        f"training IoU). data.size=auto would crop {implied_crop(facts)} px instead")
 
 
 def top_up_validation(
