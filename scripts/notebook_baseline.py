@@ -24,6 +24,7 @@ nothing the loop does.
 Run alone::
 
     python scripts/notebook_baseline.py --data DIR --epochs 3
+    python scripts/notebook_baseline.py --data DIR --epochs 100 --minutes 30 --save best.pth
 
 ``DIR`` holds ``train/{images,masks}/*.gz`` and ``val/{images,masks}/*.gz`` with the same
 file name for an image and its mask.
@@ -192,6 +193,7 @@ class NotebookPipeline:
         patience=7,
         save_path="best_model.pth",
         progress=True,
+        minutes=None,
     ):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         data_transforms = make_transforms(size)
@@ -204,6 +206,11 @@ class NotebookPipeline:
         self.patience = patience
         self.save_path = str(save_path)
         self.progress = progress
+        # The notebook has no time budget; ``minutes`` cuts training at that wall time (the
+        # epoch under way stops after its current batch, then validates and may be saved),
+        # so the baseline can be given the same minutes as a fissure run. Validation after
+        # the cut is not counted against it, which only favours the baseline.
+        self.deadline = None if minutes is None else time.perf_counter() + 60 * minutes
         self.model = ResNetUNet(n_classes=1).to(self.device)
         self.criterion = torch.nn.BCEWithLogitsLoss()
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=learning_rate)
@@ -233,7 +240,7 @@ class NotebookPipeline:
 
         # --------- Entraînement ----------
         model.train()
-        epoch_loss, epoch_iou = 0.0, 0.0
+        epoch_loss, epoch_iou, batches = 0.0, 0.0, 0
         train_pbar = tqdm(
             _timed_batches(self.train_loader, train_wait),
             total=len(self.train_loader),
@@ -254,9 +261,12 @@ class NotebookPipeline:
             current_iou = iou_score(outputs, masks).item()
             epoch_iou += current_iou
             train_pbar.set_postfix({"loss": f"{loss.item():.4f}", "iou": f"{current_iou:.4f}"})
+            batches += 1
+            if self.out_of_time():
+                break
 
-        self.train_losses.append(epoch_loss / len(self.train_loader))
-        self.train_ious.append(epoch_iou / len(self.train_loader))
+        self.train_losses.append(epoch_loss / batches)
+        self.train_ious.append(epoch_iou / batches)
         self._sync()
         t_train = time.perf_counter()
 
@@ -324,8 +334,12 @@ class NotebookPipeline:
             "val_seconds": t_val - t_train,
             "val_data_wait": val_wait[0],
             "save_seconds": t_end - t_val,
-            "stop": stop,
+            "steps": batches,
+            "stop": stop or self.out_of_time(),
         }
+
+    def out_of_time(self):
+        return self.deadline is not None and time.perf_counter() >= self.deadline
 
     def fit(self):
         history = []
@@ -360,17 +374,24 @@ def main(argv=None):
     parser.add_argument("--epochs", type=int, default=11)
     parser.add_argument("--device", default=None, help="cpu or cuda (default: as the notebook)")
     parser.add_argument("--save", default="best_model.pth")
+    parser.add_argument("--minutes", type=float, default=None,
+                        help="stop training after this many minutes (not in the notebook)")
+    parser.add_argument("--seed", type=int, default=None, help="torch.manual_seed first")
     args = parser.parse_args(argv)
+    if args.seed is not None:
+        torch.manual_seed(args.seed)
     pipeline = NotebookPipeline(
         folder_pairs(args.data, "train"),
         folder_pairs(args.data, "val"),
         device=args.device,
         num_epochs=args.epochs,
         save_path=args.save,
+        minutes=args.minutes,
     )
     for row in pipeline.fit():
         print(
-            f"epoch {row['epoch']}: {row['seconds']:.1f}s (train {row['train_seconds']:.1f}s, "
+            f"epoch {row['epoch']}: {row['steps']} steps, val IoU {row['val_iou']:.4f}, "
+            f"{row['seconds']:.1f}s (train {row['train_seconds']:.1f}s, "
             f"waiting for data {row['train_data_wait']:.1f}s; val {row['val_seconds']:.1f}s)"
         )
 
