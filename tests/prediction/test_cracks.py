@@ -7,8 +7,8 @@ import math
 
 import numpy as np
 import pytest
+from drawn_masks import horizontal_crack, oblique_crack, random_mask
 from matplotlib.path import Path as PolygonPath
-from scipy import ndimage
 
 from fissure.errors import FissureError
 from fissure.prediction.cracks import (
@@ -24,41 +24,9 @@ from fissure.prediction.cracks import (
 from fissure.prediction.measure import measure_cracks, remove_small_components
 
 
-def _random_mask(seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    height, width = rng.integers(1, 90, 2)
-    mask = rng.random((height, width)) < rng.random() * 0.5
-    if seed % 2:
-        mask = ndimage.binary_dilation(mask, iterations=int(rng.integers(1, 3)))
-    return mask
-
-
-def _horizontal_crack(length: int, width: int, shape: tuple[int, int] = (60, 300)) -> np.ndarray:
-    mask = np.zeros(shape, dtype=bool)
-    mask[20 : 20 + width, 50 : 50 + length] = True
-    return mask
-
-
-def _oblique_crack(
-    shape: tuple[int, int],
-    start: tuple[float, float],
-    angle_deg: float,
-    length: float,
-    width: float,
-) -> np.ndarray:
-    """Pixels whose centres lie within ``width / 2`` of a segment turning ``angle_deg``
-    counter-clockwise on the screen (rows grow downwards), as ``(H, W)`` bool."""
-    yy, xx = np.mgrid[: shape[0], : shape[1]].astype(float)
-    angle = math.radians(angle_deg)
-    ux, uy = math.cos(angle), -math.sin(angle)
-    along = (xx - start[1]) * ux + (yy - start[0]) * uy
-    across = np.abs((yy - start[0]) * ux - (xx - start[1]) * uy)
-    return (np.abs(along) <= length / 2) & (across <= width / 2)
-
-
 @pytest.mark.parametrize("seed", range(40))
 def test_image_totals_are_the_sums_over_the_records(seed: int) -> None:
-    mask, min_area = _random_mask(seed), seed % 7
+    mask, min_area = random_mask(seed), seed % 7
     analysis = analyse_cracks(mask, min_area, px_per_mm=2.5)
     total, cracks = analysis.measurements, analysis.cracks
     assert total == measure_cracks(mask, min_area, px_per_mm=2.5)
@@ -77,7 +45,7 @@ def test_image_totals_are_the_sums_over_the_records(seed: int) -> None:
 
 @pytest.mark.parametrize("seed", range(12))
 def test_each_record_is_the_crack_measured_alone(seed: int) -> None:
-    analysis = analyse_cracks(_random_mask(seed), 0)
+    analysis = analyse_cracks(random_mask(seed), 0)
     for crack in analysis.cracks:
         alone = measure_cracks(analysis.labels == crack.id, 0)
         assert (crack.area_px, crack.length_px, crack.max_width_px, crack.mean_width_px) == (
@@ -152,7 +120,7 @@ def test_crack_touching_the_border() -> None:
 
 @pytest.mark.parametrize("angle", [0, 15, 30, 45, 60, 80, 100, 135, 160])
 def test_orientation_of_oblique_cracks(angle: float) -> None:
-    mask = _oblique_crack((260, 260), (130, 130), angle, 100.0, 3.0)
+    mask = oblique_crack((260, 260), (130, 130), angle, 100.0, 3.0)
     crack = _only(mask)
     assert crack.orientation_deg == pytest.approx(angle, abs=1.5)
     assert crack.orientation == orientation_label(angle)
@@ -214,7 +182,7 @@ def test_empty_mask_has_no_records() -> None:
 
 
 def test_record_as_dict_is_plain() -> None:
-    row = _only(_horizontal_crack(50, 3), px_per_mm=10.0).as_dict()
+    row = _only(horizontal_crack(50, 3), px_per_mm=10.0).as_dict()
     assert list(row)[:7] == ["id", "x_min", "y_min", "x_max", "y_max", "area_px", "skeleton_px"]
     assert row["width_class"] == "medium" and row["orientation"] == "horizontal"
     assert all(isinstance(v, (int, float, str)) for v in row.values())
@@ -271,6 +239,6 @@ def test_outline_with_a_hole_and_diagonal_steps() -> None:
 
 @pytest.mark.parametrize("seed", range(8))
 def test_outlines_of_random_masks_hold_their_pixels(seed: int) -> None:
-    analysis = analyse_cracks(_random_mask(seed), 0)
+    analysis = analyse_cracks(random_mask(seed), 0)
     for crack in analysis.cracks:
         _check_rings(crack_outline(analysis.labels, crack), analysis.labels, crack)

@@ -14,13 +14,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 from PIL import Image
+from prediction_stand_ins import random_rgb, tiny_checkpoint, tiny_model
 from torch import nn
 
-from fissure.checkpoint import make_checkpoint
 from fissure.cli import cli
-from fissure.config import config_from_dict
 from fissure.errors import FissureError
-from fissure.model import build_model
 from fissure.prediction.cracks import analyse_cracks
 from fissure.prediction.files import (
     InputImage,
@@ -43,29 +41,6 @@ from fissure.prediction.records import (
     cracks_csv,
     prediction_record,
 )
-
-
-def _model(seed: int = 0, all_crack: bool = False) -> nn.Module:
-    torch.manual_seed(seed)
-    model = build_model("resnet18").eval()
-    if all_crack:
-        # Logit +6 everywhere: every pixel is crack, whatever the image.
-        last = [m for m in model.modules() if isinstance(m, nn.Conv2d)][-1]
-        with torch.no_grad():
-            last.weight.zero_()
-            last.bias.fill_(6.0)
-    return model
-
-
-def _checkpoint(tmp_path: Path, mode: str = "crop", size: int = 64, **kw) -> Path:
-    cfg = config_from_dict({"model": {"encoder": "resnet18"}, "data": {"size": size, "mode": mode}})
-    path = tmp_path / f"{mode}{size}.pt"
-    make_checkpoint(_model(**kw), cfg, epoch=0).save(path)
-    return path
-
-
-def _rgb(height: int, width: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
 
 
 def _png_bytes(image: Image.Image) -> bytes:
@@ -118,19 +93,20 @@ def test_find_inputs_walks_folders_and_needs_fetch_for_stages(tmp_path: Path) ->
 def _photo_folder(root: Path) -> None:
     """Six awkward inputs: a stem clash, gzip, EXIF rotation, RGBA and 16-bit gray."""
     (root / "sub").mkdir(parents=True)
-    Image.fromarray(_rgb(70, 90)).save(root / "a.png")
-    Image.fromarray(_rgb(33, 47, seed=1)).save(root / "sub" / "a.png")
-    (root / "b.png.gz").write_bytes(gzip.compress(_png_bytes(Image.fromarray(_rgb(50, 64)))))
+    Image.fromarray(random_rgb(70, 90)).save(root / "a.png")
+    Image.fromarray(random_rgb(33, 47, seed=1)).save(root / "sub" / "a.png")
+    (root / "b.png.gz").write_bytes(gzip.compress(_png_bytes(Image.fromarray(random_rgb(50, 64)))))
     exif = Image.Exif()
     exif[0x0112] = 6
-    Image.fromarray(_rgb(40, 60)).save(root / "c.jpg", exif=exif)
-    Image.fromarray(np.dstack([_rgb(45, 45), np.zeros((45, 45), np.uint8)])).save(root / "d.png")
+    Image.fromarray(random_rgb(40, 60)).save(root / "c.jpg", exif=exif)
+    with_alpha = np.dstack([random_rgb(45, 45), np.zeros((45, 45), np.uint8)])
+    Image.fromarray(with_alpha).save(root / "d.png")
     gray16 = np.random.default_rng(2).integers(0, 65535, (48, 52)).astype(np.uint16)
     Image.fromarray(gray16).save(root / "e.png")
 
 
 def test_predict_files_writes_what_the_output_options_ask(tmp_path: Path) -> None:
-    ckpt = _checkpoint(tmp_path, all_crack=True)
+    ckpt = tiny_checkpoint(tmp_path, all_crack=True)
     _photo_folder(tmp_path / "photos")
     out = tmp_path / "out"
     options = PredictOptions(px_per_mm=2.0, min_area=3, device="cpu")
@@ -159,8 +135,8 @@ def test_predict_files_writes_what_the_output_options_ask(tmp_path: Path) -> Non
 
 
 def test_predict_files_takes_the_checkpoint_defaults(tmp_path: Path) -> None:
-    ckpt = _checkpoint(tmp_path)
-    Image.fromarray(_rgb(40, 50)).save(tmp_path / "p.png")
+    ckpt = tiny_checkpoint(tmp_path)
+    Image.fromarray(random_rgb(40, 50)).save(tmp_path / "p.png")
     records = predict_files(ckpt, [tmp_path / "p.png"], tmp_path / "out", progress=False)
     record = records[0]
     assert (record["min_area"], record["threshold"], record["tile"], record["overlap"]) == (
@@ -173,8 +149,8 @@ def test_predict_files_takes_the_checkpoint_defaults(tmp_path: Path) -> None:
 
 
 def test_records_and_outputs_follow_the_prediction(tmp_path: Path) -> None:
-    rgb = _rgb(40, 30)
-    prediction = predict_image(Predictor(_model(all_crack=True)), rgb, PredictOptions(tile=64))
+    rgb = random_rgb(40, 30)
+    prediction = predict_image(Predictor(tiny_model(all_crack=True)), rgb, PredictOptions(tile=64))
     paths = write_outputs(tmp_path, "x", rgb, prediction, OutputOptions(overlay=False))
     assert paths == {"mask": str(tmp_path / "x.png"), "probability": None, "overlay": None}
     assert np.asarray(Image.open(tmp_path / "x.png")).min() == 255
@@ -204,7 +180,7 @@ def test_records_and_outputs_follow_the_prediction(tmp_path: Path) -> None:
 
 
 def test_cli_predicts_a_folder_end_to_end(tmp_path: Path) -> None:
-    ckpt = _checkpoint(tmp_path, all_crack=True)
+    ckpt = tiny_checkpoint(tmp_path, all_crack=True)
     _photo_folder(tmp_path / "photos")
     out = tmp_path / "out"
     result = CliRunner().invoke(
@@ -261,8 +237,8 @@ def test_cli_predicts_a_folder_end_to_end(tmp_path: Path) -> None:
 
 
 def test_cli_predict_options_and_errors(tmp_path: Path) -> None:
-    ckpt = _checkpoint(tmp_path)
-    Image.fromarray(_rgb(40, 50)).save(tmp_path / "p.png")
+    ckpt = tiny_checkpoint(tmp_path)
+    Image.fromarray(random_rgb(40, 50)).save(tmp_path / "p.png")
     out = tmp_path / "out"
     runner = CliRunner()
     args = ["predict", str(ckpt), str(tmp_path / "p.png"), "--out", str(out), "--quiet"]
@@ -316,7 +292,7 @@ def _saved(image: Image.Image, tmp_path: Path, name: str, **kw) -> bytes:
 
 
 def test_encoded_files_are_the_bytes_pil_writes_to_a_path(tmp_path: Path) -> None:
-    rgb, mask = _rgb(37, 53), _rgb(37, 53)[..., 0] > 128
+    rgb, mask = random_rgb(37, 53), random_rgb(37, 53)[..., 0] > 128
     prob = np.random.default_rng(3).random((37, 53)).astype(np.float32)
     assert encode_mask(mask) == _saved(
         Image.fromarray(mask.astype(np.uint8) * 255), tmp_path, "m.png"
@@ -444,8 +420,8 @@ def test_cracks_csv_can_be_left_out(tmp_path: Path) -> None:
 
 
 def test_cli_predict_writes_geojson(tmp_path: Path) -> None:
-    ckpt = _checkpoint(tmp_path, all_crack=True)
-    Image.fromarray(_rgb(40, 50)).save(tmp_path / "p.png")
+    ckpt = tiny_checkpoint(tmp_path, all_crack=True)
+    Image.fromarray(random_rgb(40, 50)).save(tmp_path / "p.png")
     out = tmp_path / "out"
     args = ["predict", str(ckpt), str(tmp_path / "p.png"), "--out", str(out), "--quiet"]
     result = CliRunner().invoke(cli, [*args, "--geojson"])

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+from drawn_masks import horizontal_crack, oblique_crack, random_mask
 from scipy import ndimage
 from skimage.morphology import skeletonize
 
@@ -22,32 +23,9 @@ from fissure.prediction.measure import (
 )
 
 
-def _horizontal_crack(length: int, width: int, shape: tuple[int, int] = (60, 300)) -> np.ndarray:
-    mask = np.zeros(shape, dtype=bool)
-    top, left = 20, 50
-    mask[top : top + width, left : left + length] = True
-    return mask
-
-
-def _oblique_crack(
-    shape: tuple[int, int],
-    start: tuple[float, float],
-    angle_deg: float,
-    length: float,
-    width: float,
-) -> np.ndarray:
-    """Pixels whose centres lie within ``width / 2`` of a segment, as ``(H, W)`` bool."""
-    yy, xx = np.mgrid[: shape[0], : shape[1]].astype(float)
-    angle = math.radians(angle_deg)
-    ux, uy = math.cos(angle), math.sin(angle)
-    along = (xx - start[1]) * ux + (yy - start[0]) * uy
-    across = np.abs((yy - start[0]) * ux - (xx - start[1]) * uy)
-    return (along >= 0) & (along <= length) & (across <= width / 2)
-
-
 @pytest.mark.parametrize("width", [1, 3, 5])
 def test_straight_crack_length_and_width(width: int) -> None:
-    result = measure_cracks(_horizontal_crack(200, width))
+    result = measure_cracks(horizontal_crack(200, width))
     assert result.n_segments == 1
     assert result.area_px == 200 * width
     assert result.length_px == pytest.approx(200, rel=0.05)
@@ -58,7 +36,9 @@ def test_straight_crack_length_and_width(width: int) -> None:
 @pytest.mark.parametrize("angle", [45.0, 30.0, 10.0])
 @pytest.mark.parametrize("width", [1.0, 3.0])
 def test_oblique_crack_length(angle: float, width: float) -> None:
-    mask = _oblique_crack((300, 300), (20, 20), angle, 250.0, width)
+    # From (20, 20) down and to the right: centred 125 px along, turning clockwise.
+    centre = (20 + 125 * math.sin(math.radians(angle)), 20 + 125 * math.cos(math.radians(angle)))
+    mask = oblique_crack((300, 300), centre, -angle, 250.0, width)
     result = measure_cracks(mask)
     assert result.n_segments == 1
     assert result.length_px == pytest.approx(250.0, rel=0.05)
@@ -106,14 +86,14 @@ def test_diagonally_touching_pixels_are_one_segment() -> None:
 
 
 def test_small_specks_are_removed() -> None:
-    mask = _horizontal_crack(200, 3)
+    mask = horizontal_crack(200, 3)
     specks = [(2, 2), (50, 10), (5, 280)]
     for y, x in specks:
         mask[y : y + 2, x : x + 2] = True  # 4 px each, below the default min_area
     clean = measure_cracks(mask)
     assert clean.n_segments == 1
     assert clean.area_px == 600
-    assert clean == measure_cracks(_horizontal_crack(200, 3))
+    assert clean == measure_cracks(horizontal_crack(200, 3))
     assert measure_cracks(mask, min_area=4).n_segments == 1 + len(specks)
 
 
@@ -128,7 +108,7 @@ def test_remove_small_components_returns_mask_and_count() -> None:
 
 
 def test_millimetre_conversion() -> None:
-    mask = _horizontal_crack(200, 5)
+    mask = horizontal_crack(200, 5)
     px = measure_cracks(mask)
     mm = measure_cracks(mask, px_per_mm=2.0)
     assert px.length_mm is None and px.area_mm2 is None
@@ -140,7 +120,7 @@ def test_millimetre_conversion() -> None:
 
 
 def test_as_dict_is_plain() -> None:
-    values = measure_cracks(_horizontal_crack(100, 3), px_per_mm=1.5).as_dict()
+    values = measure_cracks(horizontal_crack(100, 3), px_per_mm=1.5).as_dict()
     assert set(values) == {
         "area_px",
         "area_pct",
@@ -172,7 +152,7 @@ def test_all_crack_mask_is_measurable() -> None:
 
 
 def test_integer_mask_is_accepted() -> None:
-    mask = _horizontal_crack(200, 3).astype(np.uint8) * 255
+    mask = horizontal_crack(200, 3).astype(np.uint8) * 255
     assert measure_cracks(mask) == measure_cracks(mask.astype(bool))
 
 
@@ -214,18 +194,9 @@ def _one_pass_reference(mask: np.ndarray, min_area: int) -> tuple[int, int, floa
     return area, n_segments, length, float(widths.max()), float(widths.mean())
 
 
-def _random_mask(seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    height, width = rng.integers(1, 90, 2)
-    mask = rng.random((height, width)) < rng.random() * 0.5
-    if seed % 2:
-        mask = ndimage.binary_dilation(mask, iterations=int(rng.integers(1, 3)))
-    return mask
-
-
 @pytest.mark.parametrize("seed", range(40))
 def test_image_measurements_are_the_one_pass_floats_bit_for_bit(seed: int) -> None:
-    mask, min_area = _random_mask(seed), seed % 7
+    mask, min_area = random_mask(seed), seed % 7
     result = measure_cracks(mask, min_area)
     expected = _one_pass_reference(mask, min_area)
     got = (

@@ -10,13 +10,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch import Tensor, nn
+from prediction_stand_ins import Recorder, random_rgb, tiny_checkpoint, tiny_model
 
 from fissure.checkpoint import checkpoint_from_dict, make_checkpoint
 from fissure.config import config_from_dict
 from fissure.data.transforms import image_to_tensor
 from fissure.errors import FissureError
-from fissure.model import build_model
 from fissure.prediction.measure import measure_cracks
 from fissure.prediction.options import PredictOptions
 from fissure.prediction.predictor import (
@@ -28,48 +27,6 @@ from fissure.prediction.predictor import (
 )
 from fissure.prediction.tiles import plan_tiles
 from fissure.runtime import InputPolicy, predict_probs
-
-
-def _last_conv(model: nn.Module) -> nn.Conv2d:
-    return [m for m in model.modules() if isinstance(m, nn.Conv2d)][-1]
-
-
-def _model(seed: int = 0, all_crack: bool = False) -> nn.Module:
-    torch.manual_seed(seed)
-    model = build_model("resnet18").eval()
-    if all_crack:
-        # Logit +6 everywhere: every pixel is crack, whatever the image.
-        with torch.no_grad():
-            _last_conv(model).weight.zero_()
-            _last_conv(model).bias.fill_(6.0)
-    return model
-
-
-def _checkpoint(tmp_path: Path, mode: str = "crop", size: int = 64, **kw) -> Path:
-    cfg = config_from_dict({"model": {"encoder": "resnet18"}, "data": {"size": size, "mode": mode}})
-    path = tmp_path / f"{mode}{size}.pt"
-    make_checkpoint(_model(**kw), cfg, epoch=0).save(path)
-    return path
-
-
-def _rgb(height: int, width: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
-
-
-class _Recorder(nn.Module):
-    """Cheap stand-in for the U-Net: a 1x1 conv that logs the batch shapes it is fed."""
-
-    def __init__(self, bias: float = -5.0) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, 1, 1)
-        with torch.no_grad():
-            self.conv.weight.fill_(0.1)
-            self.conv.bias.fill_(bias)
-        self.shapes: list[tuple[int, ...]] = []
-
-    def forward(self, x: Tensor) -> Tensor:
-        self.shapes.append(tuple(x.shape))
-        return self.conv(x)
 
 
 def test_default_tiling_follows_the_checkpoint() -> None:
@@ -94,7 +51,7 @@ def test_default_tiling_follows_the_checkpoint() -> None:
 
 
 def test_one_tile_matches_the_untiled_model_away_from_the_borders() -> None:
-    model, image = _model(), _rgb(192, 192)
+    model, image = tiny_model(), random_rgb(192, 192)
     with torch.no_grad():
         untiled = torch.sigmoid(model(image_to_tensor(image)[None]))[0, 0].numpy()
     fp32 = Predictor(model, amp=False)  # the reference above runs in fp32
@@ -112,15 +69,15 @@ def test_one_tile_matches_the_untiled_model_away_from_the_borders() -> None:
 
 
 def test_resize_checkpoint_shrinks_small_images_like_evaluate(tmp_path: Path) -> None:
-    ckpt = _checkpoint(tmp_path, mode="resize", size=32)
+    ckpt = tiny_checkpoint(tmp_path, mode="resize", size=32)
     predictor = Predictor.from_checkpoint(ckpt, device="cpu")
-    small = _rgb(50, 40)
+    small = random_rgb(50, 40)
     result = predict_image(predictor, small)
     assert (result.mode, result.tiles, result.tile) == ("resize", 1, None)
     expected = predict_probs(predictor.model, image_to_tensor(small)[None], predictor.policy)
     np.testing.assert_allclose(result.probability, expected[0, 0].numpy(), atol=1e-5)
     # Beyond twice the training size the photo is tiled at native resolution.
-    large = predict_image(predictor, _rgb(70, 40))
+    large = predict_image(predictor, random_rgb(70, 40))
     assert (large.mode, large.tile, large.overlap, large.tiles) == ("tiled", 32, 8, 6)
     assert large.probability.shape == (70, 40)
 
@@ -135,7 +92,7 @@ def test_resize_checkpoint_shrinks_small_images_like_evaluate(tmp_path: Path) ->
 def test_a_12_megapixel_photo_goes_through_in_bounded_batches(
     options: PredictOptions, tile: int, n_tiles: int
 ) -> None:
-    recorder = _Recorder()
+    recorder = Recorder()
     predictor = Predictor(recorder, InputPolicy("crop", 256))
     photo = np.full((3000, 4000, 3), 128, dtype=np.uint8)
     result = predict_image(predictor, photo, options)
@@ -157,7 +114,7 @@ def _png_bytes(image: Image.Image) -> bytes:
 
 
 def test_images_as_paths_pil_and_arrays_agree(tmp_path: Path) -> None:
-    model, rgb = _Recorder(bias=0.0), _rgb(70, 50)
+    model, rgb = Recorder(bias=0.0), random_rgb(70, 50)
     Image.fromarray(rgb).save(tmp_path / "x.png")
     (tmp_path / "x.png.gz").write_bytes(gzip.compress(_png_bytes(Image.fromarray(rgb))))
     rgba = np.dstack([rgb, np.full(rgb.shape[:2], 7, np.uint8)])
@@ -180,27 +137,27 @@ def test_images_as_paths_pil_and_arrays_agree(tmp_path: Path) -> None:
 
 
 def test_exif_orientation_is_applied_to_pil_images() -> None:
-    stored = Image.fromarray(_rgb(40, 60))
+    stored = Image.fromarray(random_rgb(40, 60))
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees clockwise to display
     buffer = io.BytesIO()
     stored.save(buffer, format="JPEG", exif=exif)
     image = Image.open(io.BytesIO(buffer.getvalue()))
-    result = predict_image(_Recorder(), image, PredictOptions(tile=64))
+    result = predict_image(Recorder(), image, PredictOptions(tile=64))
     assert result.mask.shape == (60, 40)
 
 
 def test_a_bare_module_keeps_its_training_mode() -> None:
-    model = _Recorder().train()
-    predict_image(model, _rgb(40, 40), PredictOptions(tile=64))
+    model = Recorder().train()
+    predict_image(model, random_rgb(40, 40), PredictOptions(tile=64))
     assert model.training
     with pytest.raises(FissureError, match="threshold"):
-        predict_image(model, _rgb(40, 40), PredictOptions(threshold=1.5))
+        predict_image(model, random_rgb(40, 40), PredictOptions(threshold=1.5))
 
 
 def test_measurements_use_the_scale() -> None:
     options = PredictOptions(tile=64, px_per_mm=4.0)
-    result = predict_image(_Recorder(bias=6.0), _rgb(64, 80), options)
+    result = predict_image(Recorder(bias=6.0), random_rgb(64, 80), options)
     assert result.mask.all() and result.measurements.area_px == 64 * 80
     assert result.measurements.area_mm2 == pytest.approx(64 * 80 / 16)
     assert result.measurements == measure_cracks(result.mask, 20, 4.0)
@@ -208,13 +165,13 @@ def test_measurements_use_the_scale() -> None:
 
 
 def test_options_resolve_against_the_checkpoint_once() -> None:
-    predictor = Predictor(_Recorder(), threshold=0.4, min_area=7, amp=True)
+    predictor = Predictor(Recorder(), threshold=0.4, min_area=7, amp=True)
     same = predictor.configured(PredictOptions())
     assert (same.threshold, same.min_area, same.amp, same.model) == (0.4, 7, True, predictor.model)
     over = predictor.configured(PredictOptions(threshold=0.6, min_area=0, amp=False))
     assert (over.threshold, over.min_area, over.amp) == (0.6, 0, False)
     assert (predictor.threshold, predictor.min_area, predictor.amp) == (0.4, 7, True)
-    result = predict_image(predictor, _rgb(40, 40), PredictOptions(tile=64))
+    result = predict_image(predictor, random_rgb(40, 40), PredictOptions(tile=64))
     assert (result.threshold, result.min_area) == (0.4, 7)
 
 
@@ -228,17 +185,17 @@ def test_amp_option_overrides_the_predictor(monkeypatch: pytest.MonkeyPatch) -> 
         return torch.zeros(tiles.shape[0], 1, *tiles.shape[-2:])
 
     monkeypatch.setattr(module, "forward_logits", spy)
-    predictor = Predictor(_Recorder(), amp=True)
-    images = [(0, _rgb(40, 40))]
+    predictor = Predictor(Recorder(), amp=True)
+    images = [(0, random_rgb(40, 40))]
     list(predict_many(predictor, images, PredictOptions(tile=64)))
     list(predict_many(predictor, images, PredictOptions(tile=64, amp=False)))
     assert seen == [True, False] and predictor.amp
 
 
 def test_predict_many_yields_payloads_and_leaves_no_inference_mode() -> None:
-    images = ((name, _rgb(30 + i, 40)) for i, name in enumerate("abc"))
+    images = ((name, random_rgb(30 + i, 40)) for i, name in enumerate("abc"))
     seen = []
-    results = predict_many(Predictor(_Recorder()), images, PredictOptions(tile=64))
+    results = predict_many(Predictor(Recorder()), images, PredictOptions(tile=64))
     for payload, prediction in results:
         assert not torch.is_inference_mode_enabled()
         seen.append((payload, prediction.mask.shape))
@@ -248,7 +205,7 @@ def test_predict_many_yields_payloads_and_leaves_no_inference_mode() -> None:
 def test_as_predictor_takes_a_loaded_checkpoint(tmp_path: Path) -> None:
     from fissure.checkpoint import load_checkpoint
 
-    ckpt = load_checkpoint(_checkpoint(tmp_path, mode="resize", size=32))
+    ckpt = load_checkpoint(tiny_checkpoint(tmp_path, mode="resize", size=32))
     predictor = as_predictor(ckpt, "cpu")
     assert predictor.policy == ckpt.policy and predictor.threshold == ckpt.threshold
     assert predictor.min_area == ckpt.config.eval.min_area
@@ -262,6 +219,6 @@ def test_precision_comes_from_the_checkpoint(tmp_path: Path) -> None:
     assert not checkpoint_from_dict({**bare, "config": {"train": {"amp": False}}}).policy.amp
     cfg = config_from_dict({"model": {"encoder": "resnet18"}, "train": {"amp": False}})
     path = tmp_path / "fp32.pt"
-    make_checkpoint(_model(), cfg, epoch=0).save(path)
+    make_checkpoint(tiny_model(), cfg, epoch=0).save(path)
     assert not Predictor.from_checkpoint(path, "cpu").amp
-    assert Predictor.from_checkpoint(_checkpoint(tmp_path), "cpu").amp
+    assert Predictor.from_checkpoint(tiny_checkpoint(tmp_path), "cpu").amp

@@ -15,6 +15,7 @@ from itertools import islice
 import numpy as np
 import pytest
 import torch
+from prediction_stand_ins import Recorder, random_rgb
 from torch import Tensor, nn
 
 from fissure.data.transforms import image_to_tensor
@@ -122,26 +123,6 @@ def _image(height: int, width: int, seed: int = 1) -> Tensor:
 
 def _interior(x: Tensor, margin: int) -> Tensor:
     return x[..., margin:-margin, margin:-margin]
-
-
-def _rgb(height: int, width: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
-
-
-class _Recorder(nn.Module):
-    """Cheap stand-in for the U-Net: a 1x1 conv that logs the batch shapes it is fed."""
-
-    def __init__(self, bias: float = -5.0) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, 1, 1)
-        with torch.no_grad():
-            self.conv.weight.fill_(0.1)
-            self.conv.bias.fill_(bias)
-        self.shapes: list[tuple[int, ...]] = []
-
-    def forward(self, x: Tensor) -> Tensor:
-        self.shapes.append(tuple(x.shape))
-        return self.conv(x)
 
 
 @pytest.mark.parametrize(
@@ -334,10 +315,10 @@ def test_rejects_non_chw_image() -> None:
 @pytest.mark.parametrize("tta", [False, True])
 def test_tiles_of_several_images_share_batches(tta: bool) -> None:
     """Batching across images changes nothing: each result equals the reference's."""
-    recorder = _Recorder(bias=0.0)
+    recorder = Recorder(bias=0.0)
     predictor = Predictor(recorder, InputPolicy("crop", 64), amp=False)
     sizes = [(100, 150), (50, 40), (64, 64), (130, 70)]
-    images = [_rgb(h, w, seed=i) for i, (h, w) in enumerate(sizes)]
+    images = [random_rgb(h, w, seed=i) for i, (h, w) in enumerate(sizes)]
     options = PredictOptions(tta=tta, batch_size=5, overlap=16)
     results = dict(predict_many(predictor, enumerate(images), options))
     n_tiles = sum(plan_tiles(h, w, 64, 16).n_tiles for h, w in sizes)
