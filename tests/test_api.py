@@ -64,9 +64,9 @@ def test_nonfinite_skip_mode_never_saves_nan_weights(tmp_path, tiny_overrides, m
     def flaky(*args, **kwargs):
         fn = real(*args, **kwargs)
 
-        def loss(logits, target):
+        def loss(logits, target, **kw):
             calls["n"] += 1
-            value = fn(logits, target)
+            value = fn(logits, target, **kw)
             return value * float("nan") if calls["n"] % 2 else value
 
         return loss
