@@ -35,7 +35,6 @@ from fissure.prediction.options import OutputOptions, PredictOptions
 from fissure.prediction.predictor import Predictor, predict_image
 from fissure.prediction.records import (
     CRACK_FIELDS,
-    crack_analysis,
     crack_geojson,
     crack_rows,
     cracks_csv,
@@ -347,7 +346,9 @@ def test_crack_rows_follow_the_prediction_and_no_crack_is_a_header() -> None:
     rgb = _cracked_photo()
     options = PredictOptions(tile=64, min_area=5, px_per_mm=4.0, width_bounds=(0.5, 1, 2))
     prediction = predict_image(Predictor(_DarkIsCrack()), rgb, options)
-    analysis = crack_analysis(prediction, options)
+    analysis = analyse_cracks(
+        prediction.mask, prediction.min_area, options.px_per_mm, options.width_bounds
+    )
     assert analysis.measurements == prediction.measurements
     rows = crack_rows("p.png", analysis.cracks)
     # ids in the order of first pixels: border crack (0.75 mm), diagonal (0.25), bar (1.25)

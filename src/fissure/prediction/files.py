@@ -266,14 +266,14 @@ def _image_outputs(
     out_dir: Path,
     name: str,
     image: tuple[str, np.ndarray],
-    prediction: tuple[Prediction, CrackAnalysis | None],
+    prediction: Prediction,
+    analysis: CrackAnalysis | None,
     options: PredictOptions,
     output: OutputOptions,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Write one image's files; returns its record and its ``cracks.csv`` rows (the
-    ``analysis`` beside the prediction is there when cracks or GeoJSON are asked for)."""
+    """Write one image's files; returns its record and its ``cracks.csv`` rows (``analysis``
+    is there when cracks or GeoJSON are asked for)."""
     source, rgb = image
-    prediction, analysis = prediction
     paths = write_outputs(out_dir, name, rgb, prediction, output)
     rows: list[dict[str, Any]] = []
     if analysis is not None:
@@ -326,12 +326,14 @@ def predict_files(
     done: dict[int, tuple[dict[str, Any], list[dict[str, Any]]]] = {}
 
     def write(i: int, rgb: np.ndarray, result: Probability) -> None:
+        analysis: CrackAnalysis | None = None
         if output.cracks or output.geojson:
-            prediction = analysed_prediction(result, predictor, options)
+            prediction, analysis = analysed_prediction(result, predictor, options)
         else:
-            prediction = (prediction_from(result, predictor, options.px_per_mm), None)
+            prediction = prediction_from(result, predictor, options.px_per_mm)
         source = (images[i].source, rgb)
-        done[i] = _image_outputs(out_dir, names[i], source, prediction, options, output)
+        done[i] = _image_outputs(out_dir, names[i], source, prediction, analysis, options,
+                                 output)
 
     stream = stream_probabilities(predictor, decoded, options, progress=progress,
                                   total=len(images))

@@ -16,7 +16,6 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from ..config import EvalConfig
 from .cracks import CrackAnalysis, CrackRecord, analyse_cracks, crack_outline
 from .options import PredictOptions
 from .predictor import Prediction, Predictor, Probability, prediction_from
@@ -65,18 +64,12 @@ def write_records(records: list[dict[str, Any]], out_dir: Path) -> tuple[Path, P
     return csv_path, json_path
 
 
-def crack_analysis(prediction: Prediction, options: PredictOptions) -> CrackAnalysis:
-    """Every crack of ``prediction``'s mask, measured as its summary was (same
-    ``min_area``), in mm with ``options.px_per_mm``, classed by ``options.width_bounds``."""
-    min_area = EvalConfig.min_area if prediction.min_area is None else prediction.min_area
-    return analyse_cracks(prediction.mask, min_area, options.px_per_mm, options.width_bounds)
-
-
 def analysed_prediction(
     result: Probability, predictor: Predictor, options: PredictOptions
 ) -> tuple[Prediction, CrackAnalysis]:
-    """``result``'s :class:`Prediction` and its cracks, the mask traced once: the
-    prediction's summary is the analysis's (what :func:`crack_analysis` would give)."""
+    """``result``'s :class:`Prediction` and every crack of its mask, the mask traced once:
+    the prediction's summary is the analysis's (same ``min_area``), in mm with
+    ``options.px_per_mm``, each crack classed by ``options.width_bounds``."""
     mask = result.probability > predictor.threshold
     analysis = analyse_cracks(mask, predictor.min_area, options.px_per_mm, options.width_bounds)
     prediction = prediction_from(result, predictor, options.px_per_mm, analysis.measurements)
