@@ -275,9 +275,10 @@ def _train_batch(
         setup.optimizer.zero_grad(set_to_none=True)
         return None, counts, stop
     images, masks = device_batch(batch, setup.device, setup.augment, cfg.train.channels_last)
+    # Before the forward: on CUDA the check waits for the device, and here only for the batch.
+    valid = valid_pixels(masks)
     with autocast_for(setup.device, cfg.train.amp):
         logits = setup.forward(images)
-    valid = valid_pixels(masks)
     loss = setup.loss_fn(logits.float(), masks, valid=valid)
     with torch.no_grad():
         scores = logits.detach().float()
