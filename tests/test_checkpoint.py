@@ -1,11 +1,13 @@
 import gzip
 import os
 import pickle
+import shutil
 
 import pytest
 import torch
 from flat_unet import FlatUNet
 
+from fissure import checkpoint
 from fissure.checkpoint import Checkpoint, checkpoint_from_dict, load_checkpoint, make_checkpoint
 from fissure.config import config_from_dict
 from fissure.errors import CheckpointError
@@ -118,10 +120,33 @@ def test_failed_write_keeps_the_old_file(tmp_path, small, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(torch, "save", disk_full)
-    with pytest.raises(OSError, match="No space"):
+    with pytest.raises(CheckpointError, match=r"last.pt: could not write the checkpoint "
+                       r"\(\[Errno 28\] No space left on device\); the previous file"):
         make_checkpoint(model, cfg, epoch=2).save(path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_a_full_disk_is_named_when_torch_only_says_unexpected_pos(tmp_path, small, monkeypatch):
+    """On a full disk torch.save's zip writer fails with an opaque RuntimeError; the free
+    space left after the partial write says what happened."""
+    model, cfg = small
+    path = tmp_path / "best.pt"
+
+    def runs_out_of_disk(obj, handle):
+        handle.write(b"\0" * (3 * 1024 * 1024))
+        raise RuntimeError(
+            "[enforce fail at inline_container.cc:672] . unexpected pos 3956096 vs 3955992"
+        )
+
+    monkeypatch.setattr(torch, "save", runs_out_of_disk)
+    monkeypatch.setattr(
+        checkpoint.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**12, 10**12, 2**20)
+    )
+    with pytest.raises(CheckpointError, match=r"best.pt: could not write the checkpoint: the "
+                       r"disk is full \(1 MiB free after 3 MiB written\)"):
+        make_checkpoint(model, cfg, epoch=1).save(path)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_cuda_checkpoint_maps_to_cpu(tmp_path, small):

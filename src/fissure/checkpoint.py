@@ -23,6 +23,7 @@ import io
 import os
 import pickle
 import re
+import shutil
 import tempfile
 import warnings
 from dataclasses import dataclass, field
@@ -190,8 +191,11 @@ def save_atomic(obj: Any, path: str | Path) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
+        written = _size_or_zero(tmp)
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, (OSError, RuntimeError)):
+            raise CheckpointError(_write_failure(path, exc, written)) from exc
         raise
     try:
         dir_fd = os.open(path.parent, os.O_RDONLY)
@@ -203,6 +207,34 @@ def save_atomic(obj: Any, path: str | Path) -> None:
         pass
     finally:
         os.close(dir_fd)
+
+
+def _size_or_zero(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
+
+
+def _write_failure(path: Path, exc: BaseException, written: int) -> str:
+    """One line for a failed write. A full disk surfaces from ``torch.save`` as an opaque
+    ``RuntimeError`` ("unexpected pos ..."), so the free space decides what to call it."""
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        free = None
+    mib = 1024 * 1024
+    if free is not None and free < written + mib:
+        return (
+            f"{path}: could not write the checkpoint: the disk is full "
+            f"({free / mib:.0f} MiB free after {written / mib:.0f} MiB written); "
+            "the previous file, if any, is unchanged"
+        )
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return (
+        f"{path}: could not write the checkpoint ({reason}); "
+        "the previous file, if any, is unchanged"
+    )
 
 
 def _is_notebook_state_dict(obj: Any) -> bool:
