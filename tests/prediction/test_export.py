@@ -14,6 +14,7 @@ from fissure.checkpoint import load_checkpoint, make_checkpoint
 from fissure.config import config_from_dict
 from fissure.errors import FissureError
 from fissure.model import build_model
+from fissure.prediction import export
 from fissure.prediction.export import export_model
 
 # (N, H, W): two sizes prove dynamic shapes; 70x45 and 20x33 are no multiple of 32.
@@ -92,6 +93,34 @@ def test_cli_export_and_bad_arguments(checkpoint: Path, tmp_path: Path) -> None:
     assert bad.exit_code == 1 and "--opset must be at least 17" in bad.output
     with pytest.raises(FissureError, match="--format"):
         export_model(checkpoint, tmp_path / "x.bin", "tflite")
+
+
+def test_a_failed_check_keeps_the_earlier_export(
+    checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "crack.pt"
+    export_model(checkpoint, out, "torchscript")
+    before = out.read_bytes()
+    monkeypatch.setattr(export, "check_export", lambda *args, **kwargs: 0.5)
+    with pytest.raises(FissureError, match=r"crack.pt: exported model differs from PyTorch by "
+                       r"5.00e-01 .*; nothing written"):
+        export_model(checkpoint, out, "torchscript")
+    assert out.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["crack.pt"]
+
+
+def test_a_write_that_fails_is_one_line_naming_the_file(
+    checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch.jit, "save", disk_full)
+    out = tmp_path / "crack.pt"
+    with pytest.raises(FissureError, match=r"crack.pt: could not write the export "
+                       r"\(\[Errno 28\] No space left on device\)"):
+        export_model(checkpoint, out, "torchscript")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_exports_wrap_the_model_instead_of_copying_its_wiring(

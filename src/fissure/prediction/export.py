@@ -17,6 +17,8 @@ business too.
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -207,20 +209,37 @@ def export_model(
     model = ckpt.build_model("cpu")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    metadata = export_metadata(ckpt)
-    if fmt == "onnx":
-        _export_onnx(model, out, metadata, opset)
-    else:
-        _export_torchscript(model, out, metadata)
-    diff = None
-    if verify and (fmt != "onnx" or _has_onnxruntime()):
-        diff = check_export(out, fmt, model)
-        if diff > TOLERANCE:
+    # Written and checked beside ``out``, then renamed over it: a failed write or check
+    # leaves an earlier export at ``out`` as it was.
+    fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=f".tmp{out.suffix}",
+                                dir=out.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        diff = _write_checked(model, tmp, fmt, export_metadata(ckpt), opset, verify)
+        if diff is not None and diff > TOLERANCE:
             raise FissureError(
                 f"{out}: exported model differs from PyTorch by {diff:.2e} "
-                f"(more than {TOLERANCE:g})"
+                f"(more than {TOLERANCE:g}); nothing written"
             )
+        os.replace(tmp, out)
+    except OSError as exc:
+        raise FissureError(f"{out}: could not write the export ({exc})") from exc
+    finally:
+        tmp.unlink(missing_ok=True)
     return ExportResult(out, fmt, diff)
+
+
+def _write_checked(model: ResNetUNet, path: Path, fmt: str, metadata: dict[str, str],
+                   opset: int, verify: bool) -> float | None:
+    """Write ``fmt`` to ``path``; with ``verify``, its largest difference from PyTorch."""
+    if fmt == "onnx":
+        _export_onnx(model, path, metadata, opset)
+    else:
+        _export_torchscript(model, path, metadata)
+    if verify and (fmt != "onnx" or _has_onnxruntime()):
+        return check_export(path, fmt, model)
+    return None
 
 
 def _has_onnxruntime() -> bool:
