@@ -159,6 +159,7 @@ def test_data_size_takes_a_number_or_auto_in_crop_mode():
     ("train.min_val_images=-1", "train.select_tolerance and train.min_val_images"),
     ("train.max_minutes=-5", "train.max_minutes: must be >= 0"),
     ("train.init_bias=prior", "train.init_bias: 'prior' is not one of none, auto"),
+    ("train.keep_every=-1", "train.keep_every: must be >= 0 (0: keep no epoch), got -1"),
 ])
 def test_budget_and_selection_keys_are_checked(override, message):
     with pytest.raises(ConfigError) as info:

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from fissure.app.runs import best_epoch, figure_png, find_runs, metric_rows, read_history
+from fissure.config import TrainConfig
 from fissure.errors import DataError
 
 
@@ -39,9 +40,28 @@ def test_best_epoch_follows_the_training_rule() -> None:
         {"epoch": 3, "val_iou": float("nan")},
         {"epoch": 4, "val_iou": 0.4},
     ]
-    assert best_epoch(rows, "iou") == (4, 0.4)
-    assert best_epoch(rows, "iou", min_delta=0.2) == (1, 0.3)
-    assert best_epoch([{"epoch": 1}], "iou") == (None, None)
+    assert best_epoch(rows, TrainConfig(monitor="iou")) == (4, 0.4)
+    assert best_epoch(rows, TrainConfig(monitor="iou", min_delta=0.2)) == (1, 0.3)
+    assert best_epoch([{"epoch": 1}], TrainConfig(monitor="iou")) == (None, None)
+    assert best_epoch([{"epoch": 1, "val_iou": "n/a"}], TrainConfig(monitor="iou")) == (
+        None, None)
+
+
+def test_best_epoch_follows_a_smoothed_selection(tmp_path: Path) -> None:
+    """The page names the epoch that best.pt holds when the config smooths the selection,
+    not the epoch with the highest single score."""
+    f1 = [0.50, 0.68, 0.60, 0.62, 0.63]
+    lines = ["epoch,val_loss,val_iou,val_f1_tuned"]
+    lines += [f"{n},0.3,0.4,{score}" for n, score in enumerate(f1, start=1)]
+    run = tmp_path / "runs" / "smoothed"
+    run.mkdir(parents=True)
+    (run / "history.csv").write_text("\n".join(lines) + "\n")
+    (run / "config.yaml").write_text(
+        "train:\n  monitor: f1\n  select_window: 3\n  select_tolerance: 0.005\n")
+    [found] = find_runs(tmp_path / "runs")
+    # 3-validation means: 0.50, 0.59, 0.593, 0.633, 0.617 (within 0.005 of 0.633? no)
+    assert (found.best_epoch, found.best_score) == (4, 0.62)
+    assert best_epoch(found.history, TrainConfig(monitor="f1")) == (2, 0.68)
 
 
 def test_metric_rows_and_figures(runs_root: Path) -> None:

@@ -1,6 +1,7 @@
 """RunKeeper: the decision threshold, best and early stopping, the time budget, resume."""
 
 import math
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -10,7 +11,7 @@ from fissure.errors import CheckpointError
 from fissure.training import RunKeeper, decision_threshold
 from fissure.training.budget import Budget
 from fissure.training.distributed import Dist
-from fissure.training.keeper import monitored_score, smoothed_score
+from fissure.training.keeper import monitored_score, selected_epoch, smoothed_score
 
 
 class FakeClock:
@@ -100,6 +101,25 @@ def test_selection_tolerance_prefers_later_epochs(tmp_path):
     for epoch, f1 in enumerate([0.70, 0.72, 0.715], start=1):
         strict.end_epoch(_row(epoch, val_f1_tuned=f1))
     assert strict.state.best_epoch == 2
+
+
+def test_selected_epoch_replays_the_keeper():
+    """The rule replayed on a finished history picks the epoch the keeper kept."""
+    f1 = [0.5, 0.9, 0.3, 0.7, 0.75]
+    history = [_row(epoch, val_f1_tuned=score) for epoch, score in enumerate(f1, start=1)]
+    assert selected_epoch(history, TrainConfig(monitor="f1")) == 2
+    assert selected_epoch(history, TrainConfig(monitor="f1", select_window=2)) == 5
+    # window 3 means: 0.5, 0.7, 0.567, 0.633, 0.583; of the later ones only 0.633 is
+    # within 0.1 of 0.7
+    assert selected_epoch(history, TrainConfig(monitor="f1", select_window=3,
+                                               select_tolerance=0.1)) == 4
+    assert selected_epoch([_row(1, val_f1_tuned=math.nan)], TrainConfig(monitor="f1")) is None
+    for train in (TrainConfig(monitor="f1", select_window=2),
+                  TrainConfig(monitor="f1", select_tolerance=0.25, min_delta=0.01)):
+        keeper = _keeper(Path("unused"), **vars(train))
+        for row in history:
+            keeper.end_epoch(row)
+        assert keeper.state.best_epoch == selected_epoch(history, train)
 
 
 def test_resume_needs_last_pt(tmp_path):

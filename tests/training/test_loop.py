@@ -21,6 +21,7 @@ from fissure.training import (
     build_setup,
     fit,
     loop,
+    selected_epoch,
     train_one_epoch,
     validate,
     validation,
@@ -78,8 +79,10 @@ def test_existing_run_is_not_clobbered(tmp_path, tiny_config):
 
 
 def test_fit_keeps_best_and_last(tmp_path, tiny_overrides):
-    """Both checkpoints take the tuned threshold; history rows hold every figure."""
-    cfg = load_config(None, tiny_overrides + ["train.epochs=2", "train.device=cpu"])
+    """Both checkpoints take the tuned threshold; history rows hold every figure; with
+    ``train.keep_every`` each epoch's validated weights are kept beside them."""
+    cfg = load_config(None, tiny_overrides + ["train.epochs=2", "train.device=cpu",
+                                              "train.keep_every=1"])
     seen = []
     keeper = run(cfg, tmp_path / "run", on_epoch_end=lambda h: seen.append(len(h)))
     assert seen == [1, 2] and keeper.state.epoch == 2
@@ -90,6 +93,15 @@ def test_fit_keeps_best_and_last(tmp_path, tiny_overrides):
     best = load_checkpoint(tmp_path / "run" / "best.pt")
     assert last.threshold == row["threshold"]
     assert best.threshold == keeper.state.history[best.epoch - 1]["threshold"]
+    kept = sorted(p.name for p in (tmp_path / "run" / "epochs").iterdir())
+    assert kept == ["epoch_001.pt", "epoch_002.pt"]
+    for epoch, name in enumerate(kept, start=1):
+        ckpt = load_checkpoint(tmp_path / "run" / "epochs" / name)
+        assert ckpt.epoch == epoch
+        assert ckpt.threshold == keeper.state.history[epoch - 1]["threshold"]
+    _weights_match(tmp_path / "run" / "best.pt",
+                   tmp_path / "run" / "epochs" / kept[best.epoch - 1])
+    assert selected_epoch(keeper.state.history, cfg.train) == best.epoch
 
 
 def test_one_threshold_for_best_and_last_without_tuning(tmp_path, tiny_overrides):

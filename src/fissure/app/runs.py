@@ -14,14 +14,14 @@ import io
 import json
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from ..config import TrainConfig, read_yaml
 from ..errors import DataError, FissureError
 from ..report.evaluation import plot_confusion, plot_pr_curve
-from ..training.keeper import monitored_score
+from ..training.keeper import monitored_score, selected_epoch
 
 MAX_DEPTH = 4
 """How deep below ``--runs`` runs and evaluations are looked for."""
@@ -42,9 +42,9 @@ class Evaluation:
 class Run:
     """A training run (``history`` per epoch, ``config`` as YAML text) and its evaluations.
 
-    ``best_epoch`` and ``best_score`` follow ``fissure train``'s rule: the first epoch whose
-    ``train.monitor`` score beats the best so far by more than ``train.min_delta``. A
-    folder of evaluations alone has no history.
+    ``best_epoch`` is the epoch ``fissure train`` kept as ``best.pt`` (its ``train.monitor``,
+    ``min_delta``, ``select_window`` and ``select_tolerance``), ``best_score`` that epoch's
+    monitored score. A folder of evaluations alone has no history.
     """
 
     name: str
@@ -76,18 +76,34 @@ def read_history(path: Path) -> list[dict[str, Any]]:
 
 
 def best_epoch(
-    history: list[dict[str, Any]], monitor: str, min_delta: float = 0.0
+    history: list[dict[str, Any]], train: TrainConfig
 ) -> tuple[int | None, float | None]:
-    """The epoch ``fissure train`` kept as ``best.pt``, and its score."""
-    best: tuple[int | None, float | None] = (None, None)
-    for row in history:
-        try:
-            score = float(monitored_score(row, monitor))
-        except (KeyError, TypeError, ValueError):
-            continue
-        if math.isfinite(score) and (best[1] is None or score > best[1] + min_delta):
-            best = (int(row["epoch"]), score)
-    return best
+    """The epoch ``fissure train`` kept as ``best.pt`` under ``train``'s selection settings
+    (:func:`~fissure.training.selected_epoch`), and that epoch's own monitored score.
+    A score that is missing or not a number counts as not finite."""
+    rows = [{**row, **{key: _as_float(row.get(key)) for key in _SCORES}} for row in history]
+    epoch = selected_epoch(rows, train)
+    if epoch is None:
+        return None, None
+    row = next(r for r in rows if int(r["epoch"]) == epoch)
+    return epoch, monitored_score(row, train.monitor)
+
+
+_SCORES = ("val_loss", "val_iou", "val_f1_tuned")
+
+
+def _as_float(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _selection(config_path: Path) -> TrainConfig:
+    """The selection settings of a run's ``config.yaml`` (defaults where it has none)."""
+    train = (read_yaml(config_path).get("train") or {}) if config_path.is_file() else {}
+    keys = ("monitor", "min_delta", "select_window", "select_tolerance")
+    return replace(TrainConfig(), **{key: train[key] for key in keys if key in train})
 
 
 def read_evaluation(folder: Path, root: Path) -> Evaluation:
@@ -111,10 +127,10 @@ def read_run(folder: Path, root: Path, evaluations: list[Evaluation]) -> Run:
     history = read_history(folder / "history.csv")
     config_path = folder / "config.yaml"
     config = config_path.read_text(encoding="utf-8") if config_path.is_file() else None
-    train = (read_yaml(config_path).get("train") or {}) if config is not None else {}
-    monitor = str(train.get("monitor", TrainConfig.monitor))
-    epoch, score = best_epoch(history, monitor, float(train.get("min_delta", 0.0)))
-    return Run(_name(folder, root), folder, history, config, monitor, epoch, score, evaluations)
+    train = _selection(config_path)
+    epoch, score = best_epoch(history, train)
+    return Run(_name(folder, root), folder, history, config, train.monitor, epoch, score,
+               evaluations)
 
 
 def _folders(root: Path, name: str) -> list[Path]:

@@ -132,6 +132,9 @@ def _check(cfg: Config) -> None:
         raise ConfigError("train.patience and train.num_workers must be >= 0")
     if cfg.train.select_tolerance < 0 or cfg.train.min_val_images < 0:
         raise ConfigError("train.select_tolerance and train.min_val_images must be >= 0")
+    if cfg.train.keep_every < 0:
+        raise ConfigError(f"train.keep_every: must be >= 0 (0: keep no epoch), got "
+                          f"{cfg.train.keep_every}")
     if not 0.0 <= cfg.train.ema_start < 1.0:
         raise ConfigError(f"train.ema_start: must be within [0, 1), got {cfg.train.ema_start}")
     if (cfg.train.max_minutes or 0) < 0:

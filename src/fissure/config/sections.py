@@ -169,6 +169,9 @@ class TrainConfig:
     # A validation split of fewer images than this is topped up with training images
     # (seeded by data.split_seed, logged); 0 leaves the splits alone.
     min_val_images: int = 0
+    # Also keep every Nth epoch's validated weights as epochs/epoch_NNN.pt, written as
+    # best.pt is, so that another selection rule can be scored afterwards; 0: none.
+    keep_every: int = 0
     loss: LossConfig = field(default_factory=LossConfig)
 
 

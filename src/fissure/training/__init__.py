@@ -15,7 +15,7 @@ epoch. Under torchrun, :func:`process_group` leaves the group a run joined::
 
 from .distributed import is_main_process, process_group
 from .interruption import TrainingInterrupted
-from .keeper import RunKeeper, decision_threshold
+from .keeper import RunKeeper, decision_threshold, selected_epoch
 from .loop import EpochOutcome, fit, train_one_epoch
 from .setup import TrainSetup, build_setup, seed_everything
 from .state import HISTORY_FIELDS, TrainState
@@ -34,6 +34,7 @@ __all__ = [
     "is_main_process",
     "process_group",
     "seed_everything",
+    "selected_epoch",
     "train_one_epoch",
     "validate",
 ]

@@ -8,7 +8,8 @@ or the time budget ends the run. Only rank 0 writes files; every rank keeps the 
 Selection can be made less hostage to a tiny validation split: ``train.select_window``
 ranks an epoch by its score averaged over its last validations, and an epoch within
 ``train.select_tolerance`` of the best score replaces ``best.pt`` (the later, more annealed
-weights win a near tie).
+weights win a near tie). :func:`selected_epoch` replays these rules on a finished run's
+history, and ``train.keep_every`` keeps the weights another rule would have chosen.
 """
 
 from __future__ import annotations
@@ -55,6 +56,37 @@ def smoothed_score(history: Sequence[Mapping[str, Any]], monitor: str, window: i
     return sum(finite) / len(finite)
 
 
+def select_step(
+    best: float | None, score: float, train: TrainConfig
+) -> tuple[float | None, bool, bool]:
+    """One epoch of model selection, given the best (smoothed) score so far and this epoch's.
+
+    Returns the best score after it, whether the epoch replaces ``best.pt`` (a gain of more
+    than ``train.min_delta``, or within ``train.select_tolerance`` of the best), and whether
+    it is a real improvement (which alone resets ``train.patience``). A non-finite score
+    changes nothing.
+    """
+    if not math.isfinite(score):
+        return best, False, False
+    if best is None or score > best + train.min_delta:
+        return score, True, True
+    near = train.select_tolerance > 0 and score >= best - train.select_tolerance
+    return best, near, False
+
+
+def selected_epoch(history: Sequence[Mapping[str, Any]], train: TrainConfig) -> int | None:
+    """The epoch ``best.pt`` would hold after ``history`` (rows of ``history.csv``) under
+    ``train``'s selection settings: ``monitor``, ``min_delta``, ``select_window`` and
+    ``select_tolerance``; None when no epoch had a finite score."""
+    best, chosen = None, None
+    for end, row in enumerate(history, start=1):
+        score = smoothed_score(history[:end], train.monitor, train.select_window)
+        best, keep, _ = select_step(best, score, train)
+        if keep:
+            chosen = int(row["epoch"])
+    return chosen
+
+
 class RunKeeper:
     """The persistent side of a run in ``run_dir``: state, checkpoints and stopping rules."""
 
@@ -95,19 +127,31 @@ class RunKeeper:
 
     def save_best(self, row: dict[str, Any]) -> None:
         """Write ``best.pt``: the validated weights (the EMA's if any) of epoch ``row``."""
+        self._save_validated(row, self.run_dir / "best.pt")
+
+    def keep_epoch(self, row: dict[str, Any]) -> None:
+        """With ``train.keep_every`` N, write the validated weights of every Nth epoch to
+        ``epochs/epoch_NNN.pt``, as :meth:`save_best` writes them."""
+        every = self.setup.cfg.train.keep_every
+        if every and row["epoch"] % every == 0:
+            self._save_validated(row, self.run_dir / "epochs" / f"epoch_{row['epoch']:03d}.pt")
+
+    def _save_validated(self, row: dict[str, Any], path: Path) -> None:
         if not self.setup.dist.main:
             return
         cfg = self.setup.cfg
         ckpt = make_checkpoint(self.setup.eval_model, cfg, epoch=row["epoch"], metrics=row,
                                threshold=decision_threshold(row, cfg.train))
-        ckpt.save(self.run_dir / "best.pt")
+        ckpt.save(path)
 
     def end_epoch(self, row: dict[str, Any]) -> bool:
         """Record the finished epoch's history ``row``, keep ``best.pt`` if it improved on the
-        best score, and write ``last.pt``; returns whether it improved."""
+        best score (and the epoch's weights under ``train.keep_every``), and write
+        ``last.pt``; returns whether it improved."""
         self.state.epoch += 1
         self.state.history.append(row)
         improved = self._update_best(row)
+        self.keep_epoch(row)
         self.save_last()
         return improved
 
@@ -117,16 +161,10 @@ class RunKeeper:
         score itself only ever rises, and only a real improvement resets the patience."""
         train = self.setup.cfg.train
         score = smoothed_score(self.state.history, train.monitor, train.select_window)
-        best = self.state.best
-        if not math.isfinite(score):
-            self.state.bad_epochs += 1
+        self.state.best, keep, improved = select_step(self.state.best, score, train)
+        self.state.bad_epochs = 0 if improved else self.state.bad_epochs + 1
+        if not keep:
             return False
-        if best is None or score > best + train.min_delta:
-            self.state.best, self.state.bad_epochs = score, 0
-        else:
-            self.state.bad_epochs += 1
-            if not (train.select_tolerance > 0 and score >= best - train.select_tolerance):
-                return False
         self.state.best_epoch = row["epoch"]
         self.save_best(row)
         return True
