@@ -40,19 +40,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("runs", nargs="+", type=Path, help="run folders (train.keep_every=1)")
     parser.add_argument("--split", default="test")
     parser.add_argument("--data", default=None, help="dataset folder (default: the run's)")
-    parser.add_argument("--rule", action="append", default=[], metavar="NAME=WINDOW,TOL",
+    parser.add_argument("--rule", action="append", default=[], type=parse_rule,
+                        metavar="NAME=WINDOW,TOL",
                         help="another rule: select_window and select_tolerance")
     return parser.parse_args(argv)
 
 
-def rules(extra: list[str]) -> dict[str, tuple[int, float]]:
+def parse_rule(text: str) -> tuple[str, tuple[int, float]]:
+    """``NAME=WINDOW,TOL`` -> ``(NAME, (WINDOW, TOL))``; argparse words a bad one."""
+    name, _, values = text.partition("=")
+    window, _, tolerance = values.partition(",")
+    try:
+        rule = (int(window), float(tolerance or 0))
+    except ValueError:
+        rule = (0, -1.0)
+    if not name or rule[0] < 1 or rule[1] < 0:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: want NAME=WINDOW,TOL with WINDOW >= 1 and TOL >= 0, e.g. w5=5,0.01"
+        )
+    return name, rule
+
+
+def rules(extra: list[tuple[str, tuple[int, float]]]) -> dict[str, tuple[int, float]]:
     """The named (select_window, select_tolerance) pairs to replay, besides shipped/last."""
-    found = dict(RULES)
-    for text in extra:
-        name, _, values = text.partition("=")
-        window, _, tolerance = values.partition(",")
-        found[name] = (int(window), float(tolerance or 0))
-    return found
+    return {**RULES, **dict(extra)}
 
 
 def choices(run: Path, named: dict[str, tuple[int, float]]) -> dict[str, int | None]:

@@ -2,6 +2,7 @@ import gzip
 import os
 import pickle
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -133,8 +134,8 @@ def test_a_full_disk_is_named_when_torch_only_says_unexpected_pos(tmp_path, smal
     model, cfg = small
     path = tmp_path / "best.pt"
 
-    def runs_out_of_disk(obj, handle):
-        handle.write(b"\0" * (3 * 1024 * 1024))
+    def runs_out_of_disk(obj, f):
+        Path(f).write_bytes(b"\0" * (3 * 1024 * 1024))
         raise RuntimeError(
             "[enforce fail at inline_container.cc:672] . unexpected pos 3956096 vs 3955992"
         )

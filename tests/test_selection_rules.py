@@ -37,3 +37,11 @@ def test_a_run_without_kept_epochs_says_how_to_get_them(tmp_path, tiny_overrides
     api.train(cfg, tmp_path / "run", progress=False, log=lambda m: None)
     with pytest.raises(SystemExit, match="train.keep_every=1"):
         _script().main([str(tmp_path / "run")])
+
+
+@pytest.mark.parametrize("rule", ["w5", "=3,0.1", "w=0,0.1", "w=2,-1", "w=two"])
+def test_a_malformed_rule_is_a_usage_error_not_a_traceback(rule, capsys):
+    with pytest.raises(SystemExit) as stop:
+        _script().parse_args(["run", "--rule", rule])
+    assert stop.value.code == 2
+    assert "NAME=WINDOW,TOL" in capsys.readouterr().err

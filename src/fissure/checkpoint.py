@@ -24,7 +24,6 @@ import os
 import pickle
 import re
 import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +44,7 @@ from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from .errors import CheckpointError, FissureError
 from .model import ENCODERS, ResNetUNet, build_model, load_weights
 from .runtime import InputPolicy, select_device
+from .writes import replacing
 
 FORMAT = "fissure-checkpoint"
 FORMAT_VERSION = 2
@@ -183,33 +183,18 @@ def save_atomic(obj: Any, path: str | Path) -> None:
     one, never a torn mix.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        written = _size_or_zero(tmp)
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, (OSError, RuntimeError)):
-            raise CheckpointError(_write_failure(path, exc, written)) from exc
-        raise
-    try:
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
+        with replacing(path, durable=True) as tmp:
+            try:
+                torch.save(obj, tmp)
+            except (OSError, RuntimeError) as exc:
+                # Sized before ``replacing`` removes it: the size tells a full disk apart.
+                raise CheckpointError(_write_failure(path, exc, _size_or_zero(tmp))) from exc
+    except OSError as exc:  # the flush or the rename
+        raise CheckpointError(_write_failure(path, exc, 0)) from exc
 
 
-def _size_or_zero(path: str) -> int:
+def _size_or_zero(path: Path) -> int:
     try:
         return os.path.getsize(path)
     except OSError:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import mmap
 import os
-import secrets
 import shutil
 import struct
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from ..config import DataConfig
 from ..errors import DataError
+from ..writes import replacing
 from .image import decode_image, decode_mask
 from .sources import PairSource, Sample, is_stage_path
 
@@ -200,17 +200,10 @@ def write_entry(path: Path, image: np.ndarray, mask: np.ndarray) -> None:
     complete: readers see the whole entry or none, however the writer dies.
     """
     _, height, width = image.shape
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(_HEADER.pack(_MAGIC, height, width, 3))
-            f.write(np.ascontiguousarray(image).data)
-            f.write(np.ascontiguousarray(mask).data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with replacing(path) as tmp, open(tmp, "wb") as f:
+        f.write(_HEADER.pack(_MAGIC, height, width, 3))
+        f.write(np.ascontiguousarray(image).data)
+        f.write(np.ascontiguousarray(mask).data)
 
 
 def read_entry(path: Path) -> tuple[np.ndarray, np.ndarray] | None:

@@ -28,6 +28,7 @@ from fissure.data.image import is_image_name
 from fissure.data.synth_draw import MIN_SIZE, synth_pair
 from fissure.errors import DataError
 from fissure.progress import progress_bar
+from fissure.writes import replacing
 
 __all__ = ["MIN_COUNT", "MIN_SIZE", "SPLITS", "SynthOptions", "generate_dataset", "synth_pair"]
 
@@ -241,9 +242,12 @@ def _write_manifest(out: Path, plan: list[tuple[str, str, bool]]) -> None:
         _write(out / f"split_{split}.txt", names.encode())
     rows = [",".join(MANIFEST_COLUMNS)]
     rows += [f"{name},{name},{split.upper()}" for split, name, _ in plan]
-    tmp = out / f".{MANIFEST_NAME}.tmp"
-    _write(tmp, ("\n".join(rows) + "\n").encode())
-    os.replace(tmp, out / MANIFEST_NAME)
+    target = out / MANIFEST_NAME
+    try:
+        with replacing(target) as tmp:
+            tmp.write_bytes(("\n".join(rows) + "\n").encode())
+    except OSError as exc:
+        raise DataError(f"{target}: cannot write the manifest ({exc.strerror or exc})") from exc
 
 
 def _run(

@@ -17,8 +17,6 @@ business too.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,6 +32,7 @@ from ..checkpoint import Checkpoint, load_checkpoint
 from ..errors import FissureError
 from ..extras import require
 from ..model import STRIDE, ResNetUNet
+from ..writes import replacing
 
 FORMATS = ("onnx", "torchscript")
 OPSET = 18
@@ -208,25 +207,18 @@ def export_model(
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
     model = ckpt.build_model("cpu")
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # Written and checked beside ``out``, then renamed over it: a failed write or check
-    # leaves an earlier export at ``out`` as it was.
-    fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=f".tmp{out.suffix}",
-                                dir=out.parent)
-    os.close(fd)
-    tmp = Path(name)
+    # Written and checked beside ``out``, renamed over it only once it passes: a failed
+    # write or check leaves an earlier export at ``out`` as it was.
     try:
-        diff = _write_checked(model, tmp, fmt, export_metadata(ckpt), opset, verify)
-        if diff is not None and diff > TOLERANCE:
-            raise FissureError(
-                f"{out}: exported model differs from PyTorch by {diff:.2e} "
-                f"(more than {TOLERANCE:g}); nothing written"
-            )
-        os.replace(tmp, out)
+        with replacing(out, suffix=f".tmp{out.suffix}") as tmp:
+            diff = _write_checked(model, tmp, fmt, export_metadata(ckpt), opset, verify)
+            if diff is not None and diff > TOLERANCE:
+                raise FissureError(
+                    f"{out}: exported model differs from PyTorch by {diff:.2e} "
+                    f"(more than {TOLERANCE:g}); nothing written"
+                )
     except OSError as exc:
         raise FissureError(f"{out}: could not write the export ({exc})") from exc
-    finally:
-        tmp.unlink(missing_ok=True)
     return ExportResult(out, fmt, diff)
 
 

@@ -22,6 +22,7 @@ from typing import Any
 from filelock import FileLock
 
 from ..errors import DataError
+from ..writes import replacing
 from .files import Sleep, StageFileMissing, listed
 from .session import is_local_testing
 from .transfer import PARALLEL, download, get_prefix, list_stage, run_threads
@@ -97,9 +98,8 @@ class StageCache:
                 f.write(json.dumps(entry) + "\n")
 
     def _rewrite_index(self) -> None:
-        tmp = self._index_path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(e) + "\n" for e in self._index.values()), "utf-8")
-        os.replace(tmp, self._index_path)
+        with replacing(self._index_path) as tmp:
+            tmp.write_text("".join(json.dumps(e) + "\n" for e in self._index.values()), "utf-8")
 
     def is_current(self, rel: str, src: str | None = None, since: float | None = None) -> bool:
         """Cached, of the recorded size, for the claimed content and fetched after ``since``."""
