@@ -23,7 +23,7 @@ PACKAGE = Path(fissure.__file__).parent
 
 # Bottom to top. Units in one layer are independent of each other.
 LAYERS = [
-    {"fissure", "errors"},
+    {"fissure", "errors", "writes"},
     {"progress", "extras"},
     {"config"},
     {"data"},
