@@ -248,3 +248,18 @@ def test_app_command_starts_streamlit(tmp_path, monkeypatch):
                                                        "--runs", str(tmp_path)]
     bad = CliRunner().invoke(cli, ["app", "--checkpoint", "nope.pt"])
     assert bad.exit_code == 1 and "nope.pt: no such checkpoint file" in bad.output
+
+
+def test_demo_synthesises_trains_evaluates_and_predicts(tmp_path):
+    """The README's main job, on the shipped demo config shrunk to a smoke test."""
+    out = tmp_path / "demo"
+    result = run("demo", "--config", DEFAULT, "--out", str(out), "--quiet",
+                 "--set", "data.size=64", "--set", "model.encoder=resnet18",
+                 "--set", "train.epochs=1", "--set", "train.batch_size=4",
+                 "--set", "eval.thresholds=19")
+    assert result.exit_code == 0, result.output
+    assert (out / "data" / "train" / "images").is_dir()
+    assert (out / "run" / "best.pt").is_file() and (out / "run" / "config.yaml").is_file()
+    assert json.loads((out / "eval" / "metrics.json").read_text())["split"] == "test"
+    assert (out / "predictions" / "predictions.csv").is_file()
+    assert "checkpoint:" in result.output
