@@ -40,3 +40,11 @@ def test_two_writers_of_one_target_never_share_a_temporary(tmp_path: Path) -> No
         first.write_bytes(b"1")
         second.write_bytes(b"2")
     assert target.read_bytes() == b"1"  # the outer block finishes last
+
+
+def test_the_file_gets_the_mode_of_any_file_the_user_writes(tmp_path: Path) -> None:
+    plain = tmp_path / "plain"
+    plain.write_bytes(b"x")
+    with replacing(tmp_path / "entry.u8") as tmp:
+        tmp.write_bytes(b"x")
+    assert (tmp_path / "entry.u8").stat().st_mode == plain.stat().st_mode

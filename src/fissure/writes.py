@@ -10,7 +10,7 @@ new one, never a torn mix, however the writer dies (``kill -9`` and a full disk 
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,10 +29,10 @@ def replacing(target: str | Path, *, suffix: str = ".tmp", durable: bool = False
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    # mkstemp: a unique name, so concurrent writers of one target never share a temp file.
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
-    os.close(fd)
-    tmp = Path(name)
+    # Unique per process and call, so concurrent writers of one target never share a
+    # temporary file. Named, not created (mkstemp would create it 0600): the writer creates
+    # it, so the finished file gets the user's umask like any other file they write.
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}{suffix}")
     try:
         yield tmp
         if durable:
