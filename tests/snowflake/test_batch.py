@@ -189,6 +189,15 @@ def test_a_second_run_skips_what_the_table_holds_and_redo_replaces_it(
     assert sorted(r["MODEL_VERSION"] for r in session.table(table).collect()) == ["V3", "V4"]
 
 
+def test_loading_the_model_leaves_no_copy_in_the_temporary_folder(
+        session, one, registry, tmp_path, monkeypatch):
+    # Each call used to leave its downloaded checkpoint behind: tens of MB a run in /tmp.
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    model = batch.load_model(session, check_request(_request(folder=one)))
+    assert model.checkpoint.config is not None
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_an_unreadable_image_fails_alone(session, photos, registry, tmp_path):
     session.file.put_stream(io.BytesIO(b"not a png"), f"{STAGE}/broken/x.png",
                             auto_compress=False, overwrite=True)

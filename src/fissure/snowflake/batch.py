@@ -213,9 +213,10 @@ def load_model(session: Any, request: BatchRequest) -> Any:
 
     ref = ModelRef(request.model, request.version, request.database, request.schema)
     ckpt = read_checkpoint(session, ref)
-    folder = Path(tempfile.mkdtemp(prefix="fissure-batch-model-"))  # /tmp: writable in Snowflake
-    ckpt.save(folder / "checkpoint.pt")
-    return load_local(folder / "checkpoint.pt")
+    # /tmp is writable in Snowflake; the model is loaded when built, so the copy can go.
+    with tempfile.TemporaryDirectory(prefix="fissure-batch-model-") as folder:
+        ckpt.save(Path(folder) / "checkpoint.pt")
+        return load_local(Path(folder) / "checkpoint.pt")
 
 
 def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
