@@ -33,9 +33,13 @@ def tiny_model(seed: int = 0, all_crack: bool = False) -> nn.Module:
     return model
 
 
-def tiny_checkpoint(tmp_path: Path, mode: str = "crop", size: int = 64, **kw) -> Path:
-    """``tiny_model(**kw)`` saved as ``tmp_path/<mode><size>.pt``, trained as ``mode``/``size``."""
-    cfg = config_from_dict({"model": {"encoder": "resnet18"}, "data": {"size": size, "mode": mode}})
+def tiny_checkpoint(
+    tmp_path: Path, mode: str = "crop", size: int = 64, tta: bool = False, **kw
+) -> Path:
+    """``tiny_model(**kw)`` saved as ``tmp_path/<mode><size>.pt``, trained as ``mode``/``size``,
+    with ``eval.tta`` set to ``tta``."""
+    cfg = config_from_dict({"model": {"encoder": "resnet18"}, "data": {"size": size, "mode": mode},
+                            "eval": {"tta": tta}})
     path = tmp_path / f"{mode}{size}.pt"
     make_checkpoint(tiny_model(**kw), cfg, epoch=0).save(path)
     return path

@@ -233,7 +233,11 @@ def test_evaluate_a_folder_that_holds_only_test(trained, synth_root, tmp_path):
     result = run("evaluate", trained / "best.pt", "--data", site, "--split", "test", "--quiet",
                  "--out", tmp_path / "eval")
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "eval" / "metrics.json").is_file()
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["tta"] is False
+    flips = run("evaluate", trained / "best.pt", "--data", site, "--quiet", "--tta",
+                "--out", tmp_path / "flips")
+    assert flips.exit_code == 0, flips.output
+    assert json.loads((tmp_path / "flips" / "metrics.json").read_text())["tta"] is True
     assert_one_line_error(run("evaluate", trained / "best.pt", "--data", site, "--split", "val"),
                           "site7", "has no 'val' split (it has test)")
 

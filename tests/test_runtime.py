@@ -92,6 +92,20 @@ def test_predict_probs_is_the_sigmoid_of_the_logits() -> None:
     assert probs.dtype == torch.float32 and bool(((probs >= 0) & (probs <= 1)).all())
 
 
+def test_tta_averages_the_flipped_views_flipped_back() -> None:
+    model, images = _Conv().eval(), torch.randn(2, 3, 24, 40)
+    policy = InputPolicy("crop", 32, amp=False)
+    with torch.no_grad():
+        plain = torch.sigmoid(model(images))
+        left_right = torch.sigmoid(model(images.flip(-1))).flip(-1)
+        top_bottom = torch.sigmoid(model(images.flip(-2))).flip(-2)
+    tta = predict_probs(model, images, policy, tta=True)
+    assert torch.allclose(tta, (plain + left_right + top_bottom) / 3, atol=1e-6)
+    assert not torch.allclose(tta, plain, atol=1e-3)  # the random conv is not symmetric
+    assert model.seen[-3:] == [(2, 3, 24, 40)] * 3
+    assert torch.equal(predict_probs(model, images, policy), plain)
+
+
 def test_channels_last_model_gets_channels_last_input() -> None:
     model = _Conv().eval().to(memory_format=torch.channels_last)
     layouts = []

@@ -22,6 +22,11 @@ import torch.nn.functional as F
 
 from .model import ResNetUNet
 
+FLIP_VIEWS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,))
+"""The views of test-time augmentation, as dims to flip: as is, left-right, top-bottom.
+Training flips and turns crops, so each view is one the model has seen; predictions are
+flipped back and their probabilities averaged."""
+
 
 @dataclass(frozen=True)
 class InputPolicy:
@@ -148,12 +153,25 @@ def forward_logits(
 
 @torch.inference_mode()
 def predict_probs(
-    model: ResNetUNet, images: torch.Tensor, policy: InputPolicy, amp: bool | None = None
+    model: ResNetUNet,
+    images: torch.Tensor,
+    policy: InputPolicy,
+    amp: bool | None = None,
+    tta: bool = False,
 ) -> torch.Tensor:
     """Crack probabilities, the sigmoid of :func:`forward_logits`; ``model`` in eval mode.
+
+    With ``tta``, the mean of the probabilities of the :data:`FLIP_VIEWS` (3x the compute).
 
     Shapes:
         images: (N, 3, H, W) float, normalised.
         returns: (N, 1, H, W) float32 in [0, 1].
     """
-    return torch.sigmoid(forward_logits(model, images, policy, amp))
+    views = FLIP_VIEWS if tta else ((),)
+    total = None
+    for dims in views:
+        x = images.flip(dims) if dims else images
+        probs = torch.sigmoid(forward_logits(model, x, policy, amp))
+        probs = probs.flip(dims) if dims else probs
+        total = probs if total is None else total + probs
+    return total / len(views)

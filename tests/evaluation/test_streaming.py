@@ -9,11 +9,12 @@ import torch
 
 from fissure.checkpoint import load_checkpoint
 from fissure.config import DEFAULT_THRESHOLD, EvalConfig
-from fissure.data import CrackDataset, FolderSource
-from fissure.data.transforms import eval_transform
+from fissure.data import CrackDataset, FolderSource, load_pair
+from fissure.data.transforms import eval_transform, image_to_tensor
 from fissure.evaluation import EvalResult, ToleranceMeter, evaluate_dataset, reload_samples
 from fissure.metrics import tolerance_counts
 from fissure.report import pick_samples
+from fissure.runtime import predict_probs
 
 SIZE = 64  # the fixtures' image size (conftest.py)
 
@@ -79,6 +80,35 @@ def test_samples_are_repredicted_like_the_stream(random_ckpt: Path, data_root: P
         # batching may move a probability by float rounding; allow a pixel or two
         assert abs(int(pred.sum()) - view.row["pred_px"]) <= 2
         assert int(view.mask.sum()) == view.row["true_px"]
+
+
+def test_eval_tta_scores_and_resamples_the_averaged_flips(
+    random_ckpt: Path, data_root: Path
+) -> None:
+    ckpt = load_checkpoint(random_ckpt)
+    model, policy, cpu = ckpt.build_model("cpu"), ckpt.policy, torch.device("cpu")
+    source = FolderSource(data_root)
+    dataset = CrackDataset(source, source.samples("test"), eval_transform())
+    pairs = [load_pair(source, s) for s in dataset.samples]
+    probs = {tta: [predict_probs(model, image_to_tensor(image)[None], policy, tta=tta)
+                   for image, _ in pairs] for tta in (False, True)}
+    # a threshold inside the averaged probabilities, so that flips change the masks
+    threshold = float(torch.cat([p.flatten() for p in probs[True]]).median())
+    by_hand = {}
+    for tta in (False, True):
+        by_hand[tta] = EvalResult.create(threshold, EvalConfig(thresholds=9))
+        for prob, (_, mask) in zip(probs[tta], pairs, strict=True):
+            by_hand[tta].update(prob, torch.from_numpy(mask)[None, None], ["x"])
+    cfg = EvalConfig(batch_size=4, thresholds=9, tta=True)
+    result = evaluate_dataset(model, dataset, policy, threshold, cfg, cpu, progress=False)
+    streamed = torch.stack(result.counts())
+    # batching may move a probability by float rounding; allow a pixel or two per image
+    assert int((streamed - torch.stack(by_hand[True].counts())).abs().max()) <= 2
+    assert int((streamed - torch.stack(by_hand[False].counts())).abs().max()) > 2
+    views = reload_samples(model, dataset, pick_samples(result.per_image(), 1), policy, cpu,
+                           tta=True)
+    for view in views:
+        assert abs(int((view.prob > threshold).sum()) - view.row["pred_px"]) <= 2
 
 
 def test_a_batch_needs_one_name_per_image() -> None:

@@ -147,13 +147,33 @@ def test_predict_files_takes_the_checkpoint_defaults(tmp_path: Path) -> None:
     assert Path(record["overlay"]).name == "p_overlay.jpg" and record["probability"] is None
 
 
+def test_tta_follows_the_checkpoint_unless_an_option_says(tmp_path: Path) -> None:
+    ckpt = tiny_checkpoint(tmp_path, tta=True)
+    Image.fromarray(random_rgb(40, 50)).save(tmp_path / "p.png")
+    runs = {}
+    for name, tta in (("default", None), ("off", False)):
+        runs[name] = predict_files(ckpt, [tmp_path / "p.png"], tmp_path / name,
+                                   PredictOptions(tta=tta), progress=False)[0]
+    assert (runs["default"]["tta"], runs["off"]["tta"]) == (True, False)
+    (tmp_path / "plain").mkdir()
+    plain = predict_image(str(tiny_checkpoint(tmp_path / "plain")), random_rgb(40, 50))
+    averaged = predict_image(str(ckpt), random_rgb(40, 50))
+    assert averaged.tta and not plain.tta
+    assert not np.array_equal(averaged.probability, plain.probability)
+    result = CliRunner().invoke(cli, ["predict", str(ckpt), str(tmp_path / "p.png"), "--out",
+                                      str(tmp_path / "cli"), "--no-tta", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "cli" / "predictions.json").read_text())[0]["tta"] is False
+
+
 def test_records_and_outputs_follow_the_prediction(tmp_path: Path) -> None:
     rgb = random_rgb(40, 30)
-    prediction = predict_image(Predictor(tiny_model(all_crack=True)), rgb, PredictOptions(tile=64))
+    prediction = predict_image(Predictor(tiny_model(all_crack=True)), rgb,
+                               PredictOptions(tile=64, tta=True))
     paths = write_outputs(tmp_path, "x", rgb, prediction, OutputOptions(overlay=False))
     assert paths == {"mask": str(tmp_path / "x.png"), "probability": None, "overlay": None}
     assert np.asarray(Image.open(tmp_path / "x.png")).min() == 255
-    record = prediction_record("x.png", paths, prediction, PredictOptions(tta=True))
+    record = prediction_record("x.png", paths, prediction, PredictOptions())
     assert list(record)[:14] == [
         "image",
         "mask",

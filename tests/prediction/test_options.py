@@ -14,7 +14,7 @@ def test_defaults_leave_the_checkpoint_in_charge() -> None:
     options = PredictOptions()
     assert (options.threshold, options.tile, options.overlap, options.min_area) == (None,) * 4
     assert (options.amp, options.px_per_mm) == (None, None)
-    assert (options.tta, options.batch_size, options.prefetch) == (False, "auto", 2)
+    assert (options.tta, options.batch_size, options.prefetch) == (None, "auto", 2)
     assert options.device == "auto"
     assert OutputOptions() == OutputOptions(overlay=True, save_prob=False, glob="**/*")
 

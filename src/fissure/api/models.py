@@ -100,20 +100,23 @@ def _evaluate(checkpoint: str | Path | Checkpoint, data: str | Path | None, spli
     dev = next(model.parameters()).device
     policy = ckpt.policy if opts.amp is None else replace(ckpt.policy, amp=opts.amp)
     workers = loader_workers(opts.num_workers) or 0  # 0 in the warehouse sandbox
-    result = evaluate_dataset(model, dataset, policy, thr, ckpt.config.eval, dev,
-                              workers, progress)
+    eval_cfg = ckpt.config.eval if opts.tta is None else replace(ckpt.config.eval,
+                                                                  tta=opts.tta)
+    result = evaluate_dataset(model, dataset, policy, thr, eval_cfg, dev, workers, progress)
     dtype = str(autocast_dtype(dev, policy.amp)).removeprefix("torch.")
     header = {"checkpoint": str(checkpoint if not isinstance(checkpoint, Checkpoint)
                                 else checkpoint.origin),
               "data": source.description, "split": split, "device": str(dev),
-              "compute_dtype": dtype, "environment": describe_environment(str(dev)).as_dict(),
+              "compute_dtype": dtype, "tta": eval_cfg.tta,
+              "environment": describe_environment(str(dev)).as_dict(),
               "thresholds": {"tuned_source": origin}}
     metrics = metrics_document(result, header)
     if out is not None:
         out = writable_dir(out)  # /tmp inside Snowflake when the folder is read-only
         rows = result.per_image()
         picks = pick_samples(rows, opts.samples_per_group)
-        write_eval_reports(metrics, rows, reload_samples(model, dataset, picks, policy, dev), out)
+        views = reload_samples(model, dataset, picks, policy, dev, eval_cfg.tta)
+        write_eval_reports(metrics, rows, views, out)
     return metrics
 
 

@@ -115,8 +115,9 @@ def _options() -> PredictOptions:
         tile = st.number_input(
             "Tile (px, multiple of 32; 0: the checkpoint's)", 0, 4096, 0, step=32, key="tile"
         )
-        tta = st.checkbox("Test-time flips (3x slower)", key="tta")
-    return PredictOptions(tile=int(tile) or None, tta=tta)
+        tta = st.checkbox("Test-time flips (3x slower; on anyway where the checkpoint's "
+                          "eval.tta is)", key="tta")
+    return PredictOptions(tile=int(tile) or None, tta=tta or None)
 
 
 def _photos() -> list[PhotoFile]:

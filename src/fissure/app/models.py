@@ -23,6 +23,7 @@ from ..data import is_stage_path
 from ..errors import CheckpointError, ConfigError
 from ..prediction import PredictOptions, Predictor, predict_image
 from ..prediction.predictor import default_tiling
+from ..runtime import FLIP_VIEWS
 from ..snowflake.registry import is_registry_reference
 from ..snowflake.registry import read_checkpoint as read_registered
 from ..snowflake.runs import read_checkpoint
@@ -112,7 +113,8 @@ def network_inputs(predictor: Predictor, shape: tuple[int, int], options: Predic
     tiling = default_tiling(predictor.policy, options)
     resized = tiling.resizes(*shape)
     count = 1 if resized else tiling.plan(*shape).n_tiles
-    return count * (3 if options.tta else 1)
+    tta = predictor.tta if options.tta is None else options.tta
+    return count * (len(FLIP_VIEWS) if tta else 1)
 
 
 def predict_photo(

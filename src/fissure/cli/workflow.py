@@ -100,10 +100,13 @@ def train(config_path, out, overrides, resume_dir, overwrite, device, quiet, con
 @click.option("--device", default="auto", show_default=True)
 @click.option("--workers", default=0, show_default=True, help="DataLoader workers.")
 @AMP_OPTION
+@click.option("--tta/--no-tta", default=None,
+              help="Average each image with its left-right and top-bottom flips (3x; "
+                   "default: the checkpoint's eval.tta).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--connection",
               help="Snowflake connection name for a stage or registry checkpoint, or data.")
-def evaluate(checkpoint, data, split, out, threshold, device, workers, amp, quiet,
+def evaluate(checkpoint, data, split, out, threshold, device, workers, amp, tta, quiet,
              connection) -> None:
     """Score a checkpoint on a split with streaming, empty-mask-aware metrics.
 
@@ -124,7 +127,8 @@ def evaluate(checkpoint, data, split, out, threshold, device, workers, amp, quie
       fissure evaluate @DB.SCH.STAGE/models/run1/best.pt --data stage.yaml --connection prod
       fissure evaluate snowflake://CRACKS/default --data data/cfd --connection prod
     """
-    options = EvaluateOptions(threshold=threshold, device=device, amp=amp, num_workers=workers)
+    options = EvaluateOptions(threshold=threshold, device=device, amp=amp, tta=tta,
+                              num_workers=workers)
     metrics = api.evaluate(checkpoint, data, split, out, options, connection=connection,
                            progress=not quiet)
     click.echo(metrics_table(metrics))
@@ -144,7 +148,9 @@ def evaluate(checkpoint, data, split, out, threshold, device, workers, amp, quie
               help="Tile side in px, a multiple of 32 (default: the training size, or 512 "
                    "where a crop-mode checkpoint computes fewer pixels so).")
 @click.option("--overlap", type=int, help="Tile overlap in px (default: tile // 4).")
-@click.option("--tta", is_flag=True, help="Average with left-right and top-bottom flips (3x).")
+@click.option("--tta/--no-tta", default=None,
+              help="Average with left-right and top-bottom flips (3x; default: the "
+                   "checkpoint's eval.tta).")
 @click.option("--batch-size", default="auto", show_default=True, callback=_batch_size,
               help="Tiles per forward pass, or auto: 8 on a CPU; on CUDA the largest batch "
                    "that fits the GPU, probed once per tile size and halved.")

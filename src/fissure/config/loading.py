@@ -132,6 +132,12 @@ def _check(cfg: Config) -> None:
         raise ConfigError("train.patience and train.num_workers must be >= 0")
     if cfg.train.select_tolerance < 0 or cfg.train.min_val_images < 0:
         raise ConfigError("train.select_tolerance and train.min_val_images must be >= 0")
+    if cfg.train.min_steps < 0:
+        raise ConfigError(f"train.min_steps: must be >= 0 (0: keep data.size), got "
+                          f"{cfg.train.min_steps}")
+    if cfg.train.min_steps and cfg.data.mode != "crop":
+        raise ConfigError("train.min_steps: it shrinks training crops, so it needs "
+                          "data.mode: crop")
     if cfg.train.keep_every < 0:
         raise ConfigError(f"train.keep_every: must be >= 0 (0: keep no epoch), got "
                           f"{cfg.train.keep_every}")
@@ -171,6 +177,8 @@ def _check_size(data: DataConfig) -> None:
             raise ConfigError("data.size: 'auto' picks a crop, so it needs data.mode: crop")
     elif size < 32:
         raise ConfigError(f"data.size: must be at least 32, got {size}")
+    if data.min_size < 32:
+        raise ConfigError(f"data.min_size: must be at least 32, got {data.min_size}")
 
 
 def config_from_dict(values: Mapping[str, Any] | None) -> Config:

@@ -64,6 +64,8 @@ class DataConfig:
     # largest multiple of 32, at most 256, that every training image holds
     # (data.stats.implied_crop, what `fissure data stats` prints), chosen at setup.
     size: int | str = 256
+    # The smallest crop train.min_steps may shrink data.size to, px.
+    min_size: int = 96
     # resize: whole image shrunk to size x size (the notebook); crop: random crops at native
     # resolution for training, validation at native resolution.
     mode: str = _choice("resize", "resize", "crop")
@@ -154,6 +156,10 @@ class TrainConfig:
     # progress = max(steps done / steps planned, time used / budget), so a run the clock
     # cuts has annealed; training stops early enough to validate its final weights.
     max_minutes: float | None = None
+    # With a time budget, the optimiser steps it should hold: when a timed step says the
+    # budget holds fewer crops of data.size, the crop shrinks by 32 px (crop mode, down to
+    # data.min_size) until it holds them (training.pace, said in the log); 0: data.size.
+    min_steps: int = 0
     tensorboard: bool = False  # also log history to <run>/tensorboard (needs tensorboard)
     tune_threshold: bool = True
     threshold: float = DEFAULT_THRESHOLD
@@ -177,12 +183,16 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """Evaluation settings: detection area, tolerance in px, swept thresholds, batch."""
+    """Evaluation settings: detection area, tolerance in px, swept thresholds, batch, and
+    ``tta``: whether ``fissure evaluate`` and ``fissure predict`` average each image with
+    its left-right and top-bottom flips by default (3x the compute). Validation during
+    training scores single views either way."""
 
     min_area: int = 20
     tolerance: int = 2
     thresholds: int = 99
     batch_size: int = 8
+    tta: bool = False
 
 
 @dataclass(frozen=True)

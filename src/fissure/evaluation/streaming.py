@@ -161,7 +161,8 @@ def evaluate_dataset(
     """Run ``model`` over ``dataset`` once; counts at ``threshold`` and at 0.5, plus a sweep.
 
     Images are fed as ``policy`` says (see :func:`fissure.runtime.predict_probs`), in batches
-    of ``cfg.batch_size``; ``num_workers`` loader processes read them.
+    of ``cfg.batch_size``, with their flips averaged under ``cfg.tta``; ``num_workers``
+    loader processes read them.
     """
     model.eval()
     loader = DataLoader(
@@ -177,7 +178,7 @@ def evaluate_dataset(
         names = iter(batch["name"])
         for images, masks in iter_groups(batch):
             chunk = [next(names) for _ in range(len(images))]
-            probs = predict_probs(model, images.to(device), policy).cpu()
+            probs = predict_probs(model, images.to(device), policy, tta=cfg.tta).cpu()
             result.update(probs, masks, chunk)
     return result
 
@@ -206,9 +207,10 @@ def reload_samples(
     picks: list[tuple[str, dict]],
     policy: InputPolicy,
     device: torch.device,
+    tta: bool = False,
 ) -> list[SampleView]:
     """Re-read the picked ``(label, per-image row)`` images by name and predict them again,
-    one at a time.
+    one at a time, as the evaluation did (``tta``: flips averaged).
 
     Only these few images are ever held whole in memory, whatever the split's size.
     """
@@ -220,6 +222,6 @@ def reload_samples(
     for label, row in picks:
         image, mask = load_pair(dataset.source, by_name[row["name"]])
         tensor = image_to_tensor(image)[None].to(device)
-        prob = predict_probs(model, tensor, policy)[0, 0].float().cpu().numpy()
+        prob = predict_probs(model, tensor, policy, tta=tta)[0, 0].float().cpu().numpy()
         views.append(SampleView(label, row, image, mask, prob))
     return views

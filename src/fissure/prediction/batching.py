@@ -13,18 +13,19 @@ import torch
 from torch import Tensor
 
 from ..errors import FissureError
+from ..runtime import FLIP_VIEWS
 from .tiles import Forward, Job
 
 
 def _view_logits(forward: Forward, tiles: Tensor, tta: bool) -> list[Tensor]:
-    """Logits per view: as is and, with ``tta``, flipped left-right and top-bottom; each
-    flipped back.
+    """Logits per view: as is and, with ``tta``, the other
+    :data:`~fissure.runtime.FLIP_VIEWS`; each flipped back.
 
     Shapes:
         tiles: (B, C, t, t).
         returns: one (B, 1, t, t) float32 tensor per view.
     """
-    views: list[tuple[int, ...]] = [(), (-1,), (-2,)] if tta else [()]
+    views = FLIP_VIEWS if tta else ((),)
     out = []
     for dims in views:
         logits = forward(tiles.flip(dims) if dims else tiles).float()

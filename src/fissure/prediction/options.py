@@ -26,8 +26,9 @@ class PredictOptions:
     default the checkpoint's tuned one. ``tile``/``overlap``: tiling in px (see
     :func:`~fissure.prediction.tiling.default_tiling`); ``tile`` is a multiple of 32 and
     giving it always tiles. ``tta``: also run left-right and top-bottom flips and average
-    (3x the compute). ``batch_size``: network inputs per forward pass, or ``auto`` (8 off
-    CUDA; on CUDA the largest batch that fits, see :mod:`~fissure.prediction.autobatch`).
+    (3x the compute), default the checkpoint's ``eval.tta``. ``batch_size``: network inputs
+    per forward pass, or ``auto`` (8 off CUDA; on CUDA the largest batch that fits, see
+    :mod:`~fissure.prediction.autobatch`).
     ``prefetch``: images decoded and tiled ahead of the network in a background thread
     (0: none, in the caller's thread); the results do not depend on it. ``min_area``: crack
     components smaller than this many px are left out of the measurements, default the
@@ -41,7 +42,7 @@ class PredictOptions:
     threshold: float | None = None
     tile: int | None = None
     overlap: int | None = None
-    tta: bool = False
+    tta: bool | None = None
     batch_size: int | str = AUTO
     prefetch: int = 2
     min_area: int | None = None

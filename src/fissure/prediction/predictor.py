@@ -100,15 +100,17 @@ class Prediction:
     tile: int | None = None
     overlap: int | None = None
     min_area: int | None = None
+    tta: bool = False
 
 
 @dataclass
 class Predictor:
     """A model ready to predict, with what its checkpoint says about feeding it.
 
-    ``policy`` (training mode and size) chooses tiles or a whole-image resize; ``threshold``
-    and ``min_area`` are the defaults of :class:`PredictOptions` fields left as None;
-    ``amp`` runs the network in mixed precision where the hardware has it.
+    ``policy`` (training mode and size) chooses tiles or a whole-image resize; ``threshold``,
+    ``min_area`` and ``tta`` (the checkpoint's ``eval.tta``) are the defaults of
+    :class:`PredictOptions` fields left as None; ``amp`` runs the network in mixed precision
+    where the hardware has it.
     ``batch_sizes`` remembers the batches ``batch_size="auto"`` probed, shared by the
     copies :meth:`configured` makes.
     """
@@ -118,6 +120,7 @@ class Predictor:
     threshold: float = DEFAULT_THRESHOLD
     min_area: int = EvalConfig.min_area
     amp: bool = True
+    tta: bool = False
     batch_sizes: dict[tuple, int] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -133,16 +136,19 @@ class Predictor:
         ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
         # NHWC lets cuDNN and oneDNN pick faster convolutions (~30 % per tile on CPU too).
         model = ckpt.build_model(device, channels_last=True)
-        return cls(model, ckpt.policy, ckpt.threshold, ckpt.config.eval.min_area, ckpt.policy.amp)
+        return cls(model, ckpt.policy, ckpt.threshold, ckpt.config.eval.min_area, ckpt.policy.amp,
+                   ckpt.config.eval.tta)
 
     def configured(self, options: PredictOptions) -> Predictor:
-        """This predictor with the ``threshold``, ``min_area`` and ``amp`` that ``options``
-        set; the fields they leave as None keep the checkpoint's values. Same model."""
+        """This predictor with the ``threshold``, ``min_area``, ``amp`` and ``tta`` that
+        ``options`` set; the fields they leave as None keep the checkpoint's values. Same
+        model."""
         return replace(
             self,
             threshold=self.threshold if options.threshold is None else options.threshold,
             min_area=self.min_area if options.min_area is None else options.min_area,
             amp=self.amp if options.amp is None else options.amp,
+            tta=self.tta if options.tta is None else options.tta,
         )
 
     def forward(self, tiles: Tensor) -> Tensor:
@@ -233,6 +239,7 @@ def prediction_from(
         tile=result.tile,
         overlap=result.overlap,
         min_area=predictor.min_area,
+        tta=predictor.tta,
     )
 
 
@@ -279,7 +286,8 @@ def stream_probabilities(
     tile_bar = progress_bar(total=0, desc="tiles", unit="tile", enabled=progress, inner=True,
                             leave=False)
     sizes = predictor.batch_size(options.batch_size)
-    batcher = TileBatcher(predictor.forward, sizes, options.tta, tile_bar.update)
+    tta = predictor.tta if options.tta is None else options.tta
+    batcher = TileBatcher(predictor.forward, sizes, tta, tile_bar.update)
     payloads: dict[int, T] = {}
 
     def prepare(item: tuple[T, np.ndarray]) -> tuple[T, Job]:

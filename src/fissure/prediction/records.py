@@ -32,7 +32,7 @@ def prediction_record(
     """The CSV/JSON row of one image.
 
     Where the image and its outputs are, how it was predicted (mode ``tiled``/``resize``,
-    tile, overlap, number of tiles, threshold and ``min_area`` from ``prediction``, TTA and
+    tile, overlap, number of tiles, threshold, ``min_area`` and TTA from ``prediction``,
     scale from ``options``) and its measurements.
     """
     height, width = prediction.mask.shape
@@ -46,7 +46,7 @@ def prediction_record(
         "tile": prediction.tile,
         "overlap": prediction.overlap,
         "tiles": prediction.tiles,
-        "tta": options.tta,
+        "tta": prediction.tta,
         "min_area": prediction.min_area,
         "px_per_mm": options.px_per_mm,
         **prediction.measurements.as_dict(),

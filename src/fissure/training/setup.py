@@ -1,15 +1,17 @@
 """Everything a training run is built from, made once from the config.
 
 :func:`build_setup` joins the process group (under torchrun), seeds the random number
-generators, and builds the datasets, the model and its DDP wrapper, the loss, the
+generators, and builds the model, the datasets, the model's DDP wrapper, the loss, the
 optimiser, the schedule, the gradient scaler and the EMA, in this order: the order of the
 random draws is part of what makes a fixed-seed run reproducible. It returns them in one
 :class:`TrainSetup` and does nothing else; :func:`fissure.training.loop.fit` runs them.
 
-Three choices are made here from the device: whether pairs go through the decoded-sample
+Four choices are made here from the device: whether pairs go through the decoded-sample
 store (``data.cache``), whether augmentation runs per sample in the loader (CPU) or per
-batch on the device (CUDA, :mod:`fissure.training.augment`), and the batch size when
-``train.batch_size`` is ``auto``. Each choice is described in :attr:`TrainSetup.notes`.
+batch on the device (CUDA, :mod:`fissure.training.augment`), the batch size when
+``train.batch_size`` is ``auto``, and the crop when ``train.min_steps`` asks for more steps
+than the time budget holds at ``data.size`` (:mod:`fissure.training.pace`). Each choice is
+described in :attr:`TrainSetup.notes`.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from .augment import BatchAugment, geometry_transform
 from .budget import Budget, Clock, ema_decay
 from .distributed import Dist, broadcast_float, data_parallel, init_distributed, merge_dicts, shard
 from .optim import build_optimizer, build_scheduler
+from .pace import fit_crop_to_budget
 from .recipe import (
     SAMPLED_IMAGES,
     dtype_note,
@@ -134,6 +137,13 @@ def build_setup(
         cfg, source.samples("train"), source.samples("val"), notes)
     facts = _facts(cfg, source, train_samples)
     cfg = resolve_size(cfg, facts, notes)
+    model = _build_model(cfg, device)
+    if cfg.train.init_bias == AUTO and facts is not None:
+        p = init_output_bias(model, facts.crack_fraction)
+        notes.append(f"train.init_bias auto: output starts at crack probability {p:.4f} "
+                     f"(training masks: {100 * facts.crack_fraction:.2f} % crack pixels)")
+    cfg = _resolve_batch_size(cfg, model, device, info, len(train_samples), notes)
+    cfg = fit_crop_to_budget(cfg, model, device, info, notes)
     note_small_images(cfg, facts, notes, len(train_samples))
     train_store, val_store = _decoded_stores(cfg, source, (train_samples, val_samples),
                                              device, notes)
@@ -141,12 +151,6 @@ def build_setup(
                  else train_transform(cfg.data, cfg.augment))
     train_set = CrackDataset(source, train_samples, transform, cfg.data.on_error, train_store)
     val_set = CrackDataset(source, val_samples, eval_transform(), cfg.data.on_error, val_store)
-    model = _build_model(cfg, device)
-    if cfg.train.init_bias == AUTO and facts is not None:
-        p = init_output_bias(model, facts.crack_fraction)
-        notes.append(f"train.init_bias auto: output starts at crack probability {p:.4f} "
-                     f"(training masks: {100 * facts.crack_fraction:.2f} % crack pixels)")
-    cfg = _resolve_batch_size(cfg, model, device, info, len(train_set), notes)
     model, forward = _wrap(cfg, model, info, device)
     workers = cfg.train.num_workers
     if workers is None:
