@@ -167,11 +167,27 @@ def predict_probs(
         images: (N, 3, H, W) float, normalised.
         returns: (N, 1, H, W) float32 in [0, 1].
     """
-    views = FLIP_VIEWS if tta else ((),)
-    total = None
-    for dims in views:
-        x = images.flip(dims) if dims else images
-        probs = torch.sigmoid(forward_logits(model, x, policy, amp))
-        probs = probs.flip(dims) if dims else probs
-        total = probs if total is None else total + probs
-    return total / len(views)
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(forward_logits(model, x, policy, amp))
+
+    if not tta:
+        return forward(images)
+    views = flipped_views(forward, images, tta)
+    return sum(views[1:], views[0]) / len(views)
+
+
+def flipped_views(
+    forward: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, tta: bool
+) -> list[torch.Tensor]:
+    """``forward(images)`` and, with ``tta``, ``forward`` of the other :data:`FLIP_VIEWS`,
+    each flipped back: one output per view, aligned with ``images``.
+
+    Shapes:
+        images: (N, C, H, W).
+        returns: one (N, ..., H, W) tensor per view.
+    """
+    out = []
+    for dims in FLIP_VIEWS if tta else ((),):
+        result = forward(images.flip(dims) if dims else images)
+        out.append(result.flip(dims) if dims else result)
+    return out

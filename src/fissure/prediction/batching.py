@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from ..errors import FissureError
-from ..runtime import FLIP_VIEWS
+from ..runtime import flipped_views
 from .tiles import Forward, Job
 
 
@@ -25,17 +25,17 @@ def _view_logits(forward: Forward, tiles: Tensor, tta: bool) -> list[Tensor]:
         tiles: (B, C, t, t).
         returns: one (B, 1, t, t) float32 tensor per view.
     """
-    views = FLIP_VIEWS if tta else ((),)
-    out = []
-    for dims in views:
-        logits = forward(tiles.flip(dims) if dims else tiles).float()
+
+    def checked(view: Tensor) -> Tensor:
+        logits = forward(view).float()
         if logits.shape != (tiles.shape[0], 1, *tiles.shape[-2:]):
             raise FissureError(
                 f"model returned shape {tuple(logits.shape)} for tiles "
                 f"{tuple(tiles.shape)}, expected one channel of the same size"
             )
-        out.append(logits.flip(dims) if dims else logits)
-    return out
+        return logits
+
+    return flipped_views(checked, tiles, tta)
 
 
 class TileBatcher:
