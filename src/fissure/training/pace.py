@@ -37,6 +37,22 @@ CROP_STEP = 32
 """The crop shrinks by this many px at a time: the U-Net halves its input five times."""
 
 
+def zero_step(probe: torch.nn.Module, cfg: Config, device: torch.device, batch: int,
+              size: int) -> None:
+    """One forward and backward pass of ``batch`` zero crops of ``size`` px through
+    ``probe`` (a copy of the run's model, in train mode), as a training step computes them;
+    its gradients are dropped after. The step the memory and speed probes measure."""
+    layout = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+    try:
+        x = torch.zeros(batch, 3, size, size, device=device).contiguous(memory_format=layout)
+        with autocast_for(device, cfg.train.amp):
+            logits = probe(x)
+        target = torch.zeros_like(logits, dtype=torch.float32)
+        F.binary_cross_entropy_with_logits(logits.float(), target).backward()
+    finally:
+        probe.zero_grad(set_to_none=True)
+
+
 def step_seconds(model: torch.nn.Module, cfg: Config, device: torch.device, size: int) -> float:
     """Seconds of one forward and backward pass of ``train.batch_size`` crops of ``size`` px.
 
@@ -44,17 +60,10 @@ def step_seconds(model: torch.nn.Module, cfg: Config, device: torch.device, size
     statistics nor any random generator of the run are touched.
     """
     probe = copy.deepcopy(model).train()
-    layout = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
-    batch = int(cfg.train.batch_size)
-    x = torch.zeros(batch, 3, size, size, device=device).contiguous(memory_format=layout)
     times = []
     for _ in range(TIMED_STEPS + 1):
         start = time.perf_counter()
-        with autocast_for(device, cfg.train.amp):
-            logits = probe(x)
-        target = torch.zeros_like(logits, dtype=torch.float32)
-        F.binary_cross_entropy_with_logits(logits.float(), target).backward()
-        probe.zero_grad(set_to_none=True)
+        zero_step(probe, cfg, device, int(cfg.train.batch_size), size)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         times.append(time.perf_counter() - start)

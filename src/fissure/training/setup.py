@@ -25,7 +25,6 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel
 
 from ..config import AUTO, Config
@@ -37,12 +36,12 @@ from ..data.transforms import eval_transform, train_transform
 from ..errors import ConfigError
 from ..losses import auto_pos_weight, build_loss
 from ..model import build_model
-from ..runtime import InputPolicy, autocast_for, half_largest_fitting, select_device
+from ..runtime import InputPolicy, half_largest_fitting, select_device
 from .augment import BatchAugment, geometry_transform
 from .budget import Budget, Clock, ema_decay
 from .distributed import Dist, broadcast_float, data_parallel, init_distributed, merge_dicts, shard
 from .optim import build_optimizer, build_scheduler
-from .pace import fit_crop_to_budget
+from .pace import fit_crop_to_budget, zero_step
 from .recipe import (
     SAMPLED_IMAGES,
     dtype_note,
@@ -290,21 +289,14 @@ def memory_probe(
     BatchNorm statistics nor any random generator of the run are touched.
     """
     probe = copy.deepcopy(model).train()
-    layout = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
-    size = cfg.data.size
 
     def fits(n: int) -> bool:
         try:
-            x = torch.zeros(n, 3, size, size, device=device).contiguous(memory_format=layout)
-            with autocast_for(device, cfg.train.amp):
-                logits = probe(x)
-            target = torch.zeros_like(logits, dtype=torch.float32)
-            F.binary_cross_entropy_with_logits(logits.float(), target).backward()
+            zero_step(probe, cfg, device, n, int(cfg.data.size))
             return True
         except torch.OutOfMemoryError:
             return False
         finally:
-            probe.zero_grad(set_to_none=True)
             if device.type == "cuda":
                 torch.cuda.empty_cache()
 
