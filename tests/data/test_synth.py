@@ -184,6 +184,19 @@ def test_notebook_layout_names_manifest_and_split_files(tmp_path: Path) -> None:
     assert not list(tmp_path.glob(".*"))  # no temporary manifest left behind
 
 
+def test_unwritable_files_are_named_for_what_they_are(tmp_path: Path) -> None:
+    blocked = tmp_path / "split_val.txt"
+    blocked.mkdir(parents=True)  # a folder where the split file goes: the write fails
+    with pytest.raises(DataError, match=r"split_val\.txt: cannot write the split file"):
+        _notebook(tmp_path)
+    assert not (tmp_path / MANIFEST_NAME).exists()  # written last: no manifest, not complete
+    blocked.rmdir()
+    (tmp_path / "masks" / "synth_0001.jpg.gz").unlink()
+    (tmp_path / "masks" / "synth_0001.jpg.gz").mkdir()
+    with pytest.raises(DataError, match=r"synth_0001\.jpg\.gz: cannot write synthetic mask"):
+        _notebook(tmp_path)
+
+
 def test_notebook_files_are_gzip_jpeg_with_jpeg_masks(tmp_path: Path) -> None:
     _notebook(tmp_path, count=6)
     grey = 0

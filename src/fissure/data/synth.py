@@ -171,11 +171,11 @@ def _encode(array: np.ndarray, suffix: str) -> bytes:
     return gzip.compress(data, compresslevel=6, mtime=0) if suffix.endswith(".gz") else data
 
 
-def _write(path: Path, data: bytes) -> None:
+def _write(path: Path, data: bytes, what: str = "synthetic image") -> None:
     try:
         path.write_bytes(data)
     except OSError as exc:
-        raise DataError(f"{path}: cannot write synthetic image ({exc.strerror or exc})") from exc
+        raise DataError(f"{path}: cannot write {what} ({exc.strerror or exc})") from exc
 
 
 def _draw_items(seed: int, size: int, suffix: str, items: list[_Item], thin: bool = False) -> int:
@@ -185,7 +185,7 @@ def _draw_items(seed: int, size: int, suffix: str, items: list[_Item], thin: boo
         rng = np.random.default_rng([seed, item.index + 1])
         image, mask = synth_pair(rng, size, with_crack=item.with_crack, thin=thin)
         _write(item.image, _encode(image, suffix))
-        _write(item.mask, _encode(mask, suffix))
+        _write(item.mask, _encode(mask, suffix), "synthetic mask")
     return len(items)
 
 
@@ -239,7 +239,7 @@ def _write_manifest(out: Path, plan: list[tuple[str, str, bool]]) -> None:
     """``manifest.csv`` and the split id lists; written last, so a manifest means complete."""
     for split in SPLITS:
         names = "".join(f"{name}\n" for s, name, _ in plan if s == split)
-        _write(out / f"split_{split}.txt", names.encode())
+        _write(out / f"split_{split}.txt", names.encode(), "the split file")
     rows = [",".join(MANIFEST_COLUMNS)]
     rows += [f"{name},{name},{split.upper()}" for split, name, _ in plan]
     target = out / MANIFEST_NAME
