@@ -113,8 +113,7 @@ def network_inputs(predictor: Predictor, shape: tuple[int, int], options: Predic
     tiling = default_tiling(predictor.policy, options)
     resized = tiling.resizes(*shape)
     count = 1 if resized else tiling.plan(*shape).n_tiles
-    tta = predictor.tta if options.tta is None else options.tta
-    return count * (len(FLIP_VIEWS) if tta else 1)
+    return count * (len(FLIP_VIEWS) if predictor.flips(options) else 1)
 
 
 def predict_photo(

@@ -148,8 +148,12 @@ class Predictor:
             threshold=self.threshold if options.threshold is None else options.threshold,
             min_area=self.min_area if options.min_area is None else options.min_area,
             amp=self.amp if options.amp is None else options.amp,
-            tta=self.tta if options.tta is None else options.tta,
+            tta=self.flips(options),
         )
+
+    def flips(self, options: PredictOptions) -> bool:
+        """Whether ``options`` average the flips: theirs if set, else the checkpoint's."""
+        return self.tta if options.tta is None else options.tta
 
     def forward(self, tiles: Tensor) -> Tensor:
         """Logits for a batch of tiles, in mixed precision if ``amp``.
@@ -286,8 +290,7 @@ def stream_probabilities(
     tile_bar = progress_bar(total=0, desc="tiles", unit="tile", enabled=progress, inner=True,
                             leave=False)
     sizes = predictor.batch_size(options.batch_size)
-    tta = predictor.tta if options.tta is None else options.tta
-    batcher = TileBatcher(predictor.forward, sizes, tta, tile_bar.update)
+    batcher = TileBatcher(predictor.forward, sizes, predictor.flips(options), tile_bar.update)
     payloads: dict[int, T] = {}
 
     def prepare(item: tuple[T, np.ndarray]) -> tuple[T, Job]:
