@@ -2,7 +2,8 @@
 
 Times one training step (zero_grad, forward, BCE-with-logits, backward, AdamW step) of
 fissure's ResNetUNet for several ``model.decoder_channels`` at the recipe's shape (batch 8,
-256x256 crops, fp32, channels_last as ``train.channels_last`` defaults). The variants are
+256x256 crops, fp32, channels_last as ``train.channels_last`` defaults; ``--amp`` computes
+under ``train.amp``'s autocast instead, bf16 where the CPU has it natively). The variants are
 timed interleaved, one step each per round, in a rotating order (A,B,C, B,C,A, ...), so a
 load spike from other processes lands on all of them alike; each one's median step is
 reported, with the median over rounds of its step time divided by the notebook widths' in
@@ -16,6 +17,7 @@ Usage::
 
     .venv/bin/python scripts/bench_decoder.py --rounds 8 --markdown /tmp/decoder.md
     .venv/bin/python scripts/bench_decoder.py --variants notebook 128,64,32,16 --rounds 4
+    .venv/bin/python scripts/bench_decoder.py --size 128 --amp --rounds 8
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from fissure.model import build_model
+from fissure.runtime import autocast_dtype, autocast_for
 
 DEFAULT_VARIANTS = ("notebook", "128,64,32,16", "64,32,16,16")
 
@@ -72,10 +75,12 @@ def _build(name: str, encoder: str, lr: float) -> Variant:
     )
 
 
-def _step(v: Variant, x: torch.Tensor, y: torch.Tensor) -> float:
+def _step(v: Variant, x: torch.Tensor, y: torch.Tensor, amp: bool) -> float:
     start = time.perf_counter()
     v.opt.zero_grad(set_to_none=True)
-    loss = torch.nn.functional.binary_cross_entropy_with_logits(v.model(x), y)
+    with autocast_for(x.device, amp):
+        logits = v.model(x)
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), y)
     loss.backward()
     v.opt.step()
     return time.perf_counter() - start
@@ -132,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
                         "torch's choice)")
     parser.add_argument("--budget-s", type=float, default=1800.0,
                         help="seconds for the 'steps in' column (30 min)")
+    parser.add_argument("--amp", action="store_true", help="autocast as train.amp does "
+                        "(bf16 on a CPU with native bf16, else fp32)")
     parser.add_argument("--markdown", help="also write the report to this file")
     args = parser.parse_args(argv)
     if args.threads:
@@ -146,19 +153,20 @@ def main(argv: list[str] | None = None) -> int:
     for v in variants:
         v.gflops = _forward_gflops(v, x)
         for _ in range(args.warmup):
-            _step(v, x, y)
+            _step(v, x, y, args.amp)
     for r in range(args.rounds):
         k = r % len(variants)
         for v in variants[k:] + variants[:k]:
-            v.times.append(_step(v, x, y))
+            v.times.append(_step(v, x, y, args.amp))
         print(f"round {r + 1}/{args.rounds}: "
               + ", ".join(f"{v.name} {v.times[-1]:.2f}s" for v in variants), file=sys.stderr)
 
+    dtype = str(autocast_dtype(x.device, args.amp)).removeprefix("torch.")
     head = (
         f"Machine: {_cpu_name()}, torch {torch.__version__}, "
         f"cpu capability {torch.backends.cpu.get_cpu_capability()}, "
         f"{torch.get_num_threads()} threads. Step: {args.encoder}, batch {args.batch}, "
-        f"{args.size}x{args.size}, fp32, channels_last, AdamW; {args.warmup} warm-up steps, "
+        f"{args.size}x{args.size}, {dtype}, channels_last, AdamW; {args.warmup} warm-up steps, "
         f"then {args.rounds} rounds interleaved in rotating order.\n\n"
         f"Command: `{' '.join(['.venv/bin/python', 'scripts/bench_decoder.py', *sys.argv[1:]])}`"
     )
