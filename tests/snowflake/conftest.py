@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import io
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,14 @@ from fissure.snowflake.environment import (
     READER_ENV,
     TOKEN_FILE_ENV,
 )
+
+
+@pytest.fixture(autouse=True)
+def private_tempdir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
+    """The emulator's ``SnowflakeFile`` reads a stage file through ``gettempdir()/<basename>``
+    and leaves it there: point that at a folder of this test's own, so that tests do not
+    litter the machine's temp folder or race another run over ``/tmp/x.png``."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path_factory.mktemp("gettempdir")))
 
 
 @pytest.fixture(scope="module")
