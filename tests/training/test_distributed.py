@@ -2,10 +2,12 @@
 launched by torchrun on a tiny set."""
 
 import csv
+import os
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from contextlib import nullcontext
 
 import pytest
@@ -109,8 +111,10 @@ def fissure(args, nproc=None, timeout=600):
     if nproc:
         prefix = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                   f"--nproc-per-node={nproc}", "-m", "fissure"]
-    done = subprocess.run(prefix + [str(a) for a in args], capture_output=True, text=True,
-                          timeout=timeout)
+    # torchrun leaves a torchelastic_* folder in the temp dir; this one is removed after.
+    with tempfile.TemporaryDirectory() as scratch:
+        done = subprocess.run(prefix + [str(a) for a in args], capture_output=True, text=True,
+                              timeout=timeout, env={**os.environ, "TMPDIR": scratch})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done.stdout
 
