@@ -23,6 +23,7 @@ from ..checkpoint import load_checkpoint, make_checkpoint
 from ..config import TrainConfig
 from ..errors import CheckpointError
 from ..model import load_weights
+from .optim import load_optimizer_state
 from .setup import TrainSetup
 from .state import TrainState
 
@@ -201,7 +202,7 @@ class RunKeeper:
             raise CheckpointError(f"{path}: holds no training state to resume")
         ckpt.check_encoder(s.cfg.model.encoder)
         load_weights(s.model, ckpt.state_dict, str(path))
-        s.optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(s.optimizer, state["optimizer"])
         s.scheduler.load_state_dict(state["scheduler"])
         s.scaler.load_state_dict(state["scaler"])
         if s.ema is not None and state.get("ema") is not None:
