@@ -10,8 +10,9 @@ affords").
 
 :func:`fit_crop_to_budget` times the network's training step at ``data.size`` and, while
 the budget holds fewer than ``train.min_steps`` such steps, tries a crop 32 px smaller, down
-to ``data.min_size``. The estimate is the budget over the timed step, which leaves out data
-loading and validation: it is an upper bound of the steps the run will do.
+to ``data.min_size``. The estimate is the budget over the timed step, which leaves out the
+optimiser step, data loading and validation: it is an upper bound of the steps the run will
+do.
 """
 
 from __future__ import annotations
