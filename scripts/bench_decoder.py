@@ -23,14 +23,13 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
 
 import torch
+from benchkit.common import cpu_model, random_batch
 from torch.utils.flop_counter import FlopCounterMode
 
 from fissure.model import build_model
@@ -92,17 +91,6 @@ def _forward_gflops(v: Variant, x: torch.Tensor) -> float:
     return counter.get_total_flops() / 1e9
 
 
-def _cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return platform.processor() or "unknown"
-    for line in out.splitlines():
-        if line.startswith("Model name:"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
-
-
 def _table(variants: list[Variant], args: argparse.Namespace) -> str:
     base = variants[0].times or []
     rows = [
@@ -144,11 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(args.batch, 3, args.size, args.size, generator=gen)
-    x = x.contiguous(memory_format=torch.channels_last)
-    # About 2 % crack pixels, as CFD's; the loss value does not change the step's cost.
-    y = (torch.rand(args.batch, 1, args.size, args.size, generator=gen) < 0.02).float()
+    x, y = random_batch(args.batch, args.size)
     variants = [_build(name, args.encoder, 1e-3) for name in args.variants]
     for v in variants:
         v.gflops = _forward_gflops(v, x)
@@ -163,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
 
     dtype = str(autocast_dtype(x.device, args.amp)).removeprefix("torch.")
     head = (
-        f"Machine: {_cpu_name()}, torch {torch.__version__}, "
+        f"Machine: {cpu_model()}, torch {torch.__version__}, "
         f"cpu capability {torch.backends.cpu.get_cpu_capability()}, "
         f"{torch.get_num_threads()} threads. Step: {args.encoder}, batch {args.batch}, "
         f"{args.size}x{args.size}, {dtype}, channels_last, AdamW; {args.warmup} warm-up steps, "

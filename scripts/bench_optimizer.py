@@ -21,7 +21,7 @@ import sys
 import time
 
 import torch
-from benchkit.common import cpu_model, median, paired_ratio, rotate
+from benchkit.common import cpu_model, median, paired_ratio, random_batch, rotate
 
 from fissure.model import build_model
 from fissure.runtime import autocast_dtype, autocast_for
@@ -68,10 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(args.batch, 3, args.size, args.size, generator=gen)
-    x = x.contiguous(memory_format=torch.channels_last)
-    y = (torch.rand(args.batch, 1, args.size, args.size, generator=gen) < 0.02).float()
+    x, y = random_batch(args.batch, args.size)
     runners = [Runner(False, x, y, args.amp), Runner(True, x, y, args.amp)]
     for r in runners:
         for _ in range(args.warmup):

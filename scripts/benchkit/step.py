@@ -15,6 +15,7 @@ from .common import (
     log,
     median,
     paired_ratio,
+    random_batch,
     rotate,
     sync,
     verdict,
@@ -39,11 +40,8 @@ class StepRunner:
         self.model = model.to(device).train()
         fmt_ = torch.channels_last if channels_last else torch.contiguous_format
         self.model.to(memory_format=fmt_)
-        gen = torch.Generator().manual_seed(0)
-        self.x = torch.randn(st.batch, 3, st.size, st.size, generator=gen).to(device)
-        self.x = self.x.contiguous(memory_format=fmt_)
-        self.y = (torch.rand(st.batch, 1, st.size, st.size, generator=gen) < 0.02).float()
-        self.y = self.y.to(device)
+        x, y = random_batch(st.batch, st.size, fmt_)
+        self.x, self.y = x.to(device), y.to(device)
         self.loss_fn = torch.nn.BCEWithLogitsLoss()
         self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-4)
         self.autocast = lambda: autocast_for(device, True)
