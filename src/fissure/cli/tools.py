@@ -41,7 +41,7 @@ def env(device, connection) -> None:
     """Show what this machine offers fissure: versions, device, CPU precision, extras.
 
     \b
-    The CPU capability says whether train.amp computes in bf16 (natively, about twice as
+    The CPU capability says whether train.amp computes in bf16 (natively, 1.6-2 times as
     fast as fp32) or stays in fp32; a CPU without AVX-512 runs the same config about 2.5
     times slower than one with it.
 
