@@ -23,10 +23,11 @@ def build_optimizer(model: torch.nn.Module, train: TrainConfig) -> torch.optim.O
     torch's fused implementation where this build has one for the parameters' device.
 
     Fused is the same update in one kernel over all parameters instead of one small op per
-    tensor: on 2 AVX-512 cores the ResNet34 U-Net's AdamW step took 37 ms against 67 ms, and
-    the whole bf16 training step of 128 px crops 312 ms against 342 (BENCHMARKS.md, "Fused
-    optimiser step"). torch < 2.4 has no fused CPU kernel and refuses ``fused=True`` there,
-    hence the per-tensor fallback.
+    tensor: on 2 Intel Xeon cores (AVX-512, AMX) the ResNet34 U-Net's AdamW step took 37 ms
+    against 67 ms, and the whole bf16 training step of 128 px crops 312 ms against 342
+    (BENCHMARKS.md, "Fused optimiser step"; 402 against 452 ms on 2 AMD Zen 4 cores).
+    torch < 2.4 has no fused CPU kernel and refuses ``fused=True`` there, hence the
+    per-tensor fallback.
     """
     params = [p for p in model.parameters() if p.requires_grad]
     kind = torch.optim.AdamW if train.optimizer == "adamw" else torch.optim.Adam
