@@ -12,7 +12,7 @@ affords").
 the budget holds fewer than ``train.min_steps`` such steps, tries a crop 32 px smaller, down
 to ``data.min_size``. The estimate is the budget over the timed step, which leaves out the
 optimiser step, data loading and validation, so it usually exceeds the steps the run will do
-(real runs did 64-83 % of it); but the timing is noisy, not a bound: on a 2-core AMD EPYC
+(real runs did 64-99 % of it); but the timing is noisy, not a bound: on a 2-core AMD EPYC
 Zen 4 one run timed 0.60 s (2,976 steps estimated) and did 3,730, where its neighbours timed
 0.39-0.41 s.
 """
