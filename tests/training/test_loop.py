@@ -1,6 +1,7 @@
 """The training loop: fit, train_one_epoch and validate on the tiny synthetic set, on the CPU."""
 
 import csv
+import dataclasses
 import math
 import signal
 import subprocess
@@ -135,6 +136,44 @@ def test_train_iou_is_taken_at_the_training_threshold(tmp_path, tiny_overrides, 
     assert set(row) == {"val_loss", "val_iou", "val_f1", "val_f1_tuned", "threshold"}
 
 
+def test_a_shorter_last_accumulation_group_is_a_step(tiny_overrides, monkeypatch):
+    """8 samples, micro-batches of 2, 3 per step: groups of 3 and 1 micro-batches, the 2
+    steps the plan counts; the short group's gradient is its own mean, not a third of it."""
+    cfg = load_config(None, tiny_overrides + ["train.batch_size=2", "train.accumulate=3",
+                                              "train.device=cpu"])
+    setup = build_setup(cfg, build_source(cfg.data))
+    divisors, real = [], loop._train_batch
+
+    def spy(*args):
+        divisors.append(args[-1])
+        return real(*args)
+
+    monkeypatch.setattr(loop, "_train_batch", spy)
+    train_one_epoch(setup, TrainState(), Interrupt(), **QUIET)
+    assert setup.steps_per_epoch == 2 and setup.scheduler.last_epoch == 2
+    assert divisors == [3, 3, 3, 1]
+
+
+def test_a_void_step_leaves_no_gradient_to_the_next(tiny_overrides):
+    """accumulate 2 and a non-finite first loss (train.nonfinite skip): the group's second
+    micro-batch still runs backward, and its gradient must be dropped with the step."""
+    cfg = load_config(None, tiny_overrides + ["train.batch_size=2", "train.accumulate=2",
+                                              "train.nonfinite=skip", "train.device=cpu"])
+    setup = build_setup(cfg, build_source(cfg.data))
+    calls, clean_at_call, real = [0], {}, setup.loss_fn
+
+    def loss_fn(logits, masks, **kwargs):
+        calls[0] += 1
+        clean_at_call[calls[0]] = all(p.grad is None for p in setup.model.parameters())
+        loss = real(logits, masks, **kwargs)
+        return loss * math.nan if calls[0] == 1 else loss
+
+    setup = dataclasses.replace(setup, loss_fn=loss_fn)
+    train_one_epoch(setup, TrainState(), Interrupt(), **QUIET)
+    assert calls[0] == 4 and clean_at_call[3]  # the second group starts without gradients
+    assert setup.scheduler.last_epoch == 1  # the void step is not counted by the schedule
+
+
 def test_dataset_scores_come_from_the_metrics_package():
     """Summed counts, one division; NaN where nothing was to be scored (the history rule)."""
     tally = validation.Tally()
@@ -174,8 +213,8 @@ def test_signal_in_the_last_batch_finishes_the_epoch(tmp_path, tiny_overrides, m
     run(cfg, tmp_path / "straight")
     original, calls = loop._train_batch, []
 
-    def flag_on_third(setup, state, batch, step, interrupt, log):
-        out = original(setup, state, batch, step, interrupt, log)
+    def flag_on_third(setup, state, batch, step, interrupt, log, group):
+        out = original(setup, state, batch, step, interrupt, log, group)
         calls.append(step)
         if len(calls) == 3:  # the last batch of epoch 1
             interrupt.signum = signal.SIGTERM
@@ -197,9 +236,9 @@ def test_signal_mid_epoch_saves_the_step(tmp_path, tiny_overrides, monkeypatch):
                                               "train.steps_per_epoch=3", "train.device=cpu"])
     original = loop._train_batch
 
-    def flag_on_first(setup, state, batch, step, interrupt, log):
+    def flag_on_first(setup, state, batch, step, interrupt, log, group):
         interrupt.signum = signal.SIGINT
-        return original(setup, state, batch, step, interrupt, log)
+        return original(setup, state, batch, step, interrupt, log, group)
 
     monkeypatch.setattr(loop, "_train_batch", flag_on_first)
     with pytest.raises(TrainingInterrupted, match=r"epoch 1, step 1\)"):

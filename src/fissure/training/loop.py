@@ -163,9 +163,12 @@ def train_one_epoch(
 ) -> EpochOutcome:
     """Train epoch ``state.epoch + 1`` from optimiser step ``start_step``.
 
-    The epoch's sample order and the seed of its augmentations depend only on
-    ``train.seed``, the epoch and ``start_step``, so a resumed epoch replays the rest of
-    the uninterrupted one. Train IoU is taken at ``train.threshold``, like validation's.
+    The epoch's sample order depends only on ``train.seed`` and the epoch, so a resumed
+    epoch takes the rest of the uninterrupted one's samples, in order. Its augmentations
+    are seeded from ``train.seed``, the epoch and ``start_step``: reproducible, but not the
+    draws the uninterrupted run would have made from that step (an epoch-boundary resume,
+    ``start_step`` 0, matches it exactly). Train IoU is taken at ``train.threshold``, like
+    validation's.
     """
     cfg = setup.cfg
     setup.model.train()
@@ -183,7 +186,7 @@ def train_one_epoch(
     setup.optimizer.zero_grad(set_to_none=True)
     try:
         batches, step, stop, cut = _train_batches(setup, state, bar, tally, start_step,
-                                                  interrupt, log)
+                                                  interrupt, log, len(loader))
     finally:
         bar.close()
     # A signal during the epoch's last batch finishes the epoch instead: fit() stops after
@@ -206,27 +209,33 @@ def _train_batches(
     step: int,
     interrupt: Interrupt,
     log: Log,
+    n_batches: int,
 ) -> tuple[int, int, bool]:
-    """Run the epoch's micro-batches from ``bar`` into ``tally``, stepping the optimiser
-    every ``train.accumulate`` of them; returns (batches taken, step reached, stopped by a
+    """Run the epoch's ``n_batches`` micro-batches from ``bar`` into ``tally``, stepping the
+    optimiser every ``train.accumulate`` of them and after the last (a shorter group
+    counts as a step, as the plan does); returns (batches taken, step reached, stopped by a
     signal, cut by the time budget). Every rank reads the same clock reading
     (:meth:`Budget.tick`), so all cut at the same step."""
     accumulate, active = setup.cfg.train.accumulate, setup.dist.active
-    micro, step_ok, batches, stop, cut = 0, True, 0, False, False
+    used, step_ok, batches, stop, cut = 0, True, 0, False, False
     try:
         for batch in bar:
             batches += 1
             note_skipped(setup, state, batch["skipped"], log)
-            if not batch["name"] and not active:
-                continue
-            loss, counts, stop = _train_batch(setup, state, batch, step, interrupt, log)
-            tally.conf += counts
-            step_ok = step_ok and loss is not None
-            micro += 1
-            if micro % accumulate == 0:
-                if step_ok:
+            loss = None
+            if batch["name"] or active:
+                # micro-batches in this one's group: the epoch's last group may be shorter
+                group = min(accumulate, n_batches - (batches - 1) // accumulate * accumulate)
+                loss, counts, stop = _train_batch(setup, state, batch, step, interrupt, log,
+                                                  group)
+                tally.conf += counts
+                step_ok, used = step_ok and loss is not None, used + 1
+            if batches % accumulate == 0 or batches == n_batches:
+                if step_ok and used:
                     optimizer_step(setup)
-                step, step_ok = step + 1, True
+                else:  # a void step's other micro-batches must not leak into the next
+                    setup.optimizer.zero_grad(set_to_none=True)
+                step, step_ok, used = step + 1, True, 0
                 cut = setup.budget.out_of_time()
             if loss is not None:
                 tally.loss += loss * len(batch["name"])
@@ -251,9 +260,11 @@ def _train_batch(
     step: int,
     interrupt: Interrupt,
     log: Log,
+    group: int,
 ) -> tuple[float | None, torch.Tensor, bool]:
-    """Forward and backward one micro-batch; returns (loss, or None when the step is void;
-    tp/fp/fn at ``train.threshold``; whether to stop after it).
+    """Forward and backward one of the ``group`` micro-batches of an optimiser step (its
+    gradient is divided by ``group``, so the step's is their mean); returns (loss, or None
+    when the step is void; tp/fp/fn at ``train.threshold``; whether to stop after it).
 
     Under DDP, forward and backward are collectives, so the ranks act together: if any
     has an empty batch, none runs the model; if any loss is not finite, all run the
@@ -289,7 +300,7 @@ def _train_batch(
         counts = torch.stack([c.sum() for c in found[:3]]).cpu()
     ok = _check_finite(setup, loss, where, log)
     if ok or info.active:
-        setup.scaler.scale(loss / cfg.train.accumulate).backward()
+        setup.scaler.scale(loss / group).backward()
     if info.active and any_rank([not ok], info)[0]:
         if ok:
             log(f"{where}: skipped, a non-finite loss in another process")
