@@ -121,6 +121,23 @@ def test_a_resumed_budget_continues_the_elapsed_time():
     assert second.elapsed == 50.0 and second.progress(0) == pytest.approx(0.5)
 
 
+def test_a_resume_under_a_new_plan_starts_progress_afresh():
+    """A finished run (progress 1) extended to twice the steps is half-way, not finished:
+    its learning rate must not stay at the end of the old schedule."""
+    done = Budget(100)
+    assert done.progress(100) == 1.0
+    saved = done.state_dict()
+    same = Budget(100)
+    same.load_state_dict(saved)
+    assert same.progress(50) == 1.0  # the same plan: progress never goes back
+    longer = Budget(200)
+    longer.load_state_dict(saved)
+    assert longer.progress(100) == pytest.approx(0.5)
+    timed = Budget(100, max_seconds=60.0)
+    timed.load_state_dict(saved)  # a budget added on resume is a new plan too
+    assert timed.progress(10) == pytest.approx(0.1)
+
+
 def test_schedule_factor_warmup_and_ends():
     assert schedule_factor(0.0, 0.1, "cosine", first=0.01) == pytest.approx(0.1)
     assert schedule_factor(0.05, 0.1, "cosine") == pytest.approx(0.5)

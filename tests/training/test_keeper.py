@@ -156,3 +156,21 @@ def test_resume_restores_state_and_removes_half_written_files(tmp_path, tiny_ove
     other = load_config(None, tiny_overrides + ["train.device=cpu", "model.encoder=resnet34"])
     with pytest.raises(CheckpointError, match="resnet18"):
         RunKeeper(build_setup(other, build_source(other.data)), tmp_path).resume()
+
+
+def test_resume_on_an_fp16_machine_of_a_run_saved_without_loss_scaling(tmp_path, tiny_overrides):
+    """A last.pt from a CPU (scaler off, its state {}) resumed where fp16 loss scaling is on
+    starts the scaler afresh instead of failing inside torch."""
+    import dataclasses
+
+    import torch
+
+    from fissure.data import build_source
+    from fissure.training import build_setup
+
+    cfg = load_config(None, tiny_overrides + ["train.device=cpu"])
+    RunKeeper(build_setup(cfg, build_source(cfg.data)), tmp_path).save_last()
+    setup = build_setup(cfg, build_source(cfg.data))
+    scaler = torch.amp.GradScaler("cpu", enabled=True)
+    fresh = RunKeeper(dataclasses.replace(setup, scaler=scaler), tmp_path)
+    assert fresh.resume() == 0 and scaler.is_enabled()

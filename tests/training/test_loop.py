@@ -206,6 +206,18 @@ def test_resume_equals_uninterrupted_training(tmp_path, tiny_overrides):
         b.train_state["history"][-1]["val_loss"], rel=1e-5)
 
 
+def test_a_finished_run_extended_on_resume_trains_on(tmp_path, tiny_overrides):
+    """train.epochs raised on resume: the cosine schedule is the new plan's, not stuck at
+    the old plan's final learning rate of 0."""
+    base = tiny_overrides + ["train.device=cpu", "train.scheduler=cosine", "train.patience=0"]
+    run(load_config(None, base + ["train.epochs=2"]), tmp_path / "run")
+    keeper = run(load_config(None, base + ["train.epochs=4"]), tmp_path / "run", resume=True)
+    lrs = [row["lr"] for row in keeper.state.history]
+    assert len(lrs) == 4 and lrs[1] == pytest.approx(0.0, abs=1e-12)
+    # after epoch 3 of 4, as a 4-epoch run from scratch: lr * (1 + cos(3 pi / 4)) / 2
+    assert lrs[2] == pytest.approx(1e-3 * 0.5 * (1 + math.cos(0.75 * math.pi)), rel=1e-3)
+
+
 def test_signal_in_the_last_batch_finishes_the_epoch(tmp_path, tiny_overrides, monkeypatch):
     """A stop asked for during an epoch's final batch saves at the epoch's end, and resumes."""
     cfg = load_config(None, tiny_overrides + ["train.epochs=2", "train.batch_size=2",

@@ -154,7 +154,8 @@ class Budget:
     # -- resume -----------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        """What ``last.pt`` keeps: the elapsed seconds, the reserve and the progress floor.
+        """What ``last.pt`` keeps: the elapsed seconds, the reserve, the progress floor and
+        the plan it was reached under (planned steps, budget).
 
         The clock is read here without ``share``: only rank 0 writes ``last.pt``, and a
         collective called by one rank would never return.
@@ -162,16 +163,26 @@ class Budget:
         elapsed = self.elapsed
         if self._started is not None:
             elapsed = self._before + self.clock() - self._started
-        return {"elapsed": elapsed, "reserve": self.reserve, "progress": self._floor}
+        return {"elapsed": elapsed, "reserve": self.reserve, "progress": self._floor,
+                "total_steps": self.total_steps, "max_seconds": self.max_seconds}
 
     def load_state_dict(self, state: dict[str, Any] | None) -> None:
-        """Continue from :meth:`state_dict`'s values (None: a run from before budgets)."""
+        """Continue from :meth:`state_dict`'s values (None: a run from before budgets).
+
+        A resume that changes the plan (more ``train.epochs``, another
+        ``train.max_minutes``) drops the progress floor: progress is worked out afresh
+        against the new plan, or a finished run extended would train at a learning rate
+        of 0.
+        """
         if not state:
             return
         self._before = float(state.get("elapsed", 0.0))
         self.elapsed = self._before
         self.reserve = float(state.get("reserve", 0.0))
-        self._floor = float(state.get("progress", 0.0))
+        plan = state.get("total_steps", self.total_steps), state.get("max_seconds",
+                                                                     self.max_seconds)
+        same_plan = plan == (self.total_steps, self.max_seconds)
+        self._floor = float(state.get("progress", 0.0)) if same_plan else 0.0
         if self._started is not None:
             self._started = self.clock()
 

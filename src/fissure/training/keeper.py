@@ -204,9 +204,17 @@ class RunKeeper:
         load_weights(s.model, ckpt.state_dict, str(path))
         load_optimizer_state(s.optimizer, state["optimizer"])
         s.scheduler.load_state_dict(state["scheduler"])
-        s.scaler.load_state_dict(state["scaler"])
+        if state.get("scaler") and s.scaler.is_enabled():
+            # empty when saved where fp16 loss scaling was off (CPU, bf16, amp off): a
+            # resume on an fp16 GPU then starts its scaler afresh
+            s.scaler.load_state_dict(state["scaler"])
         if s.ema is not None and state.get("ema") is not None:
             s.ema.load_state_dict(state["ema"])
         s.budget.load_state_dict(state.get("budget"))
+        # the saved rates are the old plan's: an extended run continues at the new plan's
+        sched = s.scheduler
+        for group, base, factor in zip(s.optimizer.param_groups, sched.base_lrs,
+                                       sched.lr_lambdas, strict=True):
+            group["lr"] = base * factor(sched.last_epoch)
         self.state = TrainState.from_dict(state)
         return int(state.get("step", 0))
