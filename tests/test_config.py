@@ -167,6 +167,24 @@ def test_budget_and_selection_keys_are_checked(override, message):
     assert message in str(info.value)
 
 
+@pytest.mark.parametrize(("override", "message"), [
+    ("train.grad_clip=-1", "train.grad_clip: must be >= 0, got -1"),
+    ("train.weight_decay=-0.1", "train.weight_decay: must be >= 0, got -0.1"),
+    ("train.min_delta=-0.01", "train.min_delta: must be >= 0"),
+    ("train.warmup_epochs=-1", "train.warmup_epochs: must be >= 0"),
+    ("train.steps_per_epoch=-3", "train.steps_per_epoch: must be at least 1, got -3"),
+    ("eval.thresholds=0", "eval.thresholds: must be at least 1, got 0"),
+    ("eval.tolerance=-2", "eval.tolerance: must be >= 0"),
+    ("eval.min_area=-1", "eval.min_area: must be >= 0"),
+])
+def test_values_out_of_range_are_refused_before_training(override, message):
+    """Each would otherwise fail deep inside torch mid-run, or (grad_clip, min_delta) train
+    silently wrong."""
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [override])
+    assert message in str(info.value)
+
+
 def test_the_shipped_cfd_recipe_is_budgeted():
     """bf16 where the CPU has it, the crack prior as output bias, a run the clock ends."""
     cfg = load_config(CONFIGS / "cfd.yaml")

@@ -116,16 +116,7 @@ def _check(cfg: Config) -> None:
     if isinstance(batch, str) and batch != AUTO:
         raise ConfigError(f"train.batch_size: expected a positive int or 'auto', got {batch!r}")
     _check_size(cfg.data)
-    positive = {
-        "train.select_window": cfg.train.select_window,
-        "train.epochs": cfg.train.epochs,
-        "train.batch_size": batch if isinstance(batch, int) else 1,
-        "train.accumulate": cfg.train.accumulate,
-        "eval.batch_size": cfg.eval.batch_size,
-    }
-    for key, value in positive.items():
-        if value < 1:
-            raise ConfigError(f"{key}: must be at least 1, got {value}")
+    _check_ranges(cfg)
     if cfg.train.lr <= 0:
         raise ConfigError(f"train.lr: must be positive, got {cfg.train.lr}")
     if cfg.train.patience < 0 or (cfg.train.num_workers or 0) < 0:
@@ -166,6 +157,35 @@ def _check(cfg: Config) -> None:
         unknown = set(cfg.data.split_files) - set(SPLITS)
         if unknown:
             raise ConfigError(f"data.split_files: unknown split {sorted(unknown)[0]!r}")
+
+
+def _check_ranges(cfg: Config) -> None:
+    """Counts that must be at least 1 and amounts that must not be negative."""
+    train, batch = cfg.train, cfg.train.batch_size
+    positive = {
+        "train.select_window": train.select_window,
+        "train.epochs": train.epochs,
+        "train.batch_size": batch if isinstance(batch, int) else 1,
+        "train.accumulate": train.accumulate,
+        "train.steps_per_epoch": 1 if train.steps_per_epoch is None else train.steps_per_epoch,
+        "eval.batch_size": cfg.eval.batch_size,
+        "eval.thresholds": cfg.eval.thresholds,
+    }
+    for key, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"{key}: must be at least 1, got {value}")
+    # a negative grad_clip would flip the gradients, a negative min_delta reward worse epochs
+    not_negative = {
+        "train.weight_decay": train.weight_decay,
+        "train.warmup_epochs": train.warmup_epochs,
+        "train.grad_clip": train.grad_clip or 0,
+        "train.min_delta": train.min_delta,
+        "eval.tolerance": cfg.eval.tolerance,
+        "eval.min_area": cfg.eval.min_area,
+    }
+    for key, value in not_negative.items():
+        if value < 0:
+            raise ConfigError(f"{key}: must be >= 0, got {value}")
 
 
 def _check_size(data: DataConfig) -> None:
