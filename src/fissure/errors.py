@@ -17,6 +17,11 @@ class DataError(FissureError):
     """A data file or folder is missing, unreadable, corrupt or inconsistent."""
 
 
+class SplitAbsent(DataError):
+    """A source has no such split, or it holds no pair: a layout's answer, not a fault in
+    its files (a listing of the splits skips it)."""
+
+
 class CheckpointError(FissureError):
     """A file is not a fissure checkpoint, or does not fit the model asked for."""
 

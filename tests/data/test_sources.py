@@ -51,6 +51,20 @@ def test_split_files_and_their_detection(tmp_path):
         FolderSource(tmp_path)
 
 
+def test_split_files_that_share_an_id_are_refused(tmp_path):
+    for i in range(4):
+        write_pair(tmp_path, None, f"{i:03d}")
+    (tmp_path / "ids_train.txt").write_text("000\n001\n002\n")
+    (tmp_path / "ids_val.txt").write_text("003\n")
+    (tmp_path / "ids_test.txt").write_text("002\n003\n")
+    with pytest.raises(DataError) as info:
+        FolderSource(tmp_path, split_files={"train": "ids_train.txt", "val": "ids_val.txt",
+                                            "test": "ids_test.txt"})
+    message = str(info.value)
+    assert "ids_train.txt and ids_test.txt: 1 id(s) in both the train and the test split: 002" \
+        in message
+
+
 def test_missing_masks_and_images_are_listed(tmp_path):
     for i in range(12):
         write_pair(tmp_path, None, f"{i:03d}")

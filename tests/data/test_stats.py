@@ -34,6 +34,29 @@ def test_split_figures(tmp_path):
     assert implied_crop(train) == 32 and implied_crop(test) == 64
 
 
+def test_a_split_whose_files_fail_is_reported_not_skipped(tmp_path):
+    """Only an absent split is left out; a stage file gone missing (or any other DataError
+    from filling a split) stops the listing with its reason."""
+    from fissure.errors import DataError
+
+    write_pair(tmp_path, "train", "a0", size=(40, 96))
+    write_pair(tmp_path, "test", "t0", size=(64, 64))
+    folder = FolderSource(tmp_path, val_fraction=0.0)
+    assert [s.split for s in dataset_stats(folder)] == ["train", "test"]  # no val: skipped
+
+    class FileGone:
+        description = folder.description
+        read = folder.read
+
+        def samples(self, split):
+            if split == "test":
+                raise DataError("@stage/masks/t0.png.gz: not on the stage")
+            return folder.samples(split)
+
+    with pytest.raises(DataError, match="t0.png.gz: not on the stage"):
+        dataset_stats(FileGone())
+
+
 def test_the_cli_prints_each_split_and_the_implied_settings(tmp_path):
     for i in range(2):
         write_pair(tmp_path, "train", f"a{i}", size=(130, 200))

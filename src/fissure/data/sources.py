@@ -15,7 +15,7 @@ from typing import Protocol
 import numpy as np
 
 from ..config import SPLITS
-from ..errors import DataError
+from ..errors import DataError, SplitAbsent
 from .image import image_stem, is_image_name, read_bytes
 
 STAGE_PREFIX = "@"
@@ -135,6 +135,18 @@ def find_split_files(root: Path) -> dict[str, str] | None:
     return found if "train" in found else None
 
 
+def _check_disjoint(files: dict[str, str], splits: dict[str, list[Sample]]) -> None:
+    """A DataError naming both split files when a pair is listed in two splits: a test
+    image also in train would make every test figure a training one."""
+    names = {split: {s.name for s in samples} for split, samples in splits.items()}
+    for i, first in enumerate(names):
+        for second in list(names)[i + 1:]:
+            both = sorted(names[first] & names[second])
+            if both:
+                raise DataError(f"{files[first]} and {files[second]}: {len(both)} id(s) in "
+                                f"both the {first} and the {second} split: {_names(both)}")
+
+
 class FolderSource:
     """Local image/mask folders in one of three layouts.
 
@@ -175,6 +187,7 @@ class FolderSource:
                     raise DataError(f"{path}: {len(unknown)} id(s) with no image/mask pair "
                                     f"in {root}: {_names(unknown)}")
                 splits[split] = sorted((pool[i] for i in set(ids)), key=lambda s: s.name)
+            _check_disjoint(split_files, splits)
             return splits
         present = [split for split in SPLITS if (root / split).is_dir()]
         if present:
@@ -198,12 +211,12 @@ class FolderSource:
         elif split in SPLITS:
             if split not in self._splits:
                 here = ", ".join(s for s in SPLITS if s in self._splits)
-                raise DataError(f"{self.root}: has no '{split}' split (it has {here})")
+                raise SplitAbsent(f"{self.root}: has no '{split}' split (it has {here})")
             found = self._splits[split]
         else:
             raise DataError(f"unknown split '{split}' (use train, val, test or all)")
         if not found:
-            raise DataError(f"{self.root}: split '{split}' is empty")
+            raise SplitAbsent(f"{self.root}: split '{split}' is empty")
         return list(found)
 
     def read(self, locator: str) -> bytes:

@@ -16,7 +16,7 @@ from scipy import ndimage
 from skimage.morphology import skeletonize
 
 from ..config import SPLITS
-from ..errors import DataError
+from ..errors import DataError, SplitAbsent
 from ..progress import progress_bar
 from .dataset import load_pair
 from .sources import PairSource, Sample
@@ -92,8 +92,8 @@ def dataset_stats(source: PairSource, progress: bool = False) -> list[SplitStats
     for split in SPLITS:
         try:
             samples = source.samples(split)
-        except DataError:
-            continue  # a layout without this split
+        except SplitAbsent:
+            continue  # a layout without this split; a missing or unreadable file still stops
         found.append(split_stats(source, split, samples, progress))
     if not found:
         raise DataError(f"{source.description}: no split holds any image/mask pair")

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from ..config import SPLITS, SnowflakeConfig
 from ..data import Sample
 from ..data.image import image_stem
-from ..errors import DataError
+from ..errors import DataError, SplitAbsent
 from .cache import FillOptions, StageCache
 from .environment import Log, choose_reader, writable_dir
 from .files import (
@@ -226,7 +226,7 @@ class StageSource:
         else:
             raise DataError(f"unknown split '{split}' (use train, val, test or all)")
         if not found:
-            raise DataError(f"{self.manifest}: split '{split}' has no rows")
+            raise SplitAbsent(f"{self.manifest}: split '{split}' has no rows")
         self._ensure_cached([p for s in found for p in (s.image, s.mask) if p])
         return list(found)
 
