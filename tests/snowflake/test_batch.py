@@ -235,6 +235,10 @@ def test_mask_names_keep_the_layout_and_never_collide():
     assert mask_paths(FOLDER, "@S/pred/", paths) == {
         f"{FOLDER}a.jpg": "@S/pred/a.jpg.png", f"{FOLDER}a.png.gz": "@S/pred/a.png.png",
         f"{FOLDER}sub/b.tif": "@S/pred/sub/b.png"}
+    twins = [f"{FOLDER}c.jpg", f"{FOLDER}c.jpg.GZ", f"{FOLDER}c.png"]
+    assert mask_paths(FOLDER, "@S/pred/", twins) == {
+        f"{FOLDER}c.jpg": "@S/pred/c.jpg.png", f"{FOLDER}c.jpg.GZ": "@S/pred/c.jpg.GZ.png",
+        f"{FOLDER}c.png": "@S/pred/c.png.png"}
 
 
 def test_on_a_compute_pool_the_same_work_is_submitted_as_a_job(session, tmp_path, monkeypatch):

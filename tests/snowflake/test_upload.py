@@ -22,6 +22,23 @@ def _source(session, cfg, **kwargs) -> StageSource:
     return StageSource.from_config(cfg, session=session, progress=False, **kwargs)
 
 
+def test_the_same_manifest_into_another_stage_sends_every_file(session, tmp_path) -> None:
+    """The table's hashes say the files are unchanged, not that they are in the new stage:
+    skipping them would leave the view naming files the stage does not hold."""
+    root = tmp_path / "ds"
+    local_dataset(root)
+    first = SnowflakeConfig(stage="STAGE_A", manifest="V_MOVED", cache_dir=str(tmp_path / "a"))
+    assert upload_dataset(session, root, first, progress=False)["uploaded"] == 12
+    moved = SnowflakeConfig(stage="STAGE_B", manifest="V_MOVED", cache_dir=str(tmp_path / "b"))
+    assert upload_dataset(session, root, moved, progress=False) == {
+        "uploaded": 12, "skipped": 0, "rows": 6}
+    assert len(_source(session, moved).samples("all")) == 6
+    renamed = SnowflakeConfig(stage="STAGE_B", manifest="V_MOVED", image_prefix="img",
+                              cache_dir=str(tmp_path / "c"))
+    assert upload_dataset(session, root, renamed, progress=False)["uploaded"] == 12
+    assert upload_dataset(session, root, renamed, progress=False)["uploaded"] == 0
+
+
 def test_upload_is_idempotent_and_round_trips(session, tmp_path) -> None:
     root = tmp_path / "ds"
     pairs = local_dataset(root)

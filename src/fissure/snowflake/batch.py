@@ -143,20 +143,27 @@ def read_image(session: Any, path: str) -> bytes:
 def mask_paths(folder: str, masks: str, paths: list[str]) -> dict[str, str]:
     """Image path -> mask path: ``masks`` + the image's path below ``folder`` with its
     suffix (and ``.gz``) replaced by ``.png``; images whose masks would share a name keep
-    their whole file name (``a.jpg.png``)."""
+    their whole file name (``a.jpg.png``), and its ``.gz`` too where that is not enough
+    (``a.jpg.gz.png`` beside ``a.jpg.png``)."""
 
     def stem(path: str) -> str:
         rel = PurePosixPath(path[len(folder):])
         name = rel.name[:-3] if rel.name.lower().endswith(".gz") else rel.name
         return str(rel.with_name(PurePosixPath(name).stem + ".png"))
 
+    def whole(path: str, keep_gz: bool) -> str:
+        full = PurePosixPath(path[len(folder):])
+        name = full.name if keep_gz or not full.name.lower().endswith(".gz") else full.name[:-3]
+        return str(full.with_name(name + ".png"))
+
     counts = Counter(stem(p).casefold() for p in paths)
+    # a.jpg and a.jpg.gz would still share a.jpg.png: those keep the .gz as well
+    second = Counter(whole(p, False).casefold() for p in paths if counts[stem(p).casefold()] > 1)
     out = {}
     for path in paths:
         rel = stem(path)
         if counts[rel.casefold()] > 1:
-            full = PurePosixPath(path[len(folder):])
-            rel = str(full.with_name(full.name.removesuffix(".gz") + ".png"))
+            rel = whole(path, second[whole(path, False).casefold()] > 1)
         out[path] = masks + rel
     return out
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from ..config import SPLITS, SnowflakeConfig
 from ..data import FolderSource, Sample
 from ..data.image import gunzip, image_stem
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, SplitAbsent
 from .files import (
     Sleep,
     is_null,
@@ -59,9 +59,19 @@ def _local_file(path: str) -> tuple[str, bytes]:
     return (name[:-3] if name.lower().endswith(".gz") else name), data
 
 
+UPLOADED_TO = "UPLOADED_TO"
+"""The upload table's column naming where a row's files were put (stage, prefixes, suffix):
+a hash says a file is unchanged, not that it is in this stage."""
+
+
 def _columns(cfg: SnowflakeConfig) -> tuple[str, ...]:
-    """The upload table's columns, in order: the manifest's three, then the two hashes."""
-    return cfg.image_column, cfg.mask_column, cfg.group_column, IMAGE_SHA, MASK_SHA
+    """The upload table's columns, in order: the manifest's three, the two hashes, and
+    :data:`UPLOADED_TO`."""
+    return cfg.image_column, cfg.mask_column, cfg.group_column, IMAGE_SHA, MASK_SHA, UPLOADED_TO
+
+
+def _location(cfg: SnowflakeConfig, stage: str) -> str:
+    return f"{stage}/{cfg.image_prefix} {stage}/{cfg.mask_prefix} *{cfg.suffix}"
 
 
 @dataclass
@@ -93,7 +103,10 @@ def _table_rows(
             )
         return None
     hint = "not made by fissure upload; pass another table"
-    cols = match_columns(frame, table, _columns(cfg), hint)
+    cols = match_columns(frame, table, _columns(cfg)[:-1], hint)
+    # a table from before UPLOADED_TO: its rows name no place, so every file is sent again
+    cols.update(match_columns(frame, table, [UPLOADED_TO], hint)
+                if UPLOADED_TO in map(str.upper, map(str, frame.columns)) else {})
     rows: dict[str, dict[str, Any]] = {}
     for rec in frame.to_dict("records"):
         row = {k: None if is_null(rec[c]) else rec[c] for k, c in cols.items()}
@@ -108,7 +121,7 @@ def _add_pair(plan: _Plan, cfg: SnowflakeConfig, stage: str, split: str, sample:
         (ic, IMAGE_SHA, cfg.image_prefix, sample.image),
         (mc, MASK_SHA, cfg.mask_prefix, sample.mask),
     )
-    entry: dict[str, Any] = {cfg.group_column: split.upper()}
+    entry: dict[str, Any] = {cfg.group_column: split.upper(), UPLOADED_TO: _location(cfg, stage)}
     for col, sha_col, _, path in files:
         name, data = _local_file(path)
         problem = name_problem(name)
@@ -123,8 +136,9 @@ def _add_pair(plan: _Plan, cfg: SnowflakeConfig, stage: str, split: str, sample:
         plan.seen[key] = path
         entry[col], entry[sha_col] = name, hashlib.sha256(data).hexdigest()
     old = plan.rows.get(entry[ic]) or {}
+    here = old.get(UPLOADED_TO) == entry[UPLOADED_TO]
     for col, sha_col, prefix, path in files:
-        if (old.get(col), old.get(sha_col)) == (entry[col], entry[sha_col]):
+        if here and (old.get(col), old.get(sha_col)) == (entry[col], entry[sha_col]):
             plan.skipped += 1
         else:
             plan.todo.append((f"{stage}/{stage_rel(prefix, entry[col], cfg.suffix)}", path))
@@ -177,11 +191,12 @@ def upload_dataset(
     ``data`` is a :class:`~fissure.data.FolderSource`, or a folder read as one with its
     default split settings (any layout ``train`` reads). Files go to
     ``images/{name}{suffix}`` / ``masks/...`` gzip-compressed with mtime 0. The table
-    (default ``<manifest>_TABLE``) keeps each file's SHA-256 (of the raw content); a file
-    whose row already holds its hash is skipped, so a second run uploads nothing and adds
-    no rows. The view ``cfg.manifest`` selects from the table; a same-named view fissure
-    did not make is only replaced with ``replace_view``. ``workers`` threads upload.
-    Returns file counts ``uploaded`` and ``skipped``, and the table's ``rows``.
+    (default ``<manifest>_TABLE``) keeps each file's SHA-256 (of the raw content) and where
+    it was put; a file whose row already holds its hash, for this stage, prefix and suffix,
+    is skipped, so a second run uploads nothing and adds no rows. The view ``cfg.manifest``
+    selects from the table; a same-named view fissure did not make is only replaced with
+    ``replace_view``. ``workers`` threads upload. Returns file counts ``uploaded`` and
+    ``skipped``, and the table's ``rows``.
     """
     source = data if isinstance(data, FolderSource) else FolderSource(data)
     stage, view = stage_name(cfg), qualified(cfg, cfg.manifest)
@@ -199,7 +214,7 @@ def upload_dataset(
     for split in SPLITS:
         try:
             pairs = source.samples(split)
-        except DataError:
+        except SplitAbsent:
             continue  # a layout without this split
         for sample in pairs:
             _add_pair(plan, cfg, stage, split, sample)
