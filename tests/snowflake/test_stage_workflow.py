@@ -141,6 +141,15 @@ def test_library_train_refreshes_the_cache(session, dataset, stage_yaml, tmp_pat
     assert gets.calls == []  # from the cache
 
 
+def test_data_stats_of_a_stage_config(session, dataset, stage_yaml) -> None:
+    """`fissure data stats CONFIG` reads the stage through the operation's session, which
+    stays the notebook's (the emulator's) afterwards."""
+    result = run("data", "stats", stage_yaml, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert "train" in result.output and "test" in result.output
+    assert open_session() is session
+
+
 def test_evaluate_from_the_stage(trained, stage_yaml) -> None:
     for args in ([trained / "best.pt"], [trained / "best.pt", "--data", stage_yaml]):
         result = run("evaluate", *args, "--split", "test", "--quiet")

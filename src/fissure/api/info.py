@@ -10,18 +10,27 @@ from ..config import DataConfig, load_config
 from ..data.stats import dataset_stats, implied_crop
 from ..environment import describe_environment
 from ..losses import auto_pos_weight
-from ..snowflake.session import describe_session
+from ..snowflake.session import Sessions, describe_session
 from .runs import build_source
 
 
-def data_stats(data: str | Path, *, progress: bool = True) -> dict[str, Any]:
+def data_stats(
+    data: str | Path, *, connection: str | None = None, progress: bool = True
+) -> dict[str, Any]:
     """Per split of a dataset folder (or a config's data), its sizes, crack share, widths and
     crack-free share, and the recipe settings they imply: the largest crop every training
-    image holds and the ``pos_weight`` that ``pos_weight: auto`` would derive."""
+    image holds and the ``pos_weight`` that ``pos_weight: auto`` would derive.
+
+    A config's stage is read through ``connection`` (else the config's, else the active
+    session); a session opened for it is closed before returning."""
     path = Path(data)
     data_cfg = load_config(path).data if path.is_file() else replace(
         DataConfig(), root=str(path), split_files=None)
-    splits = dataset_stats(build_source(data_cfg, progress=progress), progress)
+    with Sessions(connection) as sessions:
+        session = (sessions.get(data_cfg.snowflake.connection) if data_cfg.source == "stage"
+                   else None)
+        splits = dataset_stats(build_source(data_cfg, progress=progress, session=session),
+                               progress)
     train = next((s for s in splits if s.split == "train"), splits[0])
     implied = {"data.size (crop mode)": implied_crop(train)}
     if train.crack_fraction > 0:

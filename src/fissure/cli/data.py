@@ -62,8 +62,10 @@ def data_synth(out, count, size, seed, gzip_files, manifest, image_format, worke
 
 @data.command("stats")
 @click.argument("root", type=click.Path(exists=True))
+@click.option("--connection", help="Snowflake connection name (connections.toml), for a "
+              "config whose data is a stage.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def data_stats(root, quiet) -> None:
+def data_stats(root, connection, quiet) -> None:
     """Per split of ROOT: image sizes, crack-pixel share, crack widths, crack-free images.
 
     ROOT is a dataset folder (any layout fissure reads) or a YAML config. The last lines
@@ -74,7 +76,7 @@ def data_stats(root, quiet) -> None:
     Example:
       fissure data stats data/cfd
     """
-    found = api.data_stats(root, progress=not quiet)
+    found = api.data_stats(root, connection=connection, progress=not quiet)
     for s in found["splits"]:
         sizes = ", ".join(f"{k} x{n}" for k, n in list(s.sizes.items())[:3])
         more = f" (+{len(s.sizes) - 3} more)" if len(s.sizes) > 3 else ""
