@@ -46,6 +46,21 @@ def test_per_image_rows_by_hand() -> None:
     assert at_half[1]["detection"] == "FP" and at_half[1]["iou"] == 0.0
 
 
+def test_specks_under_min_area_do_not_flag_an_image() -> None:
+    """40 isolated 1-px specks add up past min_area 10 but hold no crack of 10 px: the
+    image is not flagged, as fissure predict would find no crack in it."""
+    probs = torch.zeros(2, 1, 16, 16)
+    probs[0, 0, ::2, ::2] = 0.9  # 64 specks, none touching another
+    probs[1, 0, 3, 2:14] = 0.9  # one 12-px crack
+    masks = torch.zeros(2, 1, 16, 16, dtype=torch.bool)
+    result = EvalResult.create(0.7, EvalConfig(tolerance=0, min_area=10, thresholds=9))
+    result.update(probs, masks, ["specks", "crack"])
+    specks, crack = result.per_image()
+    assert (specks["pred_px"], specks["kept_px"], specks["detection"]) == (64, 0, "TN")
+    assert (crack["pred_px"], crack["kept_px"], crack["detection"]) == (12, 12, "FP")
+    assert result.kept_areas().tolist() == [0, 12]
+
+
 def test_tolerance_meter_rows_and_sums() -> None:
     probs, masks = _batch()
     meter = ToleranceMeter(0.5, 1)

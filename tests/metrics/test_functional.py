@@ -138,3 +138,18 @@ def test_detection_stats_hand_case():
     assert d["precision"] == 0.5 and d["recall"] == pytest.approx(1 / 3)
     assert d["f1"] == pytest.approx(0.4) and d["fpr"] == 0.5 and d["accuracy"] == 0.4
     assert M.detection_stats(torch.zeros(2), torch.zeros(2))["recall"] is None
+
+
+def test_kept_area_drops_components_under_min_area():
+    """Image 1: 4 isolated specks and a 3-px diagonal (8-connected: one crack). Image 2:
+    a 5-px bar. Image 3: nothing."""
+    pred = torch.zeros(3, 1, 6, 6, dtype=torch.bool)
+    for r, c in ((0, 0), (0, 5), (5, 0), (5, 5)):
+        pred[0, 0, r, c] = True
+    for k in range(3):
+        pred[0, 0, 1 + k, 2 + k] = True
+    pred[1, 0, 2, :5] = True
+    assert M.kept_area(pred, 1).tolist() == [7, 5, 0]
+    assert M.kept_area(pred, 2).tolist() == [3, 5, 0]
+    assert M.kept_area(pred, 4).tolist() == [0, 5, 0]
+    assert M.kept_area(pred, 6).tolist() == [0, 0, 0]

@@ -178,7 +178,7 @@ def test_metrics_table_shows_both_thresholds(doc: dict) -> None:
         "dataset-level (micro)",
         "Classification report",
         "weighted avg",
-        "Image-level detection (>= 2 px)",
+        "Image-level detection (a crack of >= 2 px)",
         "1-px tolerant",
         "ODS F1",
         "OIS F1",

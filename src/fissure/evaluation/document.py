@@ -87,13 +87,13 @@ def _pixel(result: EvalResult, no_crack: bool) -> dict:
 def _detection(result: EvalResult) -> dict:
     stats = {}
     for key, t in _columns(result).items():
-        tp, fp, fn, _ = result.counts(t)
-        stats[key] = detection_stats(tp + fp, tp + fn, result.min_area)
+        tp, _, fn, _ = result.counts(t)
+        stats[key] = detection_stats(result.kept_areas(t), tp + fn, 1)
     first = stats["at_tuned"]
     out = {
-        "definition": f"image-level: an image is flagged as cracked when it has >= "
-        f"{result.min_area} predicted crack pixels (eval.min_area), and is "
-        "truly cracked when its mask has any crack pixel",
+        "definition": f"image-level: an image is flagged as cracked when it has a predicted "
+        f"crack (8-connected) of >= {result.min_area} pixels (eval.min_area), as fissure "
+        "predict counts cracks, and is truly cracked when its mask has any crack pixel",
         "min_area": result.min_area,
         **{k: first[k] for k in ("n_images", "n_cracked", "n_clean")},
         "counts": {key: {k: s[k] for k in ("tp", "fp", "fn", "tn")} for key, s in stats.items()},

@@ -24,6 +24,7 @@ from ..metrics import (
     ThresholdSweep,
     f1,
     iou,
+    kept_area,
     tolerance_counts,
     tolerance_f1,
 )
@@ -79,6 +80,8 @@ class EvalResult:
     tolerant: dict[float, ToleranceMeter]
     sweep: ThresholdSweep
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    # per kept threshold, each image's predicted pixels in cracks of >= min_area pixels
+    kept: dict[float, list[int]] = field(default_factory=dict)
 
     @classmethod
     def create(cls, threshold: float, cfg: EvalConfig) -> EvalResult:
@@ -92,6 +95,7 @@ class EvalResult:
             meters={t: ConfusionMeter(threshold=t, keep_rows=True) for t in thresholds},
             tolerant={t: ToleranceMeter(t, cfg.tolerance) for t in thresholds},
             sweep=ThresholdSweep(cfg.thresholds, tolerance=cfg.tolerance),
+            kept={t: [] for t in thresholds},
         )
 
     def update(self, probs: Tensor, masks: Tensor, names: Sequence[str]) -> None:
@@ -105,6 +109,8 @@ class EvalResult:
             meter.update(probs, masks, names=names)
         for meter in self.tolerant.values():
             meter.update(probs, masks)
+        for t, areas in self.kept.items():
+            areas.extend(kept_area(probs > t, self.min_area).tolist())
         self.sweep.update(probs, masks, names=names)
 
     @property
@@ -122,12 +128,23 @@ class EvalResult:
         table = torch.tensor([r[1:] for r in rows], dtype=torch.int64).reshape(-1, 4)
         return tuple(table.unbind(1))  # type: ignore[return-value]
 
+    def kept_areas(self, threshold: float | None = None) -> Tensor:
+        """Per-image predicted pixels in cracks (8-connected) of at least ``min_area`` pixels,
+        at a kept threshold (default: the tuned one): an image is flagged when it has any.
+
+        Shapes:
+            returns: (N,) int64.
+        """
+        return torch.tensor(self.kept[self.threshold if threshold is None else threshold],
+                            dtype=torch.int64)
+
     def per_image(self, threshold: float | None = None) -> list[dict]:
         """One dict per image, in evaluation order, at ``threshold`` (default: the tuned one).
 
         Keys: ``name, true_px, pred_px, tp, fp, fn, tn, iou, f1, tolerant_f1`` (per-image, empty
-        rule) and ``detection`` (``TP``/``FP``/``FN``/``TN``: is the image flagged as cracked,
-        i.e. ``pred_px >= min_area``, and does its mask hold any crack).
+        rule), ``kept_px`` (:meth:`kept_areas`) and ``detection`` (``TP``/``FP``/``FN``/``TN``:
+        is the image flagged as cracked, i.e. does it hold a predicted crack of at least
+        ``min_area`` pixels, as ``fissure predict`` counts them, and its mask any crack).
         """
         thr = self.threshold if threshold is None else threshold
         rows, tol_rows = self.meters[thr].rows, self.tolerant[thr].rows
@@ -138,10 +155,11 @@ class EvalResult:
         scores = zip(iou(tp, fp, fn), f1(tp, fp, fn), tolerance_f1(*tol), strict=True)
         keys = ("name", "tp", "fp", "fn", "tn", "iou", "f1", "tolerant_f1")
         out = []
-        for row, score in zip(rows, scores, strict=True):
+        for row, score, kept in zip(rows, scores, self.kept[thr], strict=True):
             rec = dict(zip(keys, (*row, *(float(v) for v in score)), strict=True))
             rec["true_px"], rec["pred_px"] = rec["tp"] + rec["fn"], rec["tp"] + rec["fp"]
-            flagged, cracked = rec["pred_px"] >= self.min_area, rec["true_px"] > 0
+            rec["kept_px"] = kept
+            flagged, cracked = kept > 0, rec["true_px"] > 0
             rec["detection"] = OUTCOMES[(0 if cracked else 1) if flagged else (2 if cracked else 3)]
             out.append(rec)
         return out

@@ -8,7 +8,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
+from scipy import ndimage
 from torch import Tensor
 
 Counts = tuple[Tensor, Tensor, Tensor, Tensor]
@@ -232,6 +234,27 @@ class ConfusionMeter:
         """
         return {"sums": self._sums.clone(), "moments": self._moments.clone(),
                 "n_images": torch.tensor(self._n)}  # fmt: skip
+
+
+def kept_area(pred: Tensor, min_area: int) -> Tensor:
+    """Per-image predicted crack pixels left once every 8-connected component of fewer
+    than ``min_area`` pixels is dropped: the area ``fissure predict`` measures cracks on,
+    so that an image counts as flagged in evaluation exactly when prediction finds a crack
+    in it.
+
+    Shapes:
+        pred: (N, 1, H, W) bool, crack where ``prob > threshold``.
+        returns: (N,) int64.
+    """
+    out = torch.zeros(len(pred), dtype=torch.int64)
+    for i, image in enumerate(pred.cpu().numpy()):
+        if min_area <= 1:
+            out[i] = int(image.sum())
+            continue
+        labels, n = ndimage.label(image[0], structure=np.ones((3, 3), bool))
+        sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+        out[i] = int(sizes[sizes >= min_area].sum())
+    return out
 
 
 def detection_stats(pred_area: Tensor, true_area: Tensor, min_area: int = 1) -> dict:

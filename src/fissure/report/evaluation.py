@@ -19,6 +19,7 @@ matplotlib.use("Agg")  # files only; no display on servers or in CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from ..writes import replacing  # noqa: E402
 from .format import fmt, write_json  # noqa: E402
 
 EVAL_FILES = (
@@ -89,7 +90,7 @@ def metrics_table(metrics: dict[str, Any]) -> str:
         "",
     ]
     det = metrics["detection"]
-    lines.append(_row(f"Image-level detection (>= {det['min_area']} px)", heads, 0))
+    lines.append(_row(f"Image-level detection (a crack of >= {det['min_area']} px)", heads, 0))
     for key in ("precision", "recall", "f1"):
         lines.append(_row(key, [fmt(det[key][c]) for c in cols]))
     lines.append(
@@ -169,6 +170,7 @@ def write_per_image(
         "name",
         "true_crack_px",
         "pred_crack_px",
+        "kept_crack_px",
         "tp",
         "fp",
         "fn",
@@ -178,7 +180,7 @@ def write_per_image(
         "detection",
         "threshold",
     ]
-    with open(path, "w", newline="", encoding="utf-8") as handle:
+    with replacing(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(fields)
         for r in rows:
@@ -187,6 +189,7 @@ def write_per_image(
                     r["name"],
                     r["true_px"],
                     r["pred_px"],
+                    r["kept_px"],
                     r["tp"],
                     r["fp"],
                     r["fn"],

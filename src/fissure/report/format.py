@@ -7,6 +7,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from ..writes import replacing
+
 
 def _clean(value: Any) -> Any:
     """JSON-safe copy: NaN and inf become null, tensors and numpy scalars plain numbers."""
@@ -22,8 +24,10 @@ def _clean(value: Any) -> Any:
 
 
 def write_json(data: dict[str, Any], path: str | Path) -> None:
-    """Write ``data`` as indented JSON; undefined numbers (NaN, inf) are written as null."""
-    Path(path).write_text(json.dumps(_clean(data), indent=2) + "\n", encoding="utf-8")
+    """Write ``data`` as indented JSON, whole or not at all; undefined numbers (NaN, inf)
+    are written as null."""
+    with replacing(path) as tmp:
+        tmp.write_text(json.dumps(_clean(data), indent=2) + "\n", encoding="utf-8")
 
 
 def fmt(value: Any, digits: int = 4) -> str:
