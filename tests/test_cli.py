@@ -217,6 +217,14 @@ def test_checkpoint_for_another_encoder(tmp_path, synth_root):
                           "c.pt", "weights do not fit")
 
 
+def test_an_output_folder_that_cannot_be_made_is_one_line(trained, synth_root, tmp_path):
+    """The machine's own refusal (here: --out below a file) names the path, no traceback."""
+    (tmp_path / "afile").write_text("")
+    images = synth_root / "test" / "images"
+    assert_one_line_error(run("predict", trained / "best.pt", images, "--out",
+                              tmp_path / "afile" / "sub", "--quiet"), "afile", "Not a directory")
+
+
 def test_resume_without_last_pt(tmp_path):
     assert_one_line_error(run("train", "--resume", tmp_path), "no last.pt")
 

@@ -11,18 +11,25 @@ from ..errors import FissureError
 
 
 class FissureGroup(click.Group):
-    """Turns a :class:`FissureError` into a one-line message and exit code 1 (``--debug`` shows
-    the traceback)."""
+    """Turns a :class:`FissureError`, or an ``OSError`` of the machine (an output folder
+    that is a file, a full disk, no permission), into a one-line message naming the file
+    and exit code 1 (``--debug`` shows the traceback)."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except FissureError as exc:
+        except (FissureError, OSError) as exc:
             if ctx.obj and ctx.obj.get("debug"):
                 traceback.print_exc()
-            raise click.ClickException(str(exc)) from None
+            raise click.ClickException(_one_line(exc)) from None
         except KeyboardInterrupt:
             raise click.ClickException("interrupted") from None
+
+
+def _one_line(exc: Exception) -> str:
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}"
+    return str(exc)
 
 
 # evaluate and predict run a trained model the same way

@@ -45,6 +45,7 @@ from PIL import Image
 from ..data import is_stage_path
 from ..data.image import decode_image, image_stem, is_image_name, read_bytes
 from ..errors import DataError, FissureError
+from ..writes import replacing
 from .cracks import CrackAnalysis
 from .options import OutputOptions, PredictOptions
 from .predictor import (
@@ -345,5 +346,6 @@ def predict_files(
     write_records(ordered, out_dir)
     if output.cracks:
         rows = [row for i in sorted(done) for row in done[i][1]]
-        (out_dir / "cracks.csv").write_text(cracks_csv(rows), encoding="utf-8", newline="")
+        with replacing(out_dir / "cracks.csv") as tmp:
+            tmp.write_text(cracks_csv(rows), encoding="utf-8", newline="")
     return ordered

@@ -16,6 +16,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from ..writes import replacing
 from .cracks import CrackAnalysis, CrackRecord, analyse_cracks, crack_outline
 from .options import PredictOptions
 from .predictor import Prediction, Predictor, Probability, prediction_from
@@ -54,13 +55,16 @@ def prediction_record(
 
 
 def write_records(records: list[dict[str, Any]], out_dir: Path) -> tuple[Path, Path]:
-    """``predictions.csv`` (empty cell for None) and ``predictions.json`` (a list)."""
+    """``predictions.csv`` (empty cell for None) and ``predictions.json`` (a list), each
+    whole or not at all: a run killed while writing leaves the previous file, not a
+    truncated one that still parses."""
     csv_path, json_path = out_dir / "predictions.csv", out_dir / "predictions.json"
-    with csv_path.open("w", newline="", encoding="utf-8") as handle:
+    with replacing(csv_path) as tmp, tmp.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(records[0]))
         writer.writeheader()
         writer.writerows(records)
-    json_path.write_text(json.dumps(records, indent=2) + "\n", encoding="utf-8")
+    with replacing(json_path) as tmp:
+        tmp.write_text(json.dumps(records, indent=2) + "\n", encoding="utf-8")
     return csv_path, json_path
 
 
