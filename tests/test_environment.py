@@ -21,7 +21,8 @@ def test_the_environment_says_what_train_amp_will_do():
     assert env.threads == torch.get_num_threads() and set(env.extras) >= {"export", "bench"}
     line = env.line()
     assert "\n" not in line and env.cpu_capability in line
-    assert f"computes in {env.amp_dtype}" in line
+    assert f"train.amp: true computes in {env.amp_dtype}" in line
+    assert " 1 threads" not in line and " 1 loader workers" not in line
     assert json.dumps(env.as_dict())
 
 

@@ -46,13 +46,17 @@ class Environment:
         gpus = ", ".join(g["name"] for g in self.cuda) or "none"
         return (f"fissure {self.fissure}, torch {self.torch}, Python {self.python}; "
                 f"device {self.device}; CPU {self.cpu_capability} "
-                f"({'native' if self.cpu_bf16 else 'no native'} bf16), train.amp computes in "
-                f"{self.amp_dtype}; {self.threads} threads, {self.loader_workers} loader "
-                f"workers; GPUs: {gpus}")
+                f"({'native' if self.cpu_bf16 else 'no native'} bf16), train.amp: true "
+                f"computes in {self.amp_dtype}; {_count(self.threads, 'thread')}, "
+                f"{_count(self.loader_workers, 'loader worker')}; GPUs: {gpus}")
 
     def as_dict(self) -> dict[str, Any]:
         """Plain values, for ``metrics.json``."""
         return asdict(self)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _gpus() -> tuple[dict[str, Any], ...]:
