@@ -76,6 +76,22 @@ def test_jpeg_masks_are_binarised_at_127():
     assert decode_mask(png_bytes(np.array([[127, 128]], np.uint8)), "m").tolist() == [[False, True]]
 
 
+def test_colour_masks_take_their_brightest_channel():
+    """A crack drawn in pure red (luminance 76) is a crack, in RGB and in a palette PNG;
+    a white-on-black RGB mask reads as its grey twin."""
+    rgb = np.zeros((4, 4, 3), np.uint8)
+    rgb[1, :, 0] = 255
+    assert decode_mask(png_bytes(rgb), "red.png")[1].all()
+    palette = Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE, colors=2)
+    buf = io.BytesIO()
+    palette.save(buf, format="PNG")
+    assert decode_mask(buf.getvalue(), "red_p.png").sum() == 4
+    grey = np.zeros((4, 4), np.uint8)
+    grey[2, 1:3] = 200
+    assert (decode_mask(png_bytes(np.stack([grey] * 3, axis=2)), "rgb.png")
+            == decode_mask(png_bytes(grey), "grey.png")).all()
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=512))
 def test_decoder_never_crashes_on_garbage(data):

@@ -109,12 +109,15 @@ def decode_mask(data: bytes, name: str) -> np.ndarray:
     """Bytes -> (H, W) bool crack mask, binarised at > 127.
 
     JPEG masks are not binary, so thresholding at the midpoint is the only safe rule.
-    Colour masks are reduced to luminance first.
+    Colour masks (RGB, RGBA, palette) take their brightest channel: a crack drawn in pure
+    red has a luminance of 76 and would vanish, and grey masks are unchanged.
     """
     img = _to_uint8(_open(data, name))
-    if img.mode != "L":
-        img = img.convert("L")
-    return np.asarray(img, dtype=np.uint8) > 127
+    if img.mode in ("L", "1", "LA"):
+        grey = np.asarray(img if img.mode == "L" else img.convert("L"), dtype=np.uint8)
+    else:
+        grey = np.asarray(img.convert("RGB"), dtype=np.uint8).max(axis=2)
+    return grey > 127
 
 
 def load_image(path: str | Path) -> np.ndarray:
