@@ -95,6 +95,13 @@ def test_build_setup_trains_on_the_crop_the_budget_affords(tiny_overrides, monke
     assert tuple(setup.train_set[0]["image"].shape[-2:]) == (32, 32)
     assert any(n.startswith("train.min_steps 100: 32 px crops instead of 64")
                for n in setup.notes)
+    calls.clear()  # a resume keeps the crop its config.yaml recorded, untimed
+    recorded = load_config(None, tiny_overrides + [
+        "train.device=cpu", "data.mode=crop", "data.size=32", "data.min_size=32",
+        "train.max_minutes=1", "train.min_steps=100"])
+    resumed = build_setup(recorded, build_source(recorded.data), resuming=True)
+    assert calls == [] and resumed.cfg.data.size == 32
+    assert "train.min_steps: resumed, so the recorded 32 px crops are kept" in resumed.notes
 
 
 @pytest.mark.parametrize(("override", "message"), [

@@ -90,7 +90,7 @@ def _fit(cfg: Config, source: PairSource, run_dir: Path, *, resuming: bool, prog
     workers = loader_workers(cfg.train.num_workers, log)  # 0 in the warehouse sandbox
     cfg = replace(cfg, train=replace(cfg.train, num_workers=workers))
     with process_group():
-        setup = build_setup(cfg, source)
+        setup = build_setup(cfg, source, resuming=resuming)
         for note in setup.notes:
             log(note)
         # A resume keeps the probed batch and the crop `data.size: auto` chose.

@@ -14,7 +14,8 @@ to ``data.min_size``. The estimate is the budget over the timed step, which leav
 optimiser step, data loading and validation, so it usually exceeds the steps the run will do
 (real runs did 64-99 % of it); but the timing is noisy, not a bound: on a 2-core AMD EPYC
 Zen 4 one run timed 0.60 s (2,976 steps estimated) and did 3,730, where its neighbours timed
-0.39-0.41 s.
+0.39-0.41 s. A resumed run is not timed again: it keeps the crop its ``config.yaml``
+recorded, so a run never changes its crop half-way.
 """
 
 from __future__ import annotations

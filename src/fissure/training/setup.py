@@ -120,11 +120,14 @@ def build_setup(
     *,
     batch_augment: bool | None = None,
     clock: Clock = time.monotonic,
+    resuming: bool = False,
 ) -> TrainSetup:
     """Build the run that ``cfg`` describes on the pairs of ``source``.
 
     ``batch_augment`` augments whole batches on the device instead of each sample in the
     loader; None does so on CUDA only. ``clock`` is what the time budget reads (seconds).
+    ``resuming``: the crop is the one the run's ``config.yaml`` recorded, not timed again
+    (``train.min_steps``), so a resumed run trains on what it began with.
     Under torchrun this joins the process group; wrap the run in
     :func:`fissure.training.distributed.process_group` to leave it at the end.
     """
@@ -142,7 +145,11 @@ def build_setup(
         notes.append(f"train.init_bias auto: output starts at crack probability {p:.4f} "
                      f"(training masks: {100 * facts.crack_fraction:.2f} % crack pixels)")
     cfg = _resolve_batch_size(cfg, model, device, info, len(train_samples), notes)
-    cfg = fit_crop_to_budget(cfg, model, device, info, notes)
+    if resuming and cfg.train.min_steps and cfg.train.max_minutes:
+        notes.append(f"train.min_steps: resumed, so the recorded {cfg.data.size} px crops "
+                     "are kept")
+    else:
+        cfg = fit_crop_to_budget(cfg, model, device, info, notes)
     note_small_images(cfg, facts, notes, len(train_samples))
     train_store, val_store = _decoded_stores(cfg, source, (train_samples, val_samples),
                                              device, notes)
