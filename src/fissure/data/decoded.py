@@ -38,8 +38,9 @@ from ..writes import replacing
 from .image import decode_image, decode_mask
 from .sources import PairSource, Sample, is_stage_path
 
-FORMAT_VERSION = 1
-"""Bumped whenever the stored arrays would change for the same file and settings."""
+FORMAT_VERSION = 2
+"""Bumped whenever the stored arrays would change for the same file and settings (2: colour
+masks binarised by their brightest channel)."""
 CACHE_ENV = "FISSURE_DECODED_CACHE"
 """Environment variable naming the store's folder, overriding :func:`default_root`."""
 _MAGIC = b"FISSDEC1"
