@@ -172,7 +172,7 @@ def test_budget_and_selection_keys_are_checked(override, message):
     ("train.weight_decay=-0.1", "train.weight_decay: must be >= 0, got -0.1"),
     ("train.min_delta=-0.01", "train.min_delta: must be >= 0"),
     ("train.warmup_epochs=-1", "train.warmup_epochs: must be >= 0"),
-    ("train.steps_per_epoch=-3", "train.steps_per_epoch: must be at least 1, got -3"),
+    ("train.steps_per_epoch=-3", "train.steps_per_epoch: must be >= 0, got -3"),
     ("eval.thresholds=0", "eval.thresholds: must be at least 1, got 0"),
     ("eval.tolerance=-2", "eval.tolerance: must be >= 0"),
     ("eval.min_area=-1", "eval.min_area: must be >= 0"),

@@ -167,7 +167,6 @@ def _check_ranges(cfg: Config) -> None:
         "train.epochs": train.epochs,
         "train.batch_size": batch if isinstance(batch, int) else 1,
         "train.accumulate": train.accumulate,
-        "train.steps_per_epoch": 1 if train.steps_per_epoch is None else train.steps_per_epoch,
         "eval.batch_size": cfg.eval.batch_size,
         "eval.thresholds": cfg.eval.thresholds,
     }
@@ -180,6 +179,7 @@ def _check_ranges(cfg: Config) -> None:
         "train.warmup_epochs": train.warmup_epochs,
         "train.grad_clip": train.grad_clip or 0,
         "train.min_delta": train.min_delta,
+        "train.steps_per_epoch": train.steps_per_epoch or 0,  # 0, like null: one pass
         "eval.tolerance": cfg.eval.tolerance,
         "eval.min_area": cfg.eval.min_area,
     }
