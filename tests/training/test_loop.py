@@ -154,6 +154,28 @@ def test_a_shorter_last_accumulation_group_is_a_step(tiny_overrides, monkeypatch
     assert divisors == [3, 3, 3, 1]
 
 
+def test_a_group_with_an_unreadable_batch_steps_on_the_mean_of_the_rest(tiny_overrides,
+                                                                       monkeypatch):
+    """accumulate 2, the second micro-batch of the first group wholly unreadable: that step's
+    gradient is the first micro-batch's (scaled by 2/1), not half of it."""
+    cfg = load_config(None, tiny_overrides + ["train.batch_size=2", "train.accumulate=2",
+                                              "train.device=cpu"])
+    setup = build_setup(cfg, build_source(cfg.data))
+    real_loader, factors = loop.make_loader, []
+
+    def loader_with_a_gap(*args):
+        batches = list(real_loader(*args))
+        batches[1] = {"name": [], "skipped": [("x.png", "unreadable")], "image": [],
+                      "mask": []}
+        return batches
+
+    monkeypatch.setattr(loop, "make_loader", loader_with_a_gap)
+    monkeypatch.setattr(loop, "note_skipped", lambda *args: None)
+    monkeypatch.setattr(loop, "_scale_gradients", lambda model, f: factors.append(f))
+    train_one_epoch(setup, TrainState(), Interrupt(), **QUIET)
+    assert factors == [2.0] and setup.scheduler.last_epoch == 2
+
+
 def test_a_void_step_leaves_no_gradient_to_the_next(tiny_overrides):
     """accumulate 2 and a non-finite first loss (train.nonfinite skip): the group's second
     micro-batch still runs backward, and its gradient must be dropped with the step."""
@@ -216,6 +238,14 @@ def test_a_finished_run_extended_on_resume_trains_on(tmp_path, tiny_overrides):
     assert len(lrs) == 4 and lrs[1] == pytest.approx(0.0, abs=1e-12)
     # after epoch 3 of 4, as a 4-epoch run from scratch: lr * (1 + cos(3 pi / 4)) / 2
     assert lrs[2] == pytest.approx(1e-3 * 0.5 * (1 + math.cos(0.75 * math.pi)), rel=1e-3)
+    # a last.pt from before the plan was recorded: its stored config says what it was
+    run(load_config(None, base + ["train.epochs=2"]), tmp_path / "old")
+    raw = torch.load(tmp_path / "old" / "last.pt", weights_only=True)
+    for key in ("total_steps", "max_seconds"):
+        del raw["train_state"]["budget"][key]
+    torch.save(raw, tmp_path / "old" / "last.pt")
+    keeper = run(load_config(None, base + ["train.epochs=4"]), tmp_path / "old", resume=True)
+    assert keeper.state.history[2]["lr"] == pytest.approx(lrs[2], rel=1e-6)
 
 
 def test_signal_in_the_last_batch_finishes_the_epoch(tmp_path, tiny_overrides, monkeypatch):

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..checkpoint import load_checkpoint, make_checkpoint
-from ..config import TrainConfig
+from ..config import Config, TrainConfig
 from ..errors import CheckpointError
 from ..model import load_weights
 from .optim import load_optimizer_state
@@ -210,7 +210,7 @@ class RunKeeper:
             s.scaler.load_state_dict(state["scaler"])
         if s.ema is not None and state.get("ema") is not None:
             s.ema.load_state_dict(state["ema"])
-        s.budget.load_state_dict(state.get("budget"))
+        s.budget.load_state_dict(_with_plan(state.get("budget"), ckpt.config, s.steps_per_epoch))
         # the saved rates are the old plan's: an extended run continues at the new plan's
         sched = s.scheduler
         for group, base, factor in zip(s.optimizer.param_groups, sched.base_lrs,
@@ -218,3 +218,15 @@ class RunKeeper:
             group["lr"] = base * factor(sched.last_epoch)
         self.state = TrainState.from_dict(state)
         return int(state.get("step", 0))
+
+
+def _with_plan(budget: dict[str, Any] | None, saved: Config, steps_per_epoch: int
+               ) -> dict[str, Any] | None:
+    """A ``last.pt``'s budget state with the plan it was reached under: from before plans
+    were recorded, the one its stored config describes (so that extending such a run is
+    seen as a new plan too)."""
+    if not budget or "total_steps" in budget:
+        return budget
+    minutes = saved.train.max_minutes
+    return {**budget, "total_steps": max(1, saved.train.epochs * steps_per_epoch),
+            "max_seconds": minutes * 60 if minutes and minutes > 0 else None}

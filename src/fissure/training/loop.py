@@ -223,15 +223,17 @@ def _train_batches(
             batches += 1
             note_skipped(setup, state, batch["skipped"], log)
             loss = None
+            # micro-batches in this one's group: the epoch's last group may be shorter
+            group = min(accumulate, n_batches - (batches - 1) // accumulate * accumulate)
             if batch["name"] or active:
-                # micro-batches in this one's group: the epoch's last group may be shorter
-                group = min(accumulate, n_batches - (batches - 1) // accumulate * accumulate)
                 loss, counts, stop = _train_batch(setup, state, batch, step, interrupt, log,
                                                   group)
                 tally.conf += counts
                 step_ok, used = step_ok and loss is not None, used + 1
             if batches % accumulate == 0 or batches == n_batches:
                 if step_ok and used:
+                    if used < group:  # empty batches skipped: the mean of those that ran
+                        _scale_gradients(setup.model, group / used)
                     optimizer_step(setup)
                 else:  # a void step's other micro-batches must not leak into the next
                     setup.optimizer.zero_grad(set_to_none=True)
@@ -307,6 +309,12 @@ def _train_batch(
         setup.optimizer.zero_grad(set_to_none=True)
         ok = False
     return (loss.item() if ok else None), counts, stop
+
+
+def _scale_gradients(model: torch.nn.Module, factor: float) -> None:
+    for param in model.parameters():
+        if param.grad is not None:
+            param.grad.mul_(factor)
 
 
 def _check_finite(setup: TrainSetup, loss: torch.Tensor, where: str, log: Log) -> bool:
