@@ -26,14 +26,14 @@ def test_a_failed_block_keeps_the_old_file_and_no_temporary(tmp_path: Path) -> N
 
 
 def test_a_machine_error_names_the_target_not_the_temporary(tmp_path: Path) -> None:
-    """A full disk (no file named) or a failed rename (the hidden temporary named) is
-    reported on the file the user asked for, as the same kind of OSError."""
+    """A failed rename (the hidden temporary named) is reported on the file the user asked
+    for, as the same kind of OSError; one that names no file is left as it is."""
     import errno
 
     target = tmp_path / "metrics.json"
     with pytest.raises(OSError) as info, replacing(target):
         raise OSError(errno.ENOSPC, "No space left on device")
-    assert info.value.filename == str(target) and info.value.errno == errno.ENOSPC
+    assert info.value.filename is None and info.value.errno == errno.ENOSPC
     (tmp_path / "taken").mkdir()
     with pytest.raises(IsADirectoryError) as info, replacing(tmp_path / "taken") as tmp:
         tmp.write_text("x")

@@ -22,11 +22,12 @@ def replacing(target: str | Path, *, suffix: str = ".tmp", durable: bool = False
 
     The block writes the whole file to the yielded path. If it raises, the temporary file
     is removed and ``target`` is left as it was; the exception propagates, so each caller
-    words its own error, except that an ``OSError`` naming the temporary file, or no file
-    (a full disk), is raised again naming ``target``, the file the user knows. ``suffix``
-    ends the temporary name (writers that choose a format by extension need the target's).
-    With ``durable`` the file and its folder are flushed to disk (fsync) around the rename,
-    so the new file also survives a power cut.
+    words its own error, except that an ``OSError`` naming the temporary file is raised
+    again naming ``target``, the file the user knows (one naming no file, a full disk, is
+    left as it is: its callers name the file themselves). ``suffix`` ends the temporary
+    name (writers that choose a format by extension need the target's). With ``durable``
+    the file and its folder are flushed to disk (fsync) around the rename, so the new file
+    also survives a power cut.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -40,7 +41,7 @@ def replacing(target: str | Path, *, suffix: str = ".tmp", durable: bool = False
             _fsync(tmp)
         os.replace(tmp, target)
     except OSError as exc:
-        if exc.filename not in (None, str(tmp), tmp) or exc.errno is None:
+        if exc.filename not in (str(tmp), tmp) or exc.errno is None:
             raise
         raise OSError(exc.errno, exc.strerror, str(target)) from exc
     finally:
