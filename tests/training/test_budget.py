@@ -99,6 +99,38 @@ def test_progress_is_the_larger_fraction_and_never_goes_back():
     assert Budget(10).progress(20) == 1.0 and not Budget(10).out_of_time()
 
 
+def test_before_any_end_of_epoch_the_reserve_is_estimated_from_the_step():
+    """A first epoch longer than the budget: a validation pass of about 4 steps (1 s each)
+    is kept for (x 1.25 = 5 s), so the cut comes at 95 s of 100, not at 99 s with the
+    validation running past the budget. Once an end of epoch is timed, that replaces it."""
+    clock = FakeClock()
+    budget = Budget(1000, max_seconds=100.0, clock=clock)
+    budget.val_cost_steps = 4.0
+    budget.start()
+    for now in range(1, 94):
+        clock.now = float(now)
+        budget.tick()
+    assert budget.training_seconds == pytest.approx(95.0) and not budget.out_of_time()
+    assert budget.kept_seconds == pytest.approx(5.0) and budget.reserve == 0.0
+    clock.now = 94.0
+    budget.tick()  # the next step would end at 95 s
+    assert budget.out_of_time()
+    assert budget.progress(94) == pytest.approx(94 / 95)
+    budget.note_end_of_epoch(2.0)
+    assert budget.reserve == 2.5 and budget.training_seconds == 97.5
+
+
+def test_validation_cost_in_steps_follows_the_pixels():
+    from fissure.data.stats import SplitStats
+    from fissure.training.setup import validation_cost
+
+    cfg = load_config(None, ["data.mode=crop", "data.size=128", "train.batch_size=8"])
+    facts = SplitStats("train", 4, 320, 480, {"480x320": 4}, 0.02, 0, 1.0, 2.0)
+    # 7 images of 480x320 against 3 x 8 crops of 128x128
+    assert validation_cost(cfg, facts, 7) == pytest.approx(7 * 480 * 320 / (3 * 8 * 128 * 128))
+    assert validation_cost(cfg, None, 6) == pytest.approx(6 / 24)  # unknown: crop-sized
+
+
 def test_the_reserve_never_takes_more_than_half_the_budget():
     budget = Budget(10, max_seconds=100.0)
     budget.note_end_of_epoch(500.0)

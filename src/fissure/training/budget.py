@@ -11,7 +11,10 @@ it was given.
 The time that counts is the run's own (validation and checkpoints included), summed over
 resumes. Training stops when the time left is what the last end of an epoch (validation and
 checkpoints) took, so the final, annealed weights are validated within the budget: the time
-fraction is therefore taken against the budget less that reserve. It stops before the step
+fraction is therefore taken against the budget less that reserve. Before the first end of
+an epoch has been timed, the reserve is an estimate: a validation pass costs about
+:attr:`Budget.val_cost_steps` training steps (set by the setup from the split's pixels), so
+a first epoch longer than the budget still leaves room to validate. It stops before the step
 that would cross that line, as a step-based schedule stops after its last step, whose
 learning rate is the schedule's last above 0.
 
@@ -87,6 +90,9 @@ class Budget:
         self.clock = clock
         self.share = share or (lambda value: value)
         self.reserve = 0.0  # seconds kept for the final validation and checkpoints
+        # a validation pass in training steps, for the reserve before one has been timed
+        self.val_cost_steps = 0.0
+        self._timed_end = False
         self.elapsed = 0.0  # at the last tick, this run's time including earlier sessions
         self._before = 0.0  # the time of earlier sessions (resumed runs)
         self.step_seconds = 0.0  # the last optimiser step, from one tick to the next
@@ -119,6 +125,7 @@ class Budget:
         The next tick does not time a step: the time since the last one holds the end of
         the epoch."""
         self._last_tick = None
+        self._timed_end = True
         if self.max_seconds is None:
             return
         wanted = max(self.reserve, RESERVE_MARGIN * seconds)
@@ -128,10 +135,22 @@ class Budget:
 
     @property
     def training_seconds(self) -> float | None:
-        """The time training may take: the budget less the reserve (None without budget)."""
+        """The time training may take: the budget less the reserve (None without budget);
+        until an end of epoch has been timed, less the estimated one."""
         if self.max_seconds is None:
             return None
-        return self.max_seconds - self.reserve
+        reserve = self.reserve
+        if not self._timed_end:
+            estimate = RESERVE_MARGIN * self.val_cost_steps * self.step_seconds
+            reserve = min(max(reserve, estimate), MAX_RESERVE_SHARE * self.max_seconds)
+        return self.max_seconds - reserve
+
+    @property
+    def kept_seconds(self) -> float:
+        """Seconds kept for the final validation and checkpoints (estimated until an end of
+        epoch has been timed); 0 without a budget."""
+        limit = self.training_seconds
+        return 0.0 if limit is None else self.max_seconds - limit
 
     def time_fraction(self) -> float:
         """Time used over :attr:`training_seconds` at the last tick; 0 without a budget."""
@@ -179,6 +198,7 @@ class Budget:
         self._before = float(state.get("elapsed", 0.0))
         self.elapsed = self._before
         self.reserve = float(state.get("reserve", 0.0))
+        self._timed_end = self.reserve > 0
         plan = state.get("total_steps", self.total_steps), state.get("max_seconds",
                                                                      self.max_seconds)
         same_plan = plan == (self.total_steps, self.max_seconds)

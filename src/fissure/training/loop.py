@@ -122,8 +122,8 @@ def _cut_line(setup: TrainSetup, epoch: int, step: int) -> str:
     return (f"time budget: epoch {epoch} stops after {step} of {setup.steps_per_epoch} steps "
             f"({setup.scheduler.last_epoch} of {budget.total_steps} planned), "
             f"{budget.elapsed / 60:.1f} of {(budget.max_seconds or 0) / 60:g} min used, "
-            f"lr {setup.optimizer.param_groups[0]['lr']:.2e}; {budget.reserve:.0f} s kept to "
-            f"validate these final weights")
+            f"lr {setup.optimizer.param_groups[0]['lr']:.2e}; {budget.kept_seconds:.0f} s kept "
+            f"to validate these final weights")
 
 
 def _interrupted(interrupt: Interrupt, keeper: RunKeeper, where: str) -> TrainingInterrupted:

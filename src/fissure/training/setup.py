@@ -166,6 +166,7 @@ def build_setup(
     steps = _steps_per_epoch(cfg, len(train_set))
     optimizer = build_optimizer(model, cfg.train)
     budget = _budget(cfg, steps, clock, info)
+    budget.val_cost_steps = validation_cost(cfg, facts, len(val_set))
     notes.append(budget.describe())
     return TrainSetup(
         cfg=cfg, dist=info, device=device, train_set=train_set, val_set=val_set,
@@ -195,6 +196,19 @@ def _budget(cfg: Config, steps_per_epoch: int, clock: Clock, info: Dist) -> Budg
     share = (lambda value: broadcast_float(value, info)) if info.active else None
     return Budget(cfg.train.epochs * steps_per_epoch, minutes * 60 if minutes else None,
                   clock=clock, share=share)
+
+
+def validation_cost(cfg: Config, facts: SplitStats | None, n_val: int) -> float:
+    """A validation pass of ``n_val`` images in training steps, before one has been timed:
+    its pixels over those of a step's crops, a forward pass costing about a third of a
+    step (forward, backward, update). Crop-mode images are taken at the training images'
+    mean size (``data.size`` squared when unknown)."""
+    size = int(cfg.data.size)
+    area = float(size * size)
+    if cfg.data.mode == "crop" and facts is not None and facts.sizes:
+        dims = [(tuple(int(v) for v in key.split("x")), n) for key, n in facts.sizes.items()]
+        area = sum(w * h * n for (w, h), n in dims) / sum(n for _, n in dims)
+    return n_val * area / (3.0 * int(cfg.train.batch_size) * size * size)
 
 
 def _decoded_stores(
