@@ -11,6 +11,7 @@ from drawn_masks import horizontal_crack, oblique_crack, random_mask
 from matplotlib.path import Path as PolygonPath
 
 from fissure.errors import FissureError
+from fissure.metrics import remove_small_components
 from fissure.prediction.cracks import (
     DEFAULT_WIDTH_BOUNDS,
     CrackRecord,
@@ -21,7 +22,7 @@ from fissure.prediction.cracks import (
     principal_angle,
     width_class,
 )
-from fissure.prediction.measure import measure_cracks, remove_small_components
+from fissure.prediction.measure import measure_cracks
 
 
 @pytest.mark.parametrize("seed", range(40))

@@ -11,13 +11,13 @@ from scipy import ndimage
 from skimage.morphology import skeletonize
 
 from fissure.errors import DataError, FissureError
+from fissure.metrics import remove_small_components
 from fissure.prediction.measure import (
     CrackMeasurements,
     _ridge_distance,
     check_min_area,
     check_px_per_mm,
     measure_cracks,
-    remove_small_components,
     skeleton_length,
     skeleton_links,
 )

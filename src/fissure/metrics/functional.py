@@ -16,6 +16,7 @@ from torch import Tensor
 Counts = tuple[Tensor, Tensor, Tensor, Tensor]
 OptTensor = Tensor | None
 _ALWAYS = torch.tensor(True)
+_EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
 
 def _as_prob(pred: Tensor, from_logits: bool) -> Tensor:
@@ -236,25 +237,51 @@ class ConfusionMeter:
                 "n_images": torch.tensor(self._n)}  # fmt: skip
 
 
+def label_cracks(mask: np.ndarray, min_area: int) -> tuple[np.ndarray, int]:
+    """Number the 8-connected components of at least ``min_area`` pixels 1, 2, ...
+
+    Returns the labels (0 elsewhere) and the count; numbers follow the order of each
+    component's first pixel, row by row.
+
+    Shapes:
+        mask: (H, W) bool.
+        returns: (H, W) int32, and an int.
+    """
+    labels, n_labels = ndimage.label(mask, structure=_EIGHT_CONNECTED)
+    if n_labels == 0:
+        return labels, 0
+    keep = np.bincount(labels.ravel()) >= min_area
+    keep[0] = False
+    numbers = (np.cumsum(keep) * keep).astype(labels.dtype)
+    return numbers[labels], int(keep.sum())
+
+
+def remove_small_components(mask: np.ndarray, min_area: int) -> tuple[np.ndarray, int]:
+    """Drop 8-connected components with fewer than ``min_area`` pixels.
+
+    Returns the cleaned mask and the number of components kept.
+
+    Shapes:
+        mask: (H, W) bool.
+        returns: (H, W) bool, and an int.
+    """
+    labels, count = label_cracks(mask, min_area)
+    return labels > 0, count
+
+
 def kept_area(pred: Tensor, min_area: int) -> Tensor:
     """Per-image predicted crack pixels left once every 8-connected component of fewer
-    than ``min_area`` pixels is dropped: the area ``fissure predict`` measures cracks on,
-    so that an image counts as flagged in evaluation exactly when prediction finds a crack
-    in it.
+    than ``min_area`` pixels is dropped (:func:`remove_small_components`, the speck filter
+    ``fissure predict`` measures cracks after), so that an image counts as flagged in
+    evaluation exactly when prediction finds a crack in it.
 
     Shapes:
         pred: (N, 1, H, W) bool, crack where ``prob > threshold``.
         returns: (N,) int64.
     """
-    out = torch.zeros(len(pred), dtype=torch.int64)
-    for i, image in enumerate(pred.cpu().numpy()):
-        if min_area <= 1:
-            out[i] = int(image.sum())
-            continue
-        labels, n = ndimage.label(image[0], structure=np.ones((3, 3), bool))
-        sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
-        out[i] = int(sizes[sizes >= min_area].sum())
-    return out
+    kept = [int(remove_small_components(image[0], min_area)[0].sum())
+            for image in pred.cpu().numpy()]
+    return torch.tensor(kept, dtype=torch.int64)
 
 
 def detection_stats(pred_area: Tensor, true_area: Tensor, min_area: int = 1) -> dict:

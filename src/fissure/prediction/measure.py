@@ -1,7 +1,8 @@
 """Crack measurements from a binary mask: area, number of segments, length and width.
 
 Holds :func:`measure_cracks` and its :class:`CrackMeasurements`, the speck filter
-(:func:`remove_small_components`), the skeleton length estimator and :func:`trace_cracks`,
+(:func:`fissure.metrics.remove_small_components`, which evaluation's image-level
+detection shares), the skeleton length estimator and :func:`trace_cracks`,
 the one pass both the image summary and the per-crack records
 (:mod:`fissure.prediction.cracks`) are made from.
 
@@ -50,6 +51,7 @@ from scipy import ndimage
 from skimage.morphology import skeletonize
 
 from ..errors import DataError, FissureError
+from ..metrics import label_cracks
 
 ORTHOGONAL_STEP = 0.980
 DIAGONAL_STEP = 1.406
@@ -58,7 +60,6 @@ CORNER_PENALTY = 0.091
 # Neighbour offsets (dy, dx); offset k and k + 4 point in opposite directions and odd k
 # are the diagonals.
 _OFFSETS = ((0, 1), (1, 1), (1, 0), (1, -1), (0, -1), (-1, -1), (-1, 0), (-1, 1))
-_EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
 
 @dataclass(frozen=True)
@@ -111,38 +112,6 @@ def check_px_per_mm(px_per_mm: float) -> float:
     if not px_per_mm > 0:
         raise FissureError(f"px_per_mm must be a positive number, got {px_per_mm}")
     return px_per_mm
-
-
-def label_cracks(mask: np.ndarray, min_area: int) -> tuple[np.ndarray, int]:
-    """Number the 8-connected components of at least ``min_area`` pixels 1, 2, ...
-
-    Returns the labels (0 elsewhere) and the count; numbers follow the order of each
-    component's first pixel, row by row.
-
-    Shapes:
-        mask: (H, W) bool.
-        returns: (H, W) int32, and an int.
-    """
-    labels, n_labels = ndimage.label(mask, structure=_EIGHT_CONNECTED)
-    if n_labels == 0:
-        return labels, 0
-    keep = np.bincount(labels.ravel()) >= min_area
-    keep[0] = False
-    numbers = (np.cumsum(keep) * keep).astype(labels.dtype)
-    return numbers[labels], int(keep.sum())
-
-
-def remove_small_components(mask: np.ndarray, min_area: int) -> tuple[np.ndarray, int]:
-    """Drop 8-connected components with fewer than ``min_area`` pixels.
-
-    Returns the cleaned mask and the number of components kept.
-
-    Shapes:
-        mask: (H, W) bool.
-        returns: (H, W) bool, and an int.
-    """
-    labels, count = label_cracks(mask, min_area)
-    return labels > 0, count
 
 
 def skeleton_links(skeleton: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
