@@ -30,6 +30,7 @@ def test_split_figures(tmp_path):
     assert train.sizes == {"96x40": 4} and (train.min_side, train.max_side) == (40, 96)
     assert train.crack_fraction == pytest.approx(3 * 96 / (4 * 40 * 96))
     assert train.crack_free_share == 0.25 and train.width_median == 1.0
+    assert train.mean_area == 40 * 96
     assert test.split == "test" and test.images == 1
     assert implied_crop(train) == 32 and implied_crop(test) == 64
 

@@ -40,6 +40,12 @@ class SplitStats:
     width_p90: float | None
 
     @property
+    def mean_area(self) -> float:
+        """Mean image area in pixels, over :attr:`sizes` (``"WxH"`` -> images)."""
+        dims = [([int(v) for v in key.split("x")], n) for key, n in self.sizes.items()]
+        return sum(w * h * n for (w, h), n in dims) / max(1, sum(n for _, n in dims))
+
+    @property
     def crack_free_share(self) -> float:
         """Share of the split's images whose mask has no crack pixel."""
         return self.crack_free / self.images if self.images else 0.0

@@ -206,8 +206,7 @@ def validation_cost(cfg: Config, facts: SplitStats | None, n_val: int) -> float:
     size = int(cfg.data.size)
     area = float(size * size)
     if cfg.data.mode == "crop" and facts is not None and facts.sizes:
-        dims = [(tuple(int(v) for v in key.split("x")), n) for key, n in facts.sizes.items()]
-        area = sum(w * h * n for (w, h), n in dims) / sum(n for _, n in dims)
+        area = facts.mean_area
     return n_val * area / (3.0 * int(cfg.train.batch_size) * size * size)
 
 
