@@ -139,18 +139,16 @@ class Budget:
         until an end of epoch has been timed, less the estimated one."""
         if self.max_seconds is None:
             return None
-        reserve = self.reserve
-        if not self._timed_end:
-            estimate = RESERVE_MARGIN * self.val_cost_steps * self.step_seconds
-            reserve = min(max(reserve, estimate), MAX_RESERVE_SHARE * self.max_seconds)
-        return self.max_seconds - reserve
+        return self.max_seconds - self.kept_seconds
 
     @property
     def kept_seconds(self) -> float:
         """Seconds kept for the final validation and checkpoints (estimated until an end of
         epoch has been timed); 0 without a budget."""
-        limit = self.training_seconds
-        return 0.0 if limit is None else self.max_seconds - limit
+        if self.max_seconds is None or self._timed_end:
+            return self.reserve
+        estimate = RESERVE_MARGIN * self.val_cost_steps * self.step_seconds
+        return min(max(self.reserve, estimate), MAX_RESERVE_SHARE * self.max_seconds)
 
     def time_fraction(self) -> float:
         """Time used over :attr:`training_seconds` at the last tick; 0 without a budget."""

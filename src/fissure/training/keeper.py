@@ -23,6 +23,7 @@ from ..checkpoint import load_checkpoint, make_checkpoint
 from ..config import Config, TrainConfig
 from ..errors import CheckpointError
 from ..model import load_weights
+from .budget import Budget
 from .optim import load_optimizer_state
 from .setup import TrainSetup
 from .state import TrainState
@@ -227,6 +228,5 @@ def _with_plan(budget: dict[str, Any] | None, saved: Config, steps_per_epoch: in
     seen as a new plan too)."""
     if not budget or "total_steps" in budget:
         return budget
-    minutes = saved.train.max_minutes
-    return {**budget, "total_steps": max(1, saved.train.epochs * steps_per_epoch),
-            "max_seconds": minutes * 60 if minutes and minutes > 0 else None}
+    old = Budget(saved.train.epochs * steps_per_epoch, (saved.train.max_minutes or 0) * 60)
+    return {**budget, "total_steps": old.total_steps, "max_seconds": old.max_seconds}
