@@ -28,12 +28,14 @@ def is_gzip(data: bytes) -> bool:
     return data[:2] == GZIP_MAGIC
 
 
+def without_gz(name: str) -> str:
+    """``name`` less a final ``.gz`` (any case): ``"001.png.GZ"`` -> ``"001.png"``."""
+    return name[:-3] if name.lower().endswith(".gz") else name
+
+
 def image_stem(name: str) -> str:
     """``"a/b/001.png.gz"`` -> ``"001"``: the pairing key of an image and its mask."""
-    base = Path(name).name
-    if base.lower().endswith(".gz"):
-        base = base[:-3]
-    return Path(base).stem
+    return Path(without_gz(Path(name).name)).stem
 
 
 def is_image_name(name: str) -> bool:

@@ -38,7 +38,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ..data import is_stage_path
-from ..data.image import is_image_name
+from ..data.image import is_image_name, without_gz
 from ..errors import ConfigError, DataError, FissureError
 from .environment import Log, in_warehouse_sandbox
 from .files import is_missing_error, reason, validate_stage_name
@@ -148,13 +148,11 @@ def mask_paths(folder: str, masks: str, paths: list[str]) -> dict[str, str]:
 
     def stem(path: str) -> str:
         rel = PurePosixPath(path[len(folder):])
-        name = rel.name[:-3] if rel.name.lower().endswith(".gz") else rel.name
-        return str(rel.with_name(PurePosixPath(name).stem + ".png"))
+        return str(rel.with_name(PurePosixPath(without_gz(rel.name)).stem + ".png"))
 
     def whole(path: str, keep_gz: bool) -> str:
         full = PurePosixPath(path[len(folder):])
-        name = full.name if keep_gz or not full.name.lower().endswith(".gz") else full.name[:-3]
-        return str(full.with_name(name + ".png"))
+        return str(full.with_name((full.name if keep_gz else without_gz(full.name)) + ".png"))
 
     counts = Counter(stem(p).casefold() for p in paths)
     # a.jpg and a.jpg.gz would still share a.jpg.png: those keep the .gz as well

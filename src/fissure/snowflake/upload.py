@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..config import SPLITS, SnowflakeConfig
 from ..data import FolderSource, Sample
-from ..data.image import gunzip, image_stem
+from ..data.image import gunzip, image_stem, without_gz
 from ..errors import ConfigError, DataError, SplitAbsent
 from .files import (
     Sleep,
@@ -56,7 +56,7 @@ def _local_file(path: str) -> tuple[str, bytes]:
     """Stage name (a ``.gz`` suffix dropped) and raw, uncompressed content of a local file."""
     name = Path(path).name
     data = gunzip(Path(path).read_bytes(), path)
-    return (name[:-3] if name.lower().endswith(".gz") else name), data
+    return without_gz(name), data
 
 
 UPLOADED_TO = "UPLOADED_TO"
