@@ -39,6 +39,20 @@ def test_the_same_manifest_into_another_stage_sends_every_file(session, tmp_path
     assert upload_dataset(session, root, renamed, progress=False)["uploaded"] == 0
 
 
+def test_a_table_from_before_uploaded_to_sends_every_file_once(session, tmp_path) -> None:
+    root = tmp_path / "ds"
+    local_dataset(root)
+    cfg = SnowflakeConfig(stage="STAGE_OLD", manifest="V_OLD", cache_dir=str(tmp_path / "c"))
+    upload_dataset(session, root, cfg, progress=False)
+    table = f"{DB}.V_OLD_TABLE"
+    old = session.table(table).drop("UPLOADED_TO")
+    old.write.save_as_table(f"{table}_COPY", mode="overwrite")
+    session.table(f"{table}_COPY").write.save_as_table(table, mode="overwrite")
+    assert "UPLOADED_TO" not in [c.upper() for c in session.table(table).columns]
+    assert upload_dataset(session, root, cfg, progress=False)["uploaded"] == 12
+    assert upload_dataset(session, root, cfg, progress=False)["uploaded"] == 0
+
+
 def test_upload_is_idempotent_and_round_trips(session, tmp_path) -> None:
     root = tmp_path / "ds"
     pairs = local_dataset(root)

@@ -103,10 +103,10 @@ def _table_rows(
             )
         return None
     hint = "not made by fissure upload; pass another table"
-    cols = match_columns(frame, table, _columns(cfg)[:-1], hint)
     # a table from before UPLOADED_TO: its rows name no place, so every file is sent again
-    cols.update(match_columns(frame, table, [UPLOADED_TO], hint)
-                if UPLOADED_TO in map(str.upper, map(str, frame.columns)) else {})
+    present = {str(c).upper() for c in frame.columns}
+    wanted = [c for c in _columns(cfg) if c != UPLOADED_TO or UPLOADED_TO in present]
+    cols = match_columns(frame, table, wanted, hint)
     rows: dict[str, dict[str, Any]] = {}
     for rec in frame.to_dict("records"):
         row = {k: None if is_null(rec[c]) else rec[c] for k, c in cols.items()}
