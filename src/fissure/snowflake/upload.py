@@ -172,6 +172,8 @@ def _write_table(session: Any, cfg: SnowflakeConfig, table: str, rows: dict[str,
     order = _columns(cfg)
     schema = StructType([StructField(c, StringType()) for c in order])
     data = [[rows[k].get(c) for c in order] for k in sorted(rows)]
+    # "overwrite" drops the old table (Snowpark's DataFrameWriter.mode), so a table from
+    # before UPLOADED_TO gets the new column on a real account as in the emulator
     session.create_dataframe(data, schema=schema).write.save_as_table(table, mode="overwrite")
 
 
