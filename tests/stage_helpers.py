@@ -60,13 +60,19 @@ class CountingGets:
     """
 
     def __init__(
-        self, session, monkeypatch, fail_after: int | None = None, missing: set[str] = frozenset()
+        self,
+        session,
+        monkeypatch,
+        fail_after: int | None = None,
+        missing: set[str] = frozenset(),
+        no_stage: str | None = None,
     ) -> None:
         self.real = type(session.file).get.__get__(session.file)  # never an earlier patch
         self.calls: list[str] = []
         self.options: list[dict] = []
         self.fail_after = fail_after
         self.missing = set(missing)
+        self.no_stage = no_stage
         self._lock = threading.Lock()
         monkeypatch.setattr(session.file, "get", self)
 
@@ -78,6 +84,8 @@ class CountingGets:
             self.options.append(kwargs)
         if stage_path in self.missing:
             raise file_not_exists()
+        if self.no_stage and stage_path.startswith(self.no_stage + "/"):
+            raise stage_not_found(self.no_stage)
         return self.real(stage_path, target, **kwargs)
 
     def per_file(self) -> list[str]:
@@ -104,6 +112,19 @@ class CountingPuts:
 
         monkeypatch.setattr(session.file, "put", counted_put)
         monkeypatch.setattr(session.file, "put_stream", counted_stream)
+
+
+def stage_not_found(stage: str):
+    """What any GET from a stage that does not exist (or that the role may not use) raises
+    on a real account: the connector's ``ProgrammingError`` for SQL error 002003, which
+    Snowpark wraps in a ``SnowparkSQLException`` carrying the same code."""
+    from snowflake.connector.errors import ProgrammingError
+    from snowflake.snowpark.exceptions import SnowparkSQLException
+
+    name = stage.lstrip("@").upper()
+    text = f"SQL compilation error:\nStage '{name}' does not exist or not authorized."
+    inner = ProgrammingError(msg=text, errno=2003)
+    return SnowparkSQLException(text, error_code="1304", conn_error=inner, sql_error_code=2003)
 
 
 def file_not_exists():

@@ -176,6 +176,28 @@ def test_missing_file_among_20_on_a_real_account(session, tmp_path, monkeypatch,
     assert not cache.is_current(gone)
 
 
+@pytest.mark.parametrize("prefix_min", [32, 8], ids=["file-by-file", "by-prefix"])
+def test_a_stage_that_is_not_there_is_one_error_not_20_missing_files(
+    session, tmp_path, monkeypatch, prefix_min
+):
+    # A misspelt stage, or one the role may not use: a real account fails every GET with
+    # SQL error 002003. The fill stops at the first answer and names the stage.
+    folder = f"ns-{prefix_min}"
+    files = _put_many(session, folder, 20)
+    gets = CountingGets(session, monkeypatch, no_stage=STAGE)
+    cache = StageCache(tmp_path / "cache", STAGE)
+    options = FillOptions(progress=False, prefix_min=prefix_min, workers=1)
+    with pytest.raises(DataError) as info:
+        cache.fill(session, dict.fromkeys(files), options=options)
+    assert not isinstance(info.value, StageFileMissing)
+    message = str(info.value)
+    assert message.startswith(f"{STAGE}: the stage does not exist, or this role may not read it")
+    assert message.endswith("Stage 'PROJET_FISSURES.STORAGE_SCHEMA.MY_FISSURE_STAGE' does "
+                            "not exist or not authorized.)")
+    # the first answer stops the fill: at most the one GET already under way besides it
+    assert "\n" not in message and len(gets.per_file()) <= 2
+
+
 def test_fill_names_ten_missing_files_then_a_count(session, tmp_path, monkeypatch) -> None:
     wanted = {f"absent/{i:02d}.png.gz": None for i in range(12)}
     gets = CountingGets(session, monkeypatch, missing={f"{STAGE}/{rel}" for rel in wanted})

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from stage_helpers import STAGE, file_not_exists
+from stage_helpers import STAGE, file_not_exists, stage_not_found
 
 from fissure.config import SnowflakeConfig
 from fissure.errors import ConfigError, DataError
@@ -11,10 +11,12 @@ from fissure.snowflake.files import (
     SessionGone,
     is_missing_error,
     is_missing_file,
+    is_missing_stage,
     is_session_gone,
     is_transient,
     listed,
     qualified,
+    reason,
     stage_name,
     stage_rel,
     transfer_error,
@@ -73,6 +75,18 @@ def test_the_emulators_missing_file_and_snowpark_wrapping() -> None:
     assert is_missing_file(wrapped) and not is_transient(wrapped)
     assert not is_missing_file(OperationalError(msg="connection reset", errno=254000))
     assert not is_missing_file(OSError(2, "No such file"))  # a local errno, not the connector's
+
+
+def test_a_stage_that_is_not_there_is_not_a_missing_file() -> None:
+    gone = stage_not_found(STAGE)
+    assert is_missing_stage(gone) and not is_missing_file(gone)
+    assert not is_missing_stage(file_not_exists())
+    # the cause is on the second line of Snowflake's SQL errors
+    assert reason(gone) == (
+        "(1304): SQL compilation error: Stage 'PROJET_FISSURES.STORAGE_SCHEMA.MY_FISSURE_STAGE' "
+        "does not exist or not authorized."
+    )
+    assert reason(RuntimeError("one line\nmore detail")) == "one line"
 
 
 def test_a_session_gone_is_reconnected_not_retried() -> None:

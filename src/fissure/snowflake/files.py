@@ -56,9 +56,19 @@ class SessionGone(DataError):
 
 
 def reason(exc: BaseException) -> str:
-    """First line of an exception's message, for one-line errors."""
-    lines = str(exc).strip().splitlines()
-    return (lines[0] if lines else type(exc).__name__)[:300]
+    """First line of an exception's message, for one-line errors.
+
+    Snowflake's SQL errors put the cause on the second line ("SQL compilation error:" then
+    "Stage '...' does not exist or not authorized."): a first line ending in ':' takes the
+    next one with it.
+    """
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    first = lines[0]
+    if first.endswith(":") and len(lines) > 1:
+        first = f"{first} {lines[1]}"
+    return first[:300]
 
 
 def listed(items: Iterable[str], limit: int = 10) -> str:
@@ -157,6 +167,30 @@ def with_retries(
                 raise DataError(f"{what}: failed after {tries} tries ({reason(exc)})") from None
             sleep(base_delay * 2**attempt)
     raise AssertionError("unreachable")
+
+
+OBJECT_NOT_FOUND = 2003
+"""SQL error 002003: "<Object> '...' does not exist or not authorized"."""
+
+
+def is_missing_stage(exc: BaseException) -> bool:
+    """Whether ``exc`` says the stage itself does not exist, or that the role may not use it.
+
+    A real account answers a GET from such a stage with SQL error 002003 ("Stage '...' does
+    not exist or not authorized") for every file alike. Telling it apart from a missing file
+    (errno 253006) stops a misspelt stage from becoming one failed GET per file and a list
+    of "missing" files.
+    """
+    if is_missing_file(exc):
+        return False
+    return OBJECT_NOT_FOUND in _errnos(exc) or "not authorized" in str(exc).lower()
+
+
+def stage_unreadable(exc: BaseException, stage_path: str) -> DataError:
+    """The one-line error for a transfer that failed as :func:`is_missing_stage` says."""
+    stage = stage_path.split("/", 1)[0]
+    return DataError(f"{stage}: the stage does not exist, or this role may not read it "
+                     f"({reason(exc)})")
 
 
 def is_missing_error(exc: BaseException) -> bool:

@@ -27,6 +27,7 @@ from .environment import Log, choose_reader, writable_dir
 from .files import (
     StageFileMissing,
     is_missing_error,
+    is_missing_stage,
     is_null,
     listed,
     match_columns,
@@ -36,6 +37,7 @@ from .files import (
     reason,
     stage_name,
     stage_rel,
+    stage_unreadable,
     with_retries,
 )
 
@@ -298,6 +300,8 @@ class StageSource:
         except DataError:
             raise
         except Exception as exc:
+            if is_missing_stage(exc):
+                raise stage_unreadable(exc, locator) from None
             if is_missing_error(exc):
                 raise StageFileMissing(f"{locator}: file not found in the stage") from None
             raise DataError(f"{locator}: cannot read from the stage ({reason(exc)})") from None

@@ -36,7 +36,9 @@ from .files import (
     StageFileMissing,
     is_missing_error,
     is_missing_file,
+    is_missing_stage,
     reason,
+    stage_unreadable,
     transfer_error,
     validate_stage_name,
     with_retries,
@@ -87,7 +89,9 @@ def download(
         except DataError:
             raise
         except Exception as exc:
-            if is_missing_file(exc) or is_missing_error(exc):
+            if is_missing_stage(exc):
+                raise stage_unreadable(exc, stage_path) from None
+            if is_missing_error(exc):
                 raise _missing(stage_path) from None
             raise transfer_error(exc, stage_path, "download") from None
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -121,6 +125,8 @@ def get_prefix(
     except Exception as exc:
         if is_missing_file(exc):
             return {}
+        if is_missing_stage(exc):
+            raise stage_unreadable(exc, stage_prefix) from None
         raise transfer_error(exc, stage_prefix, "download") from None
     names = [Path(str(getattr(r, "file", ""))).name for r in results]
     seen = Counter(name.casefold() for name in names)
@@ -226,6 +232,8 @@ def list_stage(session: Any, stage_folder: str) -> list[tuple[str, int]]:
     except DataError:
         raise
     except Exception as exc:
+        if is_missing_stage(exc):
+            raise stage_unreadable(exc, folder) from None
         raise transfer_error(exc, folder, "list") from None
     found = []
     for row in rows:
