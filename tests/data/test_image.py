@@ -58,6 +58,30 @@ def test_channel_and_depth_conversions():
     assert decode_image(buf.getvalue(), "x").max() == 255
 
 
+def test_float_images_in_0_1_are_intensities():
+    ramp = np.linspace(0, 1, 16, dtype=np.float32).reshape(4, 4)
+    buf = io.BytesIO()
+    Image.fromarray(ramp).save(buf, format="TIFF")  # mode F
+    out = decode_image(buf.getvalue(), "ramp.tif")
+    assert out[0, 0, 0] == 0 and out[3, 3, 0] == 255
+    assert not (out[..., 0] == 0).all()
+
+
+def test_unknown_format_names_no_python_object():
+    with pytest.raises(DataError) as info:
+        decode_image(b"GIF89a not really", "._IMG_0001.jpg")
+    assert str(info.value) == "._IMG_0001.jpg: not a readable image (unknown format)"
+
+
+def test_images_over_the_pixel_limit_are_refused_before_decoding(monkeypatch):
+    # Pillow itself refuses only twice Image.MAX_IMAGE_PIXELS and warns in between.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    data = png_bytes(np.zeros((12, 12, 3), np.uint8))  # 144 px: between 1x and 2x the limit
+    with pytest.raises(DataError) as info:
+        decode_image(data, "big.png")
+    assert str(info.value).startswith("big.png: image too large (12x12 px")
+
+
 def test_exif_orientation_is_applied():
     img = Image.fromarray(np.zeros((10, 20, 3), np.uint8))
     exif = img.getexif()

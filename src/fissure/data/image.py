@@ -74,8 +74,14 @@ def _open(data: bytes, name: str) -> Image.Image:
         raise DataError(f"{name}: empty file")
     try:
         img = Image.open(io.BytesIO(data))
+        # Pillow itself only refuses twice MAX_IMAGE_PIXELS (it warns in between)
+        if img.width * img.height > Image.MAX_IMAGE_PIXELS:
+            raise DataError(f"{name}: image too large ({img.width}x{img.height} px; the "
+                            f"limit is {Image.MAX_IMAGE_PIXELS // 1_000_000} megapixels)")
         img.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except UnidentifiedImageError:
+        raise DataError(f"{name}: not a readable image (unknown format)") from None
+    except (OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"{name}: not a readable image ({exc})") from None
     except Image.DecompressionBombError as exc:
         raise DataError(f"{name}: image too large ({exc})") from None
@@ -86,10 +92,19 @@ def _open(data: bytes, name: str) -> Image.Image:
 
 
 def _to_uint8(img: Image.Image) -> Image.Image:
-    """16-bit and float images scaled to 8 bits by their full range."""
+    """16-bit and float images scaled to 8 bits by their full range.
+
+    Float images whose values all lie in [0, 1] are taken as 0-1 intensities (the usual
+    float convention), other floats and 32-bit integers as 0-255 unless they exceed it.
+    """
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         arr = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        if img.mode.startswith("I;16") or arr.max() > 255:
+            top = 65535.0
+        elif img.mode == "F" and arr.min() >= 0 and arr.max() <= 1:
+            top = 1.0
+        else:
+            top = 255.0
         arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return Image.fromarray(arr, mode="L")
     return img
