@@ -17,7 +17,7 @@ from fissure.app.sources import (
     uploaded_photos,
 )
 from fissure.errors import DataError, FissureError
-from fissure.prediction.files import InputImage
+from fissure.prediction.inputs import InputImage
 
 
 @dataclass

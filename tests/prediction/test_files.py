@@ -7,7 +7,7 @@ import csv
 import gzip
 import io
 import json
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,15 +18,13 @@ from prediction_stand_ins import random_rgb, tiny_checkpoint, tiny_model
 from torch import nn
 
 from fissure.cli import cli
-from fissure.errors import FissureError
+from fissure.errors import DataError
+from fissure.prediction import files as files_module
 from fissure.prediction.cracks import analyse_cracks
 from fissure.prediction.files import (
-    InputImage,
     encode_mask,
     encode_overlay,
     encode_probability,
-    find_inputs,
-    output_names,
     overlay_image,
     predict_files,
     write_outputs,
@@ -46,47 +44,6 @@ def _png_bytes(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def _image(location: str) -> InputImage:
-    return InputImage(location, bytes, PurePosixPath(location))
-
-
-def test_output_names_tell_same_stems_apart() -> None:
-    names = output_names(
-        [
-            _image(loc)
-            for loc in ("/d/a/x.png", "/d/b/x.png", "/d/b/x.jpg", "/d/y.png.gz", "/d/z.png")
-        ]
-    )
-    assert names == ["a__x", "b__x__png", "b__x__jpg", "y", "z"]
-    awkward = [
-        "/d/a/x.png",
-        "/d/b/x.png",
-        "/d/a__x.png",
-        "/d/y.png",
-        "/d/y_prob.png",
-        "/d/Z.png",
-        "/d/z.png",
-    ]
-    names = output_names([_image(loc) for loc in awkward])
-    files = [f"{n}{s}".casefold() for n in names for s in ("", "_prob", "_overlay")]
-    assert len(set(files)) == len(files)
-
-
-def test_find_inputs_walks_folders_and_needs_fetch_for_stages(tmp_path: Path) -> None:
-    (tmp_path / "in" / "deep").mkdir(parents=True)
-    (tmp_path / "in" / "out").mkdir()
-    for name in ("in/a.png", "in/deep/b.jpg.gz", "in/notes.txt", "in/out/a.png"):
-        (tmp_path / name).write_bytes(b"x")
-    found = find_inputs([tmp_path / "in", tmp_path / "in" / "a.png"], exclude=tmp_path / "in/out")
-    assert [Path(i.source).name for i in found] == ["a.png", "b.jpg.gz"]
-    assert len(find_inputs([tmp_path / "in"], "*.png")) == 1
-    assert len(find_inputs([tmp_path / "in"])) == 3
-    with pytest.raises(FissureError, match="stage inputs need the Snowflake source"):
-        find_inputs(["@MY_STAGE/photos"])
-    staged = _image("@MY_STAGE/photos/c.png")
-    assert find_inputs(["@MY_STAGE/photos"], fetch=lambda spec, pattern: [staged]) == [staged]
 
 
 def _photo_folder(root: Path) -> None:
@@ -279,6 +236,72 @@ def test_cli_predict_options_and_errors(tmp_path: Path) -> None:
     assert bad.exit_code == 1 and "--tile must be a positive multiple of 32" in bad.output
     missing = runner.invoke(cli, ["predict", str(ckpt), str(tmp_path / "nope"), "--out", str(out)])
     assert missing.exit_code == 1 and "no such file or folder" in missing.output
+
+
+def test_an_unreadable_image_is_reported_and_the_run_goes_on(tmp_path: Path) -> None:
+    ckpt = tiny_checkpoint(tmp_path, all_crack=True)
+    photos, out = tmp_path / "photos", tmp_path / "out"
+    photos.mkdir()
+    Image.fromarray(random_rgb(40, 50)).save(photos / "a.png")
+    (photos / "b.jpg").write_bytes(b"half a JPEG")
+    Image.fromarray(random_rgb(30, 40, seed=1)).save(photos / "c.png")
+    result = CliRunner().invoke(cli, ["predict", str(ckpt), str(photos), "--out", str(out),
+                                      "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "2 of 2 image(s) with cracks" in result.output
+    assert "1 image(s) could not be read" in result.output and "b.jpg: not a readable" in (
+        result.output)
+    assert (out / "a.png").is_file() and (out / "c.png").is_file()
+    assert not (out / "b.png").exists()
+    with (out / "predictions.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [Path(r["image"]).name for r in rows] == ["a.png", "b.jpg", "c.png"]
+    assert [r["error"] for r in rows[::2]] == ["", ""]
+    assert rows[1]["error"].endswith("b.jpg: not a readable image (unknown format)")
+    assert rows[1]["mask"] == "" and rows[1]["n_segments"] == ""
+    records = json.loads((out / "predictions.json").read_text())
+    assert records[1]["mask"] is None and set(records[1]) == set(records[0])
+
+
+def test_a_run_of_only_unreadable_images_fails_and_keeps_the_last_tables(tmp_path: Path) -> None:
+    ckpt = tiny_checkpoint(tmp_path)
+    out = tmp_path / "out"
+    Image.fromarray(random_rgb(40, 50)).save(tmp_path / "good.png")
+    predict_files(ckpt, [tmp_path / "good.png"], out, progress=False)
+    before = (out / "predictions.csv").read_text()
+    (tmp_path / "bad.png").write_bytes(b"")
+    with pytest.raises(DataError, match=r"^no image could be read: .*bad.png: empty file$"):
+        predict_files(ckpt, [tmp_path / "bad.png"], out, progress=False)
+    # no mask of the failed run was written, so the last run's tables still hold
+    assert (out / "predictions.csv").read_text() == before
+
+
+def test_a_new_run_removes_the_old_tables_before_its_first_mask(tmp_path: Path) -> None:
+    ckpt = tiny_checkpoint(tmp_path)
+    out = tmp_path / "out"
+    Image.fromarray(random_rgb(40, 50)).save(tmp_path / "a.png")
+    predict_files(ckpt, [tmp_path / "a.png"], out, progress=False)
+    seen: list[list[str]] = []
+    real = files_module.write_outputs
+
+    def watching(out_dir, *args, **kwargs):
+        seen.append(sorted(p.name for p in out_dir.iterdir() if p.suffix in (".csv", ".json")))
+        return real(out_dir, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(files_module, "write_outputs", watching)
+        predict_files(ckpt, [tmp_path / "a.png"], out, progress=False)
+    assert seen == [[]]  # no predictions.csv/.json or cracks.csv beside the new mask
+    assert (out / "predictions.csv").is_file() and (out / "cracks.csv").is_file()
+
+
+def test_a_photo_longer_than_jpeg_allows_gets_a_png_overlay(tmp_path: Path) -> None:
+    rgb = np.full((2, files_module.JPEG_MAX_SIDE + 1, 3), 128, np.uint8)
+    mask = np.zeros(rgb.shape[:2], bool)
+    mask[:, :10] = True
+    data = encode_overlay(rgb, mask)
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert Image.open(io.BytesIO(data)).size == (files_module.JPEG_MAX_SIDE + 1, 2)
 
 
 # -- the files' bytes, cracks.csv and GeoJSON ------------------------------------------------

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from fissure.errors import DataError, FissureError
+from fissure.errors import FissureError
 from fissure.prediction import files as files_module
 from fissure.prediction.files import (
     encode_mask,
@@ -132,15 +132,19 @@ def test_a_file_that_cannot_be_written_is_named(
     assert (out / "img0.png").is_file() and not (out / "predictions.csv").exists()
 
 
-def test_an_image_that_cannot_be_decoded_is_named(
+def test_an_image_that_cannot_be_decoded_is_named_in_order(
     tmp_path: Path, photos: tuple[Predictor, list[Path]]
 ) -> None:
+    # decoded in the read-ahead thread: its failure comes back as its own row, in order
     predictor, paths = photos
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not a png")
-    with pytest.raises(DataError, match="broken.png"):
-        predict_files(predictor, [paths[0], broken, paths[1]], tmp_path / "out",
-                      PredictOptions(device="cpu"), progress=False)
+    records = predict_files(predictor, [paths[0], broken, paths[1]], tmp_path / "out",
+                            PredictOptions(device="cpu"), progress=False)
+    assert [Path(r["image"]).name for r in records] == [paths[0].name, "broken.png",
+                                                         paths[1].name]
+    assert [r["error"] is None for r in records] == [True, False, True]
+    assert records[1]["error"].startswith(f"{broken}: not a readable image")
 
 
 def test_stopping_early_stops_the_read_ahead(photos: tuple[Predictor, list[Path]]) -> None:

@@ -16,7 +16,7 @@ from fissure.checkpoint import Checkpoint
 from fissure.config import load_config
 from fissure.errors import CheckpointError, ConfigError, DataError
 from fissure.model import build_model
-from fissure.prediction.files import find_inputs
+from fissure.prediction.inputs import find_inputs
 from fissure.snowflake import runs, transfer
 from fissure.snowflake.files import SessionGone
 from fissure.snowflake.runs import (

@@ -18,7 +18,7 @@ import numpy as np
 from ..data import is_stage_path
 from ..data.image import decode_image, is_image_name
 from ..errors import DataError, FissureError
-from ..prediction.files import InputImage, find_inputs
+from ..prediction.inputs import InputImage, find_inputs
 from ..snowflake.files import reason
 from ..snowflake.runs import stage_fetcher
 

@@ -184,7 +184,9 @@ def predict(checkpoint, inputs, out, pattern, threshold, tile, overlap, tta, bat
     the photo's size), <stem>_overlay.jpg, and predictions.csv and predictions.json with
     size, tiling and crack area, segments, length and width per image. Images that share
     a stem are named by their folders (a__x.png, b__x.png). Large photos are predicted
-    in overlapping tiles at native resolution.
+    in overlapping tiles at native resolution. Hidden files in folders are skipped; an
+    image that cannot be read is reported (predictions.csv, error column) and the run
+    goes on.
 
     \b
     Example:
@@ -198,9 +200,13 @@ def predict(checkpoint, inputs, out, pattern, threshold, tile, overlap, tta, bat
     output = OutputOptions(overlay=overlay, save_prob=save_prob, glob=pattern, geojson=geojson)
     records = api.predict(checkpoint, inputs, out, options, output, connection=connection,
                           progress=not quiet)
-    cracked = sum(1 for r in records if r["n_segments"])
-    click.echo(f"{cracked} of {len(records)} image(s) with cracks; wrote masks, "
+    unread = [r["error"] for r in records if r.get("error")]
+    cracked = sum(1 for r in records if r.get("n_segments"))
+    click.echo(f"{cracked} of {len(records) - len(unread)} image(s) with cracks; wrote masks, "
                f"{Path(out) / 'predictions.csv'} and cracks.csv")
+    if unread:
+        click.echo(f"{len(unread)} image(s) could not be read and have no outputs (the error "
+                   f"column of predictions.csv says why), e.g. {unread[0]}", err=True)
 
 
 

@@ -16,7 +16,8 @@
 """
 
 from .cracks import CrackAnalysis, CrackRecord, analyse_cracks
-from .files import Fetch, InputImage, find_inputs, output_names, predict_files
+from .files import predict_files
+from .inputs import Fetch, InputImage, find_inputs, output_names
 from .measure import CrackMeasurements, measure_cracks
 from .options import OutputOptions, PredictOptions
 from .predictor import (

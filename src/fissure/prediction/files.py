@@ -1,9 +1,9 @@
 """Prediction over files and folders: finding the images, naming and writing the outputs.
 
-Holds :func:`predict_files` (what ``fissure predict`` runs), the inputs
-(:class:`InputImage`, :func:`find_inputs`, and :data:`Fetch`, the hook for stage paths),
-:func:`output_names`, :func:`write_outputs` and the files' bytes (:func:`encode_mask`,
-:func:`encode_overlay`). The tables and GeoJSON are built in :mod:`fissure.prediction.records`.
+Holds :func:`predict_files` (what ``fissure predict`` runs), :func:`write_outputs` and the
+files' bytes (:func:`encode_mask`, :func:`encode_overlay`). The inputs and their output
+names come from :mod:`fissure.prediction.inputs`; the tables and GeoJSON are built in
+:mod:`fissure.prediction.records`.
 
 For every image, in the output folder (``<name>`` is the image's stem, see
 :func:`output_names`):
@@ -13,7 +13,7 @@ For every image, in the output folder (``<name>`` is the image's stem, see
   0-255, 8-bit;
 * ``<name>_overlay.jpg`` (with ``OutputOptions.overlay``): the photo with crack pixels
   painted magenta. JPEG because it is for looking at: a 12-megapixel PNG of a photo is
-  ~20 MB and slow to write;
+  ~20 MB and slow to write (``_overlay.png`` where a side is over JPEG's 65,500 px);
 * ``<name>.geojson`` (with ``OutputOptions.geojson``): a FeatureCollection with one
   Polygon per crack, its outline in pixel coordinates (x = column, y = row, pixel centres
   on whole numbers; see :func:`~fissure.prediction.cracks.crack_outline`) and its crack
@@ -24,29 +24,29 @@ order (see :func:`prediction_record`), and ``cracks.csv`` (with ``OutputOptions.
 the default), one row per crack of every image in the same order: the image, then the
 fields of :class:`~fissure.prediction.cracks.CrackRecord` (see :func:`crack_rows`). An
 image's row in ``predictions.csv`` sums up its rows in ``cracks.csv`` (see
-:mod:`fissure.prediction.cracks`).
+:mod:`fissure.prediction.cracks`). An image that cannot be read gets a row with its reason
+in the ``error`` column (empty for the others) and no files; the run goes on. The tables
+are written when every image is done; an earlier run's tables in the folder are removed
+before the first new mask is written.
 """
 
 from __future__ import annotations
 
 import io
 import json
-from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from contextlib import closing
-from dataclasses import dataclass
-from functools import partial
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from ..data import is_stage_path
-from ..data.image import decode_image, image_stem, is_image_name, read_bytes
-from ..errors import DataError, FissureError
+from ..data.image import decode_image
+from ..errors import DataError
 from ..writes import replacing
 from .cracks import CrackAnalysis
+from .inputs import Fetch, InputImage, check_inputs_kept, find_inputs, output_names
 from .options import OutputOptions, PredictOptions
 from .predictor import (
     ModelSource,
@@ -61,7 +61,9 @@ from .records import (
     crack_geojson,
     crack_rows,
     cracks_csv,
+    drop_tables,
     prediction_record,
+    with_errors,
     write_records,
 )
 from .threads import BackgroundWriter
@@ -69,117 +71,8 @@ from .threads import BackgroundWriter
 OVERLAY_COLOR = (255, 0, 255)
 """Magenta: rare on concrete, unlike red, which rust stains and markings share."""
 OVERLAY_ALPHA = 0.75
-"""The columns of ``cracks.csv``."""
-
-
-@dataclass(frozen=True)
-class InputImage:
-    """One image to predict.
-
-    ``source`` is what the records report (a path as given, or a stage path); ``read``
-    returns the file's bytes (plain or gzip); ``location`` is its full path, which tells
-    images with the same file name apart (see :func:`output_names`).
-    """
-
-    source: str
-    read: Callable[[], bytes]
-    location: PurePosixPath
-
-    @classmethod
-    def from_path(cls, path: Path) -> InputImage:
-        """A local file, read when needed."""
-        return cls(str(path), partial(read_bytes, path), PurePosixPath(path.resolve().as_posix()))
-
-
-Fetch = Callable[[str, str], Iterable[InputImage]]
-"""``fetch(stage_path, pattern)``: the images under a stage path such as ``@stage/photos``."""
-
-
-def _inside(path: Path, folder: Path | None) -> bool:
-    return folder is not None and path.resolve().is_relative_to(folder)
-
-
-def find_inputs(
-    inputs: Sequence[str | Path],
-    pattern: str = "**/*",
-    *,
-    fetch: Fetch | None = None,
-    exclude: str | Path | None = None,
-) -> list[InputImage]:
-    """The images named by ``inputs``: files, folders searched with ``pattern``, stage paths.
-
-    Folder matches must have an image suffix (``.png``, ``.jpg``, ... optionally ``.gz``);
-    files named directly are taken as they are. Anything under ``exclude`` (the output
-    folder) is skipped so that a rerun does not predict its own masks. An input starting
-    with ``@`` is a stage path and needs ``fetch``. Repeated images are listed once.
-    """
-    skip = Path(exclude).resolve() if exclude is not None else None
-    found: list[InputImage] = []
-    for item in inputs:
-        text = str(item)
-        if is_stage_path(text):
-            if fetch is None:
-                raise FissureError(f"{text}: stage inputs need the Snowflake source")
-            found.extend(fetch(text, pattern))
-            continue
-        path = Path(item)
-        if path.is_dir():
-            found.extend(
-                InputImage.from_path(p)
-                for p in sorted(path.glob(pattern))
-                if p.is_file() and is_image_name(p.name) and not _inside(p, skip)
-            )
-        elif path.is_file():
-            found.append(InputImage.from_path(path))
-        else:
-            raise DataError(f"{path}: no such file or folder")
-    if not found:
-        raise DataError(f"no image files found in {', '.join(map(str, inputs))}")
-    unique = {image.location: image for image in reversed(found)}
-    return [image for image in found if unique[image.location] is image]
-
-
-def _by_folder(locations: list[PurePosixPath], stem: str) -> list[str]:
-    """``site1__img`` and ``site2__img``: the path below the folders the images share."""
-    parents = [loc.parent.parts for loc in locations]
-    shared = 0
-    while all(len(p) > shared and p[shared] == parents[0][shared] for p in parents):
-        shared += 1
-    return ["__".join((*p[shared:], stem)) for p in parents]
-
-
-def _by_suffix(locations: list[PurePosixPath], name: str) -> list[str]:
-    """``x__png`` and ``x__jpg``: the file suffix, for same-named images in one folder."""
-    suffixes = [loc.name[len(image_stem(loc.name)) :].lstrip(".") for loc in locations]
-    return [f"{name}__{sfx.replace('.', '_')}" if sfx else name for sfx in suffixes]
-
-
-def output_names(images: Sequence[InputImage]) -> list[str]:
-    """Base names of each image's output files, unique within a run.
-
-    An image's stem when no other input shares it. Images that share a stem are named by
-    their folders below the deepest folder they all share, joined with ``__``
-    (``a/x.png``, ``b/x.png`` -> ``a__x``, ``b__x``); same folder, different suffix gets
-    the suffix (``x.png``, ``x.jpg`` -> ``x__png``, ``x__jpg``). Any name still taken (also
-    by another image's ``_prob``/``_overlay`` file, ignoring case) gets ``__2``, ``__3``...
-    """
-    locations = [image.location for image in images]
-    names = [image_stem(loc.name) for loc in locations]
-    for rename in (_by_folder, _by_suffix):
-        for name in [n for n, count in Counter(names).items() if count > 1]:
-            idx = [i for i, n in enumerate(names) if n == name]
-            for i, new in zip(idx, rename([locations[i] for i in idx], name), strict=True):
-                names[i] = new
-    taken: set[str] = set()
-    unique = []
-    for name in names:
-        candidate, k = name, 1
-        while {f"{candidate}{s}".casefold() for s in ("", "_prob", "_overlay")} & taken:
-            k += 1
-            candidate = f"{name}__{k}"
-        taken |= {f"{candidate}{s}".casefold() for s in ("", "_prob", "_overlay")}
-        unique.append(candidate)
-    return unique
+JPEG_MAX_SIDE = 65_500
+"""JPEG's largest side; a longer overlay (a stitched tunnel scan) is written as PNG."""
 
 
 def overlay_image(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -219,15 +112,20 @@ def encode_probability(probability: np.ndarray) -> bytes:
 
 
 def encode_overlay(rgb: np.ndarray, mask: np.ndarray) -> bytes:
-    """``<name>_overlay.jpg``: :func:`overlay_image` as a JPEG of quality 90.
+    """``<name>_overlay.jpg``: :func:`overlay_image` as a JPEG of quality 90 (a PNG where a
+    side exceeds :data:`JPEG_MAX_SIDE`).
 
     Shapes:
         rgb: (H, W, 3) uint8.
         mask: (H, W) bool.
     """
     buffer = io.BytesIO()
-    # 4:4:4 chroma: subsampling would smear one-pixel cracks into their neighbours.
-    Image.fromarray(overlay_image(rgb, mask)).save(buffer, format="JPEG", quality=90, subsampling=0)
+    image = Image.fromarray(overlay_image(rgb, mask))
+    if max(image.size) > JPEG_MAX_SIDE:
+        image.save(buffer, format="PNG")
+    else:
+        # 4:4:4 chroma: subsampling would smear one-pixel cracks into their neighbours.
+        image.save(buffer, format="JPEG", quality=90, subsampling=0)
     return buffer.getvalue()
 
 
@@ -257,7 +155,8 @@ def write_outputs(
         prob_path.write_bytes(encode_probability(prediction.probability))
         paths["probability"] = str(prob_path)
     if output.overlay:
-        overlay_path = out_dir / f"{name}_overlay.jpg"
+        suffix = "png" if max(rgb.shape[:2]) > JPEG_MAX_SIDE else "jpg"
+        overlay_path = out_dir / f"{name}_overlay.{suffix}"
         overlay_path.write_bytes(encode_overlay(rgb, prediction.mask))
         paths["overlay"] = str(overlay_path)
     return paths
@@ -284,6 +183,18 @@ def _image_outputs(
             text = json.dumps(crack_geojson(analysis, source))
             Path(paths["geojson"]).write_text(text + "\n", encoding="utf-8")
     return prediction_record(source, paths, prediction, options), rows
+
+
+def _decoded(image: InputImage, index: int, unread: dict[int, str]) -> np.ndarray | None:
+    """The image's pixels, or None with the reason in ``unread[index]``: one unreadable
+    photo among thousands is reported, not the end of the run. A lost session still is."""
+    try:
+        return decode_image(image.read(), image.source)
+    except DataError as exc:
+        if type(exc).__name__ == "SessionGone":
+            raise
+        unread[index] = str(exc)
+        return None
 
 
 WRITE_QUEUE = 2
@@ -317,16 +228,21 @@ def predict_files(
     out_dir = Path(out)
     images = find_inputs(inputs, output.glob, fetch=fetch, exclude=out_dir)
     names = output_names(images)
+    check_inputs_kept(images, names, out_dir, output)
     out_dir.mkdir(parents=True, exist_ok=True)
+    unread: dict[int, str] = {}
     # Decoded lazily, so only the images in flight are held in memory.
     decoded = (
         ((i, rgb), rgb)
         for i, image in enumerate(images)
-        for rgb in [decode_image(image.read(), image.source)]
+        for rgb in [_decoded(image, i, unread)]
+        if rgb is not None
     )
     done: dict[int, tuple[dict[str, Any], list[dict[str, Any]]]] = {}
 
     def write(i: int, rgb: np.ndarray, result: Probability) -> None:
+        if not done:  # the tables of an earlier run here would describe other masks
+            drop_tables(out_dir)
         analysis: CrackAnalysis | None = None
         if output.cracks or output.geojson:
             prediction, analysis = analysed_prediction(result, predictor, options)
@@ -342,7 +258,8 @@ def predict_files(
         for (i, rgb), result in stream:
             writer.submit(f"{out_dir / names[i]}.png (from {images[i].source})", write, i, rgb,
                           result)
-    ordered = [done[i][0] for i in sorted(done)]
+    ordered = with_errors([done[i][0] if i in done else None for i in range(len(images))],
+                          [image.source for image in images], unread)
     write_records(ordered, out_dir)
     if output.cracks:
         rows = [row for i in sorted(done) for row in done[i][1]]

@@ -16,6 +16,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from ..errors import DataError
 from ..writes import replacing
 from .cracks import CrackAnalysis, CrackRecord, analyse_cracks, crack_outline
 from .options import PredictOptions
@@ -52,6 +53,42 @@ def prediction_record(
         "px_per_mm": options.px_per_mm,
         **prediction.measurements.as_dict(),
     }
+
+
+TABLES = ("predictions.csv", "predictions.json", "cracks.csv")
+"""The run's tables, written once every image is done."""
+
+
+def drop_tables(out_dir: Path) -> None:
+    """Remove the tables an earlier run left in ``out_dir``, before this run's first mask
+    replaces one of that run's: a run that then fails leaves masks and no tables, never
+    tables that describe other masks."""
+    for name in TABLES:
+        (out_dir / name).unlink(missing_ok=True)
+
+
+def with_errors(
+    records: list[dict[str, Any] | None], sources: list[str], unread: dict[int, str]
+) -> list[dict[str, Any]]:
+    """Every image's record in input order, with an ``error`` column: None where it was
+    predicted, the reason where it could not be read (its other cells empty).
+
+    ``records[i]`` is None for image ``i`` when it is in ``unread``. Raises a DataError
+    when no image could be read.
+    """
+    kept = [r for r in records if r is not None]
+    if not kept:
+        reasons = [unread[i] for i in sorted(unread)]
+        more = f" (and {len(reasons) - 1} more)" if len(reasons) > 1 else ""
+        raise DataError(f"no image could be read: {reasons[0] if reasons else 'none given'}"
+                        f"{more}")
+    columns = [*kept[0], "error"]
+    blank = dict.fromkeys(columns)
+    return [
+        {**blank, **record, "error": None} if record is not None
+        else {**blank, "image": sources[i], "error": unread.get(i, "not predicted")}
+        for i, record in enumerate(records)
+    ]
 
 
 def write_records(records: list[dict[str, Any]], out_dir: Path) -> tuple[Path, Path]:

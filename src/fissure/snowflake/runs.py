@@ -22,7 +22,7 @@ from ..checkpoint import Checkpoint, load_checkpoint
 from ..data import is_stage_path
 from ..data.image import is_image_name
 from ..errors import CheckpointError, ConfigError, DataError
-from ..prediction.files import Fetch, InputImage
+from ..prediction.inputs import Fetch, InputImage
 from ..training.distributed import is_main_process
 from .files import SessionGone, validate_stage_name
 from .session import is_alive
@@ -176,7 +176,7 @@ class _Folder:
 
 
 def stage_fetcher(session: Session) -> Fetch:
-    """The ``fetch`` hook of :func:`fissure.prediction.files.find_inputs` for stage inputs.
+    """The ``fetch`` hook of :func:`fissure.prediction.inputs.find_inputs` for stage inputs.
 
     A stage file named as an input (``@STAGE/photos/a.jpg.gz``) is read on demand. A stage
     folder (``@STAGE/photos/``) is listed with ``LIST`` on a real account, its images
