@@ -224,10 +224,12 @@ def test_prepare_request_resolves_the_default_version(session, registry):
 @pytest.mark.parametrize(("change", "error"), [
     ({"table": "bad name;drop"}, ConfigError), ({"folder": "photos/"}, DataError),
     ({"masks": "pred/"}, DataError), ({"folder": f"{STAGE}/../x/"}, DataError),
-    ({"px_per_mm": 0.0}, ConfigError)])
+    ({"px_per_mm": 0.0}, ConfigError),
+    ({"masks": f"{FOLDER}masks/"}, ConfigError)])  # the next LIST would take masks for photos
 def test_bad_requests_are_one_line_errors(change, error):
-    with pytest.raises(error):
+    with pytest.raises(error) as info:
         check_request(_request(**change))
+    assert "\n" not in str(info.value)
 
 
 def test_mask_names_keep_the_layout_and_never_collide():

@@ -162,6 +162,53 @@ def test_a_stage_made_on_an_account_has_encryption_and_a_directory(session, tmp_
     assert statements == [statements[0]] and statements[0].startswith("CREATE STAGE")
 
 
+def test_a_role_that_may_not_create_stages_uses_the_existing_one(session, tmp_path, monkeypatch):
+    # On a real account CREATE STAGE IF NOT EXISTS needs the CREATE STAGE privilege even when
+    # the stage exists; a role with only READ/WRITE on it is refused. Stand in for session.sql.
+    from snowflake.connector.errors import ProgrammingError
+
+    from fissure.snowflake import upload
+
+    statements: list[str] = []
+    exists = {"yes": True}
+
+    class Ran:
+        def __init__(self, text: str) -> None:
+            statements.append(text)
+            self.text = text
+
+        def collect(self) -> list:
+            if self.text.startswith("CREATE STAGE"):
+                raise ProgrammingError(msg="SQL access control error:\nInsufficient privileges "
+                                       "to operate on schema 'SCH'", errno=3001)
+            if self.text.startswith("DESC STAGE") and not exists["yes"]:
+                raise ProgrammingError(msg="Stage 'X' does not exist or not authorized.",
+                                       errno=2003)
+            return []
+
+    monkeypatch.setattr(upload, "is_local_testing", lambda s: False)
+    monkeypatch.setattr(session, "sql", Ran)
+    root = tmp_path / "ds"
+    local_dataset(root, count=2)
+    cfg = SnowflakeConfig(stage="RW_STAGE", manifest="V_RW")
+    assert upload_dataset(session, root, cfg, progress=False)["uploaded"] == 4
+    assert statements[1] == f"DESC STAGE {DB}.RW_STAGE"
+    exists["yes"] = False
+    with pytest.raises(DataError) as info:
+        upload_dataset(session, root, SnowflakeConfig(stage="NO_STAGE", manifest="V_NO"),
+                       progress=False)
+    assert str(info.value) == (f"@{DB}.NO_STAGE: cannot create the stage (003001: SQL access "
+                               "control error: Insufficient privileges to operate on schema "
+                               "'SCH')")
+
+
+def test_a_quoted_manifest_name_keeps_its_table_name_quoted() -> None:
+    from fissure.snowflake.upload import _suffixed
+
+    assert _suffixed('DB.SCH."My view"', "_TABLE") == 'DB.SCH."My view_TABLE"'
+    assert _suffixed("DB.SCH.V", "_TABLE") == "DB.SCH.V_TABLE"
+
+
 def test_upload_takes_a_folder_source_and_a_table(session, tmp_path) -> None:
     root = tmp_path / "ds"
     local_dataset(root, count=6)

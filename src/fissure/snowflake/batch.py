@@ -106,6 +106,10 @@ def check_request(request: BatchRequest) -> BatchRequest:
     if "/" in folder.rstrip("/"):
         validate_stage_name(folder.rstrip("/"))
     masks = check_push_target(request.masks).rstrip("/") + "/" if request.masks else None
+    if masks and masks.casefold().startswith(folder.casefold()):
+        # the next run's LIST of the folder would take the masks for photos
+        raise ConfigError(f"{masks}: the masks folder must not be inside the photo folder "
+                          f"{folder}")
     if request.px_per_mm is not None and not request.px_per_mm > 0:
         raise ConfigError(f"px_per_mm: must be positive, got {request.px_per_mm}")
     return BatchRequest(**{**asdict(request), "folder": folder, "masks": masks,
@@ -314,10 +318,14 @@ def call_procedure(session: Any, request: BatchRequest) -> dict[str, Any]:
 
     import fissure
 
-    registered = session.sproc.register(
-        procedure, return_type=StringType(), input_types=[StringType()], is_permanent=False,
-        replace=True, packages=list(PACKAGES), execute_as="caller",
-        imports=[(str(Path(fissure.__file__).parent), "fissure")])
+    try:
+        registered = session.sproc.register(
+            procedure, return_type=StringType(), input_types=[StringType()],
+            is_permanent=False, replace=True, packages=list(PACKAGES), execute_as="caller",
+            imports=[(str(Path(fissure.__file__).parent), "fissure")])
+    except Exception as exc:  # packages the warehouse cannot resolve, privileges
+        raise FissureError(f"{request.folder}: cannot register the prediction procedure "
+                           f"({reason(exc)})") from None
     try:
         return json.loads(registered(request.to_json()))
     except FissureError:
@@ -371,7 +379,11 @@ def run_on_pool(session: Any, request: BatchRequest, compute_pool: str, log: Log
                        {"request.json": spec_file})
         job = run_job(session, spec, compute_pool, job_folder_for(request.folder),
                       job_name("predict"), wheel=wheel, log=log)
-    for line in reversed(list(job.get_logs(as_list=True))):
+    try:
+        lines = list(job.get_logs(as_list=True))
+    except Exception as exc:
+        raise FissureError(f"job {job.id}: cannot read its log ({reason(exc)})") from None
+    for line in reversed(lines):
         if SUMMARY_TAG in line:
             return json.loads(line.split(SUMMARY_TAG, 1)[1])
     raise FissureError(f"job {job.id}: ended without a summary line in its log")

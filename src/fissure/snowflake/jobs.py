@@ -237,7 +237,10 @@ def follow(job: Any, log: Log = print, poll_s: float = 10.0,
     """Stream ``job``'s log to ``log`` until it ends; returns its last status."""
     shown: list[str] = []
     while True:
-        status = str(job.status)  # before the log: a terminal status means a complete log
+        try:
+            status = str(job.status)  # before the log: a terminal status means a complete log
+        except Exception as exc:
+            raise FissureError(f"job {job.id}: cannot read its status ({reason(exc)})") from None
         lines = _log_lines(job)
         fresh = _new_lines(shown, lines)
         for line in fresh:

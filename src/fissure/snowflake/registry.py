@@ -342,12 +342,11 @@ def list_versions(session: Session, name: str | None = None) -> list[dict[str, A
         try:
             model = registry.get_model(model_name)
             default = model.default.version_name
-            versions = model.versions()
+            rows.extend({"model": model_name, "version": version.version_name,
+                         "default": version.version_name == default,
+                         "comment": version.comment, "metrics": version.show_metrics()}
+                        for version in model.versions())
         except Exception as exc:
             raise CheckpointError(f"{SCHEME}{model_name}: cannot list its versions "
                                   f"({reason(exc)})") from None
-        for version in versions:
-            rows.append({"model": model_name, "version": version.version_name,
-                         "default": version.version_name == default,
-                         "comment": version.comment, "metrics": version.show_metrics()})
     return rows

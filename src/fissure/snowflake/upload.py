@@ -166,6 +166,28 @@ def _refresh_directory(session: Any, stage: str) -> None:
         session.sql(f"ALTER STAGE {stage.lstrip('@')} REFRESH").collect()
 
 
+def _suffixed(name: str, suffix: str) -> str:
+    """``DB.SCH.V`` -> ``DB.SCH.V_TABLE``; a quoted last part keeps the suffix inside its
+    quotes (``DB.SCH."My view"`` -> ``DB.SCH."My view_TABLE"``)."""
+    return f"{name[:-1]}{suffix}\"" if name.endswith('"') else f"{name}{suffix}"
+
+
+def _ensure_stage(session: Any, stage: str) -> None:
+    """Create ``stage`` unless it exists.
+
+    ``CREATE STAGE IF NOT EXISTS`` needs the CREATE STAGE privilege on the schema even when
+    the stage is there, which a role that may only write to an existing stage lacks: when
+    it is refused, a stage that ``DESC STAGE`` finds is used as it is.
+    """
+    try:
+        session.sql(create_stage_sql(stage)).collect()
+    except Exception as exc:
+        try:
+            session.sql(f"DESC STAGE {stage.lstrip('@')}").collect()
+        except Exception:
+            raise DataError(f"{stage}: cannot create the stage ({reason(exc)})") from None
+
+
 def _write_table(session: Any, cfg: SnowflakeConfig, table: str, rows: dict[str, Any]) -> None:
     from snowflake.snowpark.types import StringType, StructField, StructType
 
@@ -202,16 +224,13 @@ def upload_dataset(
     """
     source = data if isinstance(data, FolderSource) else FolderSource(data)
     stage, view = stage_name(cfg), qualified(cfg, cfg.manifest)
-    table = qualified(cfg, table) if table else f"{view}_TABLE"
+    table = qualified(cfg, table) if table else _suffixed(view, "_TABLE")
     if table.upper() == view.upper():
         raise ConfigError(f"upload table {table} must differ from the manifest view")
     rows = _table_rows(session, cfg, table, view, replace_view)
     real = not is_local_testing(session)
-    if real:
-        try:  # the emulator makes stages on first put; a real account needs them first
-            session.sql(create_stage_sql(stage)).collect()
-        except Exception as exc:
-            raise DataError(f"{stage}: cannot create the stage ({reason(exc)})") from None
+    if real:  # the emulator makes stages on first put; a real account needs them first
+        _ensure_stage(session, stage)
     plan = _Plan(rows or {}, changed=rows is None)
     for split in SPLITS:
         try:
@@ -229,8 +248,14 @@ def upload_dataset(
     if real and plan.todo:
         _refresh_directory(session, stage)
     if plan.changed:  # files first, rows after: a crash in between re-uploads, never lies
-        _write_table(session, cfg, table, plan.rows)
-    session.table(table).create_or_replace_view(view)
+        try:
+            _write_table(session, cfg, table, plan.rows)
+        except Exception as exc:
+            raise DataError(f"{table}: cannot write the upload table ({reason(exc)})") from None
+    try:
+        session.table(table).create_or_replace_view(view)
+    except Exception as exc:
+        raise DataError(f"{view}: cannot create the manifest view ({reason(exc)})") from None
     return {"uploaded": len(plan.todo), "skipped": plan.skipped, "rows": len(plan.rows)}
 
 
