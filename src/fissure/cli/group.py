@@ -57,7 +57,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
     \b
     Train, evaluate and predict with a ResNet-encoder U-Net on image/mask folders or a
-    Snowflake stage. Start with `fissure demo`.
+    Snowflake stage. Start with `fissure demo` (from the repository root).
     """
     ctx.ensure_object(dict)["debug"] = debug
 

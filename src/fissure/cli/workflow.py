@@ -49,7 +49,8 @@ def _batch_size(ctx: click.Context, param: click.Parameter, value: str) -> int |
 @click.option("--connection", help="Snowflake connection name (connections.toml) for stage data.")
 @click.option("--refresh", is_flag=True, help="Fetch stage data again instead of the local cache.")
 @click.option("--push", metavar="@STAGE/PREFIX/",
-              help="Upload best.pt, config.yaml and metrics to this stage folder at the end.")
+              help="Upload best.pt, config.yaml, history.csv and curves.png (and metrics.json "
+                   "if present) to this stage folder at the end.")
 @click.option("--register", metavar="[DB.SCHEMA.]NAME[/VERSION]",
               help="Log best.pt in the Snowflake Model Registry at the end, as a new version "
                    "of this model, with its metrics (needs the snowflake-ml extra).")
