@@ -40,6 +40,8 @@ def test_default_tiling_follows_the_checkpoint() -> None:
         None,
     )
     assert resize.resizes(512, 300) and not resize.resizes(513, 300)
+    # no side stretched more than twice: a strip is tiled
+    assert resize.resizes(128, 512) and not resize.resizes(127, 512)
     assert default_tiling(InputPolicy("resize", 256), PredictOptions(tile=128)).resize_size is None
     with pytest.raises(FissureError, match="--tile"):
         default_tiling(InputPolicy("crop", 64), PredictOptions(tile=100))

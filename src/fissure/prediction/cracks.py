@@ -193,7 +193,7 @@ def _in_millimetres(
 
 def analyse_cracks(
     mask: np.ndarray,
-    min_area: int = 10,
+    min_area: int = 20,
     px_per_mm: float | None = None,
     width_bounds: Sequence[float] = DEFAULT_WIDTH_BOUNDS,
 ) -> CrackAnalysis:

@@ -285,7 +285,7 @@ def check_measure_args(mask: np.ndarray, min_area: int, px_per_mm: float | None)
 
 
 def measure_cracks(
-    mask: np.ndarray, min_area: int = 10, px_per_mm: float | None = None
+    mask: np.ndarray, min_area: int = 20, px_per_mm: float | None = None
 ) -> CrackMeasurements:
     """Measure the cracks in ``mask`` (nonzero means crack).
 

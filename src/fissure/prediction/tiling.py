@@ -19,11 +19,13 @@
   poorly, for want of context, does not grow with the tile.
 * Whole image shrunk to the training size, exactly as ``evaluate`` does. Only for
   ``resize``-mode checkpoints (trained on whole images shrunk to ``size x size``), only with
-  the default tiling, and only when both sides are at most ``RESIZE_LIMIT`` times the
-  training size: there the shrink costs at most a factor two of resolution and the model
-  sees cracks at the scale it learnt. A larger photo shrunk that way would lose hairline
-  cracks, so it is tiled at native resolution instead, in tiles of the training size (a
-  resize-mode model learnt shrunk images, so a larger window shows it a different scale).
+  the default tiling, and only when both sides are within ``RESIZE_LIMIT`` times the
+  training size (at most that multiple, at least that fraction): there the shrink costs at
+  most a factor two of resolution, no side is stretched more than twice, and the model
+  sees cracks at the scale it learnt; a 512x10 strip is tiled, not stretched 25-fold. A
+  larger photo shrunk that way would lose hairline cracks, so it is tiled at native
+  resolution instead, in tiles of the training size (a resize-mode model learnt shrunk
+  images, so a larger window shows it a different scale).
 
 Passing ``tile`` always tiles, in that tile only, with ``overlap`` default ``tile // 4``.
 """
@@ -61,8 +63,9 @@ class Tiling:
 
     def resizes(self, height: int, width: int) -> bool:
         """Whether an image of ``height x width`` is shrunk whole rather than tiled."""
-        limit = RESIZE_LIMIT * (self.resize_size or 0)
-        return max(height, width) <= limit
+        size = self.resize_size or 0
+        return (max(height, width) <= RESIZE_LIMIT * size
+                and min(height, width) * RESIZE_LIMIT >= size)
 
     def tile_for(self, height: int, width: int) -> int:
         """The tile of an image of ``height x width``: ``large_tile`` where its windows hold
