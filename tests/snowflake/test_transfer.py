@@ -131,3 +131,67 @@ def test_list_stage_on_a_real_account(session, monkeypatch) -> None:
         (f"{STAGE}/photos/sub/a.png.gz", 10),
     ]
     assert asked == [f"{STAGE}/photos/"]
+
+
+@pytest.mark.parametrize(
+    ("name", "stage", "below", "root", "path"),
+    [
+        ("my_fissure_stage/photos/a.jpg", STAGE, "photos/", None, "photos/a.jpg"),
+        ("s3://bucket/pre/photos/a.jpg", "@DB.SCH.EXT", "photos/", "s3://bucket/pre/",
+         "photos/a.jpg"),
+        # the URL itself may hold the folder's name: the root decides, not a search
+        ("s3://bucket/photos/photos/a.jpg", "@EXT", "photos/", "s3://bucket/photos/",
+         "photos/a.jpg"),
+        ("s3://other/a.jpg", "@EXT", "", "s3://bucket/", None),
+        ("gcs://bucket/a.jpg", "@EXT", "", None, None),  # an URL without its stage's root
+        ("photos/a.jpg", "@~", "photos/", None, "photos/a.jpg"),
+        ("photos/a.jpg", "@DB.SCH.%T", "photos/", None, "photos/a.jpg"),
+        ("flat.jpg", STAGE, "", None, None),
+    ],
+    ids=["internal", "external", "external-same-name", "external-elsewhere", "no-root", "user",
+         "table", "no-stage-part"],
+)
+def test_stage_relative_reads_every_kind_of_list_name(name, stage, below, root, path) -> None:
+    # LIST's name column (docs: sql-reference/sql/list): '<stage>/<path>' for a named
+    # internal stage, the cloud URL for an external one, the path for user and table stages.
+    assert transfer.stage_relative(name, stage, below, root) == path
+
+
+def test_list_stage_on_an_external_stage(session, monkeypatch) -> None:
+    from snowflake.snowpark import ListResult
+
+    rows = [ListResult("s3://bucket/pre/photos/b.jpg", 20, "m", None, "t"),
+            ListResult("s3://bucket/pre/photos/sub/c.png", 7, "m", None, "t")]
+    monkeypatch.setattr(transfer, "is_local_testing", lambda s: False)
+    monkeypatch.setattr(session.file, "list", lambda stage_location, **kw: rows)  # LIST only
+    monkeypatch.setattr(transfer, "external_root", lambda s, stage: "s3://bucket/pre/")
+    assert list_stage(session, "@DB.SCH.EXT/photos") == [
+        ("@DB.SCH.EXT/photos/b.jpg", 20), ("@DB.SCH.EXT/photos/sub/c.png", 7)]
+    # names it cannot place are an error, not an empty folder
+    monkeypatch.setattr(transfer, "external_root", lambda s, stage: "s3://elsewhere/")
+    with pytest.raises(DataError, match=r"^@DB.SCH.EXT/photos/: LIST named a file 's3://"):
+        list_stage(session, "@DB.SCH.EXT/photos")
+
+
+def test_external_root_is_the_url_desc_stage_gives(session, monkeypatch) -> None:
+    from snowflake.snowpark import Row
+
+    # DESC STAGE on a real account: one row per property; URL's value is a JSON list.
+    desc = [
+        Row(parent_property="STAGE_LOCATION", property="URL", property_type="String",
+            property_value='["s3://bucket/pre"]', property_default=""),
+        Row(parent_property="STAGE_LOCATION", property="AWS_ROLE", property_type="String",
+            property_value="", property_default=""),
+    ]
+    asked: list[str] = []
+
+    class Described:  # stands in for session.sql("DESC STAGE ...") alone
+        def __init__(self, text: str) -> None:
+            asked.append(text)
+
+        def collect(self) -> list:
+            return desc
+
+    monkeypatch.setattr(session, "sql", Described)
+    assert transfer.external_root(session, "@DB.SCH.EXT") == "s3://bucket/pre/"
+    assert asked == ["DESC STAGE DB.SCH.EXT"]

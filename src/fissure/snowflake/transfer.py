@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import os
 import shutil
 import tempfile
@@ -217,8 +218,8 @@ def list_stage(session: Any, stage_folder: str) -> list[tuple[str, int]]:
     """``(stage path, size)`` of every file under ``stage_folder`` (``@S/photos/``), sorted.
 
     Listing needs ``LIST``, which only a real account runs: in Snowpark's emulator this is
-    a one-line DataError. LIST matches a name prefix and reports names as
-    ``<stage>/<path>``; only the files below the folder are kept, spelled with its stage.
+    a one-line DataError. LIST matches a name prefix; only the files below the folder are
+    kept, spelled with its stage (see :func:`stage_relative` for how LIST names them).
     """
     folder = stage_folder.rstrip("/") + "/"
     if is_local_testing(session):
@@ -235,12 +236,52 @@ def list_stage(session: Any, stage_folder: str) -> list[tuple[str, int]]:
         if is_missing_stage(exc):
             raise stage_unreadable(exc, folder) from None
         raise transfer_error(exc, folder, "list") from None
+    names = [str(row.name) for row in rows]
+    root = external_root(session, stage) if any("://" in n for n in names) else None
     found = []
-    for row in rows:
-        path = str(row.name).split("/", 1)[-1]
+    for name, row in zip(names, rows, strict=True):
+        path = stage_relative(name, stage, below, root)
+        if path is None:
+            raise DataError(f"{folder}: LIST named a file {name!r}, which is not below the "
+                            "stage as expected; name the images one by one")
         if path.startswith(below) and not path.endswith("/"):
             found.append((f"{stage}/{path}", int(row.size)))
     return sorted(found)
+
+
+def stage_relative(name: str, stage: str, below: str, root: str | None) -> str | None:
+    """The path below ``stage`` of a file LIST reports as ``name``; None if it cannot tell.
+
+    LIST names a named internal stage's files ``<stage name>/<path>`` (lower case, without
+    database and schema), an external stage's by their cloud URL (``root``, the stage's
+    URL, then the path), and the files of a user (``@~``) or table (``@%T``) stage by their
+    path alone. ``below`` is the folder that was listed, which every file's path starts
+    with.
+    """
+    if root is not None:
+        return name[len(root):] if name.startswith(root) else None
+    if "://" in name:
+        return None
+    user_or_table = stage.startswith("@~") or stage.rsplit(".", 1)[-1].lstrip("@")[:1] == "%"
+    if user_or_table and name.startswith(below):
+        return name
+    return name.split("/", 1)[1] if "/" in name else None
+
+
+def external_root(session: Any, stage: str) -> str:
+    """The URL that starts the LIST names of external ``stage``'s files (``DESC STAGE``'s
+    ``URL`` property, e.g. ``s3://bucket/prefix/``)."""
+    try:
+        rows = session.sql(f"DESC STAGE {stage.lstrip('@')}").collect()
+    except Exception as exc:
+        raise DataError(f"{stage}: cannot describe the external stage ({reason(exc)})") from None
+    for row in rows:
+        fields = {str(k).lower(): v for k, v in row.as_dict().items()}
+        if str(fields.get("property", "")).upper() == "URL":
+            urls = json.loads(str(fields.get("property_value") or "[]"))
+            if urls:
+                return str(urls[0]).rstrip("/") + "/"
+    raise DataError(f"{stage}: DESC STAGE gives no URL for this external stage")
 
 
 def fetch_file(session: Any, stage_path: str, dest_dir: Path) -> Path:
