@@ -26,6 +26,11 @@ Length estimator
     the crack tips by about the local half-width, so each free end adds ``d - 0.5``
     (``d`` = distance transform there): a 1-px line of N pixels measures about N.
 
+Spurs
+    Thinning a wide crack leaves short branches into its corners; branches from a free end
+    to a junction no longer than the crack's half-width there are removed first
+    (:func:`prune_spurs`), so they add neither length nor edge widths.
+
 Width convention
     ``d`` is the Euclidean distance from a crack pixel to the nearest background pixel, so
     a pixel on the centre line of a crack ``w`` px wide (w odd) has ``d = (w + 1) / 2`` and
@@ -201,11 +206,59 @@ def crack_pixels(labels: np.ndarray, box: tuple[slice, slice], crack_id: int) ->
     return np.pad(labels[box] == crack_id, 1)
 
 
+def _branch(start: int, links: np.ndarray, index: np.ndarray, ys: np.ndarray,
+            xs: np.ndarray, degree: np.ndarray) -> tuple[list[int], int | None]:
+    """The skeleton pixels from end pixel ``start`` up to the first junction (degree >= 3),
+    and that junction; None for it when the path ends without one (a simple line)."""
+    path, previous, current = [start], -1, start
+    while True:
+        following = [int(index[ys[current] + dy, xs[current] + dx])
+                     for k, (dy, dx) in enumerate(_OFFSETS) if links[current, k]]
+        following = [j for j in following if j != previous]
+        if not following:
+            return path, None
+        previous, current = current, following[0]
+        if degree[current] >= 3:
+            return path, current
+        if current == start or len(path) > len(degree):
+            return path, None
+        path.append(current)
+
+
+def prune_spurs(skeleton: np.ndarray, distance: np.ndarray) -> np.ndarray:
+    """``skeleton`` without its spurs: end branches no longer than the half-width ``d``
+    at the junction they leave from.
+
+    Thinning a wide crack leaves short branches into its corners and boundary bumps; each
+    would add its length, a free end, and widths read near the edge (a 9-px crack at 30
+    degrees measured 11 % long and 7.8 px wide with them). A real branch crack runs
+    further from the junction than the crack is half wide, so it stays; on a 1-px crack
+    (``d`` = 1) nothing is pruned. One pass: what is left is the crack's centre line.
+
+    Shapes:
+        skeleton, distance: (H, W), with a background border one pixel wide.
+        returns: (H, W) bool.
+    """
+    ys, xs, links = skeleton_links(skeleton)
+    degree = links.sum(axis=1)
+    if not np.any(degree >= 3):
+        return skeleton
+    index = np.full(skeleton.shape, -1, dtype=np.int64)
+    index[ys, xs] = np.arange(ys.size)
+    pruned = skeleton.copy()
+    for start in np.flatnonzero(degree == 1):
+        path, junction = _branch(int(start), links, index, ys, xs, degree)
+        if junction is not None and len(path) <= distance[ys[junction], xs[junction]]:
+            pruned[ys[path], xs[path]] = False
+    return pruned
+
+
 def crack_line(crack: np.ndarray, top: int, left: int) -> CrackLine:
     """The centre line of the one crack in ``crack`` (as :func:`crack_pixels` gives it),
-    whose box starts at row ``top`` and column ``left`` of the image."""
-    ys, xs, links = skeleton_links(skeletonize(crack))
+    whose box starts at row ``top`` and column ``left`` of the image: its skeleton less
+    its spurs (:func:`prune_spurs`)."""
     distance = ndimage.distance_transform_edt(crack)
+    ys, xs, links = skeleton_links(prune_spurs(skeletonize(crack), distance))
     widths = 2.0 * _ridge_distance(distance, ys, xs) - 1.0
     return CrackLine(ys + top - 1, xs + left - 1, links, distance[ys, xs], widths)
 
