@@ -231,3 +231,20 @@ def test_image_measurements_are_the_one_pass_floats_bit_for_bit(seed: int) -> No
         result.mean_width_px,
     )
     assert got == expected  # exact: predictions.csv must not change by a bit
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_the_whole_mask_pass_traces_what_the_boxes_do(seed: int) -> None:
+    from fissure.metrics import label_cracks
+    from fissure.prediction.measure import _whole_mask_lines, crack_line, crack_pixels
+
+    mask = random_mask(seed)
+    labels, count = label_cracks(mask, seed % 5)
+    boxes = ndimage.find_objects(labels) if count else []
+    by_box = [crack_line(crack_pixels(labels, box, i), box[0].start, box[1].start)
+              for i, box in enumerate(boxes, start=1)]
+    whole = _whole_mask_lines(labels, count)
+    assert len(whole) == len(by_box) == count
+    for a, b in zip(whole, by_box, strict=True):
+        for field in ("ys", "xs", "links", "end_distances", "widths"):
+            assert np.array_equal(getattr(a, field), getattr(b, field)), field

@@ -42,8 +42,10 @@ One crack at a time
     Each crack is traced on its own bounding box (:func:`trace_cracks`): a pixel's
     skeleton and distance transform depend only on its own component, so this gives the
     pixels, and the floats, of one pass over the whole mask, without its cost on a large
-    photo with a few thin cracks. The image's figures are then summed over the skeleton
-    pixels of all cracks in image order (:func:`summarise`), as the one pass did.
+    photo with a few thin cracks. Where the boxes add up to more than the image (long
+    crossing cracks), the whole mask is traced once instead, with the same result. The
+    image's figures are then summed over the skeleton pixels of all cracks in image order
+    (:func:`summarise`), as the one pass did.
 """
 
 from __future__ import annotations
@@ -305,11 +307,36 @@ def trace_cracks(
     """
     labels, count = label_cracks(mask, min_area)
     boxes = list(ndimage.find_objects(labels)) if count else []
+    boxed = sum((b[0].stop - b[0].start) * (b[1].stop - b[1].start) for b in boxes)
+    if boxed > labels.size:  # long crossing cracks: their boxes overlap, trace once
+        return labels, boxes, _whole_mask_lines(labels, count)
     lines = [
         crack_line(crack_pixels(labels, box, crack_id), box[0].start, box[1].start)
         for crack_id, box in enumerate(boxes, start=1)
     ]
     return labels, boxes, lines
+
+
+def _whole_mask_lines(labels: np.ndarray, count: int) -> list[CrackLine]:
+    """Every crack's :class:`CrackLine` from one skeleton and one distance transform of the
+    whole mask: the same pixels and floats as :func:`crack_line` per box (each depends only
+    on its own crack), at the cost of one image instead of the boxes' summed area.
+
+    Shapes:
+        labels: (H, W) int, cracks numbered 1..count.
+    """
+    padded = np.pad(labels, 1)
+    cracks = padded > 0
+    distance = ndimage.distance_transform_edt(cracks)
+    ys, xs, links = skeleton_links(prune_spurs(skeletonize(cracks), distance))
+    widths = 2.0 * _ridge_distance(distance, ys, xs) - 1.0
+    owner = padded[ys, xs]
+    lines = []
+    for crack_id in range(1, count + 1):
+        mine = owner == crack_id
+        lines.append(CrackLine(ys[mine] - 1, xs[mine] - 1, links[mine],
+                               distance[ys[mine], xs[mine]], widths[mine]))
+    return lines
 
 
 def summarise(
