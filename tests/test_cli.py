@@ -275,3 +275,11 @@ def test_demo_synthesises_trains_evaluates_and_predicts(tmp_path):
     assert json.loads((out / "eval" / "metrics.json").read_text())["split"] == "test"
     assert (out / "predictions" / "predictions.csv").is_file()
     assert "checkpoint:" in result.output
+
+
+def test_demo_outside_the_repository_says_where_to_run_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a pip install has no configs/ folder beside it
+    result = CliRunner().invoke(cli, ["demo", "--out", str(tmp_path / "demo")])
+    assert result.exit_code == 2
+    assert "run `fissure demo` from the repository root" in result.output
+    assert not (tmp_path / "demo").exists()

@@ -17,6 +17,12 @@ class DataError(FissureError):
     """A data file or folder is missing, unreadable, corrupt or inconsistent."""
 
 
+class SourceUnavailable(DataError):
+    """The source itself failed (a network after its retries, a session, a stage that is not
+    there), not one of its files: every other file would fail the same way, so a run that
+    reports a bad file and goes on stops at this one."""
+
+
 class SplitAbsent(DataError):
     """A source has no such split, or it holds no pair: a layout's answer, not a fault in
     its files (a listing of the splits skips it)."""

@@ -7,7 +7,7 @@ import csv
 import gzip
 import io
 import json
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pytest
@@ -261,6 +261,25 @@ def test_an_unreadable_image_is_reported_and_the_run_goes_on(tmp_path: Path) -> 
     assert rows[1]["mask"] == "" and rows[1]["n_segments"] == ""
     records = json.loads((out / "predictions.json").read_text())
     assert records[1]["mask"] is None and set(records[1]) == set(records[0])
+
+
+def test_a_failing_source_stops_the_run(tmp_path: Path) -> None:
+    # A network down after its retries, or a lost session: every other image would fail
+    # alike, so it is no per-image error row.
+    from fissure.errors import SourceUnavailable
+    from fissure.prediction.inputs import InputImage
+
+    ckpt = tiny_checkpoint(tmp_path)
+    good = _png_bytes(Image.fromarray(random_rgb(40, 50)))
+
+    def down() -> bytes:
+        raise SourceUnavailable("@S/photos/b.png: failed after 5 tries (connection reset)")
+
+    images = [InputImage("@S/photos/a.png", lambda: good, PurePosixPath("@S/photos/a.png")),
+              InputImage("@S/photos/b.png", down, PurePosixPath("@S/photos/b.png"))]
+    with pytest.raises(SourceUnavailable, match="failed after 5 tries"):
+        predict_files(ckpt, ["@S/photos"], tmp_path / "out", fetch=lambda spec, glob: images,
+                      progress=False)
 
 
 def test_a_run_of_only_unreadable_images_fails_and_keeps_the_last_tables(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ import pytest
 from stage_helpers import STAGE, file_not_exists, stage_not_found
 
 from fissure.config import SnowflakeConfig
-from fissure.errors import ConfigError, DataError
+from fissure.errors import ConfigError, DataError, SourceUnavailable
 from fissure.snowflake.files import (
     SessionGone,
     is_missing_error,
@@ -102,7 +102,9 @@ def test_a_session_gone_is_reconnected_not_retried() -> None:
     error = transfer_error(expired, "@S/models/best.pt", "upload")
     assert isinstance(error, SessionGone) and "expired or closed" in str(error)
     other = transfer_error(RuntimeError("boom"), "@S/x", "upload")
-    assert type(other) is DataError and str(other) == "@S/x: cannot upload (boom)"
+    # not a session: still the source failing, not one bad file
+    assert type(other) is SourceUnavailable and str(other) == "@S/x: cannot upload (boom)"
+    assert isinstance(error, SourceUnavailable)
 
 
 def test_stage_names() -> None:

@@ -224,6 +224,9 @@ def demo(config_path, out, overrides, quiet) -> None:
     Example:
       fissure demo --out runs/demo
     """
+    if not Path(config_path).is_file() and config_path == "configs/default.yaml":
+        raise click.UsageError("configs/default.yaml is not here: run `fissure demo` from the "
+                               "repository root (a clone of fissure), or give --config")
     cfg = load_config(config_path, overrides)
     summary = api.demo(cfg, out, progress=not quiet, log=click.echo)
     click.echo(metrics_table(summary["metrics"]))

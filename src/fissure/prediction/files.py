@@ -43,7 +43,7 @@ import numpy as np
 from PIL import Image
 
 from ..data.image import decode_image
-from ..errors import DataError
+from ..errors import DataError, SourceUnavailable
 from ..writes import replacing
 from .cracks import CrackAnalysis
 from .inputs import Fetch, InputImage, check_inputs_kept, find_inputs, output_names
@@ -187,12 +187,13 @@ def _image_outputs(
 
 def _decoded(image: InputImage, index: int, unread: dict[int, str]) -> np.ndarray | None:
     """The image's pixels, or None with the reason in ``unread[index]``: one unreadable
-    photo among thousands is reported, not the end of the run. A lost session still is."""
+    photo among thousands is reported, not the end of the run. A failing source (a lost
+    session, a network down after its retries) still is."""
     try:
         return decode_image(image.read(), image.source)
+    except SourceUnavailable:
+        raise
     except DataError as exc:
-        if type(exc).__name__ == "SessionGone":
-            raise
         unread[index] = str(exc)
         return None
 

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 from ..config import SnowflakeConfig
 from ..data import is_stage_path
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, SourceUnavailable
 
 T = TypeVar("T")
 Sleep = Callable[[float], Any]
@@ -51,7 +51,7 @@ class StageFileMissing(DataError):
     """A file the manifest names is not in the stage."""
 
 
-class SessionGone(DataError):
+class SessionGone(SourceUnavailable):
     """The session expired or was closed: a new session can go on, another try cannot."""
 
 
@@ -112,12 +112,12 @@ def is_session_gone(exc: BaseException) -> bool:
     return str(getattr(exc, "error_code", "")) in _SNOWPARK_SESSION_GONE
 
 
-def transfer_error(exc: BaseException, what: str, doing: str) -> DataError:
+def transfer_error(exc: BaseException, what: str, doing: str) -> SourceUnavailable:
     """The one-line error of a failed transfer of ``what``: :class:`SessionGone` when the
-    session is the cause, else a DataError saying what could not be done."""
+    session is the cause, else a SourceUnavailable saying what could not be done."""
     if is_session_gone(exc):
         return SessionGone(f"{what}: the Snowflake session has expired or closed ({reason(exc)})")
-    return DataError(f"{what}: cannot {doing} ({reason(exc)})")
+    return SourceUnavailable(f"{what}: cannot {doing} ({reason(exc)})")
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -164,7 +164,8 @@ def with_retries(
             if not is_transient(exc):
                 raise
             if attempt == tries - 1:
-                raise DataError(f"{what}: failed after {tries} tries ({reason(exc)})") from None
+                raise SourceUnavailable(f"{what}: failed after {tries} tries "
+                                        f"({reason(exc)})") from None
             sleep(base_delay * 2**attempt)
     raise AssertionError("unreachable")
 
@@ -186,10 +187,10 @@ def is_missing_stage(exc: BaseException) -> bool:
     return OBJECT_NOT_FOUND in _errnos(exc) or "not authorized" in str(exc).lower()
 
 
-def stage_unreadable(exc: BaseException, stage_path: str) -> DataError:
+def stage_unreadable(exc: BaseException, stage_path: str) -> SourceUnavailable:
     """The one-line error for a transfer that failed as :func:`is_missing_stage` says."""
     stage = stage_path.split("/", 1)[0]
-    return DataError(f"{stage}: the stage does not exist, or this role may not read it "
+    return SourceUnavailable(f"{stage}: the stage does not exist, or this role may not read it "
                      f"({reason(exc)})")
 
 
