@@ -221,6 +221,18 @@ def test_prepare_request_resolves_the_default_version(session, registry):
     model.version.assert_called_with("V7")
 
 
+def test_on_an_account_the_folder_is_spelt_as_the_account_resolves_it(
+    session, registry, monkeypatch
+):
+    # The table's PATH column decides what is done: @db.sch.stage and @DB.SCH.STAGE are
+    # one stage on a real account, so a rerun spelt otherwise must skip the same images.
+    monkeypatch.setattr(batch, "is_local_testing", lambda s: False)
+    request = batch.prepare_request(session, "CRACKS", "@db.sch.batch_stage/Photos",
+                                    "RESULTS", masks="@db.sch.batch_stage/Out/")
+    assert request.folder == "@DB.SCH.BATCH_STAGE/Photos/"
+    assert request.masks == "@DB.SCH.BATCH_STAGE/Out/"
+
+
 @pytest.mark.parametrize(("change", "error"), [
     ({"table": "bad name;drop"}, ConfigError), ({"folder": "photos/"}, DataError),
     ({"masks": "pred/"}, DataError), ({"folder": f"{STAGE}/../x/"}, DataError),

@@ -9,6 +9,7 @@ from fissure.config import SnowflakeConfig
 from fissure.errors import ConfigError, DataError, SourceUnavailable
 from fissure.snowflake.files import (
     SessionGone,
+    canonical_stage,
     is_missing_error,
     is_missing_file,
     is_missing_stage,
@@ -142,3 +143,11 @@ def test_qualified_names_and_stage_relative_paths() -> None:
 def test_listed_names_ten_then_a_count() -> None:
     assert listed(["a", "b"]) == "a, b"
     assert listed(map(str, range(12))) == "0, 1, 2, 3, 4, 5, 6, 7, 8, 9 and 2 more"
+
+
+def test_canonical_stage_is_how_an_account_resolves_the_name() -> None:
+    assert canonical_stage("@db.sch.stage/Photos/a.JPG") == "@DB.SCH.STAGE/Photos/a.JPG"
+    assert canonical_stage('@db."My Schema".stage/x') == '@DB."My Schema".STAGE/x'
+    assert canonical_stage("@~/photos/") == "@~/photos/"
+    assert canonical_stage("@%t") == "@%T"
+    assert canonical_stage("local/path.png") == "local/path.png"

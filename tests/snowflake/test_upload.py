@@ -234,3 +234,14 @@ def test_upload_data_names_the_stage_and_manifest(session, tmp_path) -> None:
         "stage": f"@{DB}.DATA_STAGE",
         "manifest": f"{DB}.V_DATA",
     }
+
+
+def test_another_spelling_of_the_stage_is_the_same_place() -> None:
+    # A real account folds unquoted names to upper case: a rerun spelt otherwise re-sends
+    # nothing.
+    from fissure.snowflake.upload import _same_place
+
+    here = "@DB.SCH.STAGE/images @DB.SCH.STAGE/masks *.gz"
+    assert _same_place("@db.sch.stage/images @db.Sch.STAGE/masks *.gz", here)
+    assert not _same_place("@DB.SCH.STAGE/Images @DB.SCH.STAGE/masks *.gz", here)  # a path
+    assert not _same_place(None, here)

@@ -41,7 +41,7 @@ from ..data import is_stage_path
 from ..data.image import is_image_name, without_gz
 from ..errors import ConfigError, DataError, FissureError
 from .environment import Log, in_warehouse_sandbox
-from .files import is_missing_error, reason, validate_stage_name
+from .files import canonical_stage, is_missing_error, reason, validate_stage_name
 from .jobs import JobSpec, job_name, run_job
 from .runs import check_push_target
 from .session import is_local_testing
@@ -344,6 +344,8 @@ def prepare_request(session: Any, model: str, folder: str, table: str, *,
     from .registry import ModelRef, model_version
 
     ref = ModelRef.parse(model)
+    if not is_local_testing(session):  # the table's PATH must not depend on the spelling
+        folder, masks = canonical_stage(folder), masks and canonical_stage(masks)
     request = check_request(BatchRequest(ref.name, "", folder, table, masks, redo, px_per_mm,
                                          ref.database, ref.schema))
     found = model_version(session, ref.name, version or ref.version, database=ref.database,

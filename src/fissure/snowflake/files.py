@@ -245,6 +245,22 @@ def validate_stage_name(path: str) -> str:
     return path
 
 
+def canonical_stage(path: str) -> str:
+    """``path`` with its stage spelt as a real account resolves it: the unquoted parts of
+    ``@db.sch.stage`` upper-cased, quoted ones kept, the path below the stage unchanged
+    (``@db.sch.stage/Photos/`` -> ``@DB.SCH.STAGE/Photos/``).
+
+    A real account folds unquoted identifiers to upper case, so two spellings of one stage
+    must compare equal where results are matched by path. Snowpark's emulator keys stages
+    by their literal spelling, so names it uses are not rewritten.
+    """
+    if not is_stage_path(path):
+        return path
+    stage, sep, rest = path.partition("/")
+    parts = re.findall(r'"[^"]*"|[^.]+', stage[1:])
+    return "@" + ".".join(p if p.startswith('"') else p.upper() for p in parts) + sep + rest
+
+
 def stage_name(cfg: SnowflakeConfig) -> str:
     """``@DB.SCHEMA.STAGE``: the one spelling of the stage used everywhere."""
     stage = cfg.stage.strip().rstrip("/").lstrip("@")

@@ -27,6 +27,7 @@ from ..data.image import gunzip, image_stem, without_gz
 from ..errors import ConfigError, DataError, SplitAbsent
 from .files import (
     Sleep,
+    canonical_stage,
     is_null,
     match_columns,
     name_problem,
@@ -72,6 +73,15 @@ def _columns(cfg: SnowflakeConfig) -> tuple[str, ...]:
 
 def _location(cfg: SnowflakeConfig, stage: str) -> str:
     return f"{stage}/{cfg.image_prefix} {stage}/{cfg.mask_prefix} *{cfg.suffix}"
+
+
+def _same_place(recorded: Any, here: str) -> bool:
+    """Whether an ``UPLOADED_TO`` cell names this upload's place, whichever spelling of the
+    stage each was made with (a real account folds unquoted names to upper case)."""
+    if not isinstance(recorded, str):
+        return False
+    return ([canonical_stage(t) for t in recorded.split(" ")]
+            == [canonical_stage(t) for t in here.split(" ")])
 
 
 @dataclass
@@ -136,7 +146,7 @@ def _add_pair(plan: _Plan, cfg: SnowflakeConfig, stage: str, split: str, sample:
         plan.seen[key] = path
         entry[col], entry[sha_col] = name, hashlib.sha256(data).hexdigest()
     old = plan.rows.get(entry[ic]) or {}
-    here = old.get(UPLOADED_TO) == entry[UPLOADED_TO]
+    here = _same_place(old.get(UPLOADED_TO), entry[UPLOADED_TO])
     for col, sha_col, prefix, path in files:
         if here and (old.get(col), old.get(sha_col)) == (entry[col], entry[sha_col]):
             plan.skipped += 1
