@@ -195,3 +195,18 @@ def test_external_root_is_the_url_desc_stage_gives(session, monkeypatch) -> None
     monkeypatch.setattr(session, "sql", Described)
     assert transfer.external_root(session, "@DB.SCH.EXT") == "s3://bucket/pre/"
     assert asked == ["DESC STAGE DB.SCH.EXT"]
+
+
+def test_a_pushed_file_replaces_the_one_already_there(session, tmp_path, monkeypatch) -> None:
+    # PUT ... OVERWRITE = TRUE replaces a file on a real account; Snowpark's emulator drops
+    # the option and keeps the old one, which push_files sends again on its own.
+    puts = CountingPuts(session, monkeypatch)
+    prefix = f"{STAGE}/replace"
+    for content in (b"first run", b"second run, longer"):
+        local = tmp_path / content.decode()[:5] / "best.pt"
+        local.parent.mkdir()
+        local.write_bytes(content)
+        assert transfer.push_files(session, [local], prefix) == [f"{prefix}/best.pt"]
+    got = transfer.fetch_file(session, f"{prefix}/best.pt", tmp_path / "back")
+    assert got.read_bytes() == b"second run, longer"
+    assert len(puts.puts) == 2 and puts.streams == [f"{prefix}/best.pt"]

@@ -245,3 +245,22 @@ def test_another_spelling_of_the_stage_is_the_same_place() -> None:
     assert _same_place("@db.sch.stage/images @db.Sch.STAGE/masks *.gz", here)
     assert not _same_place("@DB.SCH.STAGE/Images @DB.SCH.STAGE/masks *.gz", here)  # a path
     assert not _same_place(None, here)
+
+
+def test_files_go_up_in_one_put_per_folder_batch(session, tmp_path, monkeypatch) -> None:
+    # One PUT per batch of files in a stage folder, not one query per file (22,600 for the
+    # notebook's dataset).
+    from stage_helpers import CountingPuts
+
+    from fissure.snowflake import upload
+
+    root = tmp_path / "ds"
+    local_dataset(root, count=6)
+    puts = CountingPuts(session, monkeypatch)
+    monkeypatch.setattr(upload, "PUT_BATCH", 4)
+    cfg = SnowflakeConfig(stage="BATCH_PUT_STAGE", manifest="V_BATCH_PUT")
+    assert upload_dataset(session, root, cfg, progress=False)["uploaded"] == 12
+    targets = sorted(target for _, target, _ in puts.puts)
+    stage = f"@{DB}.BATCH_PUT_STAGE"
+    assert targets == [f"{stage}/images/"] * 2 + [f"{stage}/masks/"] * 2  # 4 + 2 files each
+    assert puts.streams == []
