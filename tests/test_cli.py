@@ -258,6 +258,13 @@ def test_app_command_starts_streamlit(tmp_path, monkeypatch):
                                       "--runs", str(tmp_path), "--port", "8600"])
     assert result.exit_code == 0 and calls[0][-4:] == ["--checkpoint", str(tmp_path / "m.pt"),
                                                        "--runs", str(tmp_path)]
+    # this machine only, unless asked; then a warning says what that opens
+    assert "--server.address" in calls[0]
+    assert calls[0][calls[0].index("--server.address") + 1] == "127.0.0.1"
+    assert "serving on" not in result.output
+    wide = CliRunner().invoke(cli, ["app", "--address", "0.0.0.0"])
+    assert wide.exit_code == 0 and calls[1][calls[1].index("--server.address") + 1] == "0.0.0.0"
+    assert "serving on 0.0.0.0: whoever reaches it can read the files" in wide.output
     bad = CliRunner().invoke(cli, ["app", "--checkpoint", "nope.pt"])
     assert bad.exit_code == 1 and "nope.pt: no such checkpoint file" in bad.output
 

@@ -73,14 +73,16 @@ def launch(
     runs: str | Path | None = None,
     *,
     port: int | None = None,
-    address: str | None = None,
+    address: str | None = "127.0.0.1",
     headless: bool = False,
 ) -> int:
     """Serve the app until it is stopped (Ctrl+C); returns Streamlit's exit status.
 
     ``checkpoint`` is the model the Inspect page opens with, ``runs`` the folder the Runs
-    page reads. A missing ``app`` extra or a missing file is a one-line FissureError
-    before anything starts.
+    page reads. It serves this machine only unless ``address`` says otherwise (None:
+    Streamlit's default, every interface): the pages read any file the user can, and use
+    the user's Snowflake connections. A missing ``app`` extra or a missing file is a
+    one-line FissureError before anything starts.
     """
     require("app", "fissure app")
     check_app_inputs(checkpoint, runs)

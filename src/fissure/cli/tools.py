@@ -16,8 +16,9 @@ from .group import cli
 @click.option("--runs", type=click.Path(file_okay=False),
               help="Folder of training runs and evaluations for the Runs page.")
 @click.option("--port", type=int, help="Port to serve on (default: Streamlit's, 8501).")
-@click.option("--address", help="Address to serve on (default: every interface; 127.0.0.1 "
-                                "keeps it to this machine).")
+@click.option("--address", default="127.0.0.1", show_default=True,
+              help="Address to serve on. The app reads any file and folder this user can, "
+                   "and its Snowflake connections: 0.0.0.0 opens it to the network.")
 @click.option("--headless", is_flag=True, help="Serve without opening a browser.")
 def app(checkpoint, runs, port, address, headless) -> None:
     """Inspect photos crack by crack in a browser: tune, measure, export; browse runs.
@@ -30,6 +31,9 @@ def app(checkpoint, runs, port, address, headless) -> None:
     """
     from ..app import launch as launch_app
 
+    if address not in ("127.0.0.1", "localhost", "::1"):
+        click.echo(f"serving on {address}: whoever reaches it can read the files and use the "
+                   "Snowflake connections of this user", err=True)
     sys.exit(launch_app(checkpoint, runs, port=port, address=address, headless=headless))
 
 
