@@ -25,7 +25,7 @@ def test_runs_evaluations_and_problems_are_found(runs_root: Path) -> None:
     }
     assert (run_a.monitor, run_a.best_epoch, run_a.best_score) == ("iou", 2, 0.5)
     assert (run_b.monitor, run_b.best_epoch) == ("loss", 4)  # the loss falls to the end
-    assert run_b.best_score == pytest.approx(-0.35)
+    assert run_b.best_score == pytest.approx(0.35)  # the loss itself, not its ranking
     assert run_a.history[1] == {**run_a.history[1], "epoch": 2, "val_iou": 0.5, "skipped": 0}
     assert run_a.config is not None and "monitor: iou" in run_a.config
     assert not lone.history and lone.config is None and lone.evaluations[0].figures == {}
@@ -84,3 +84,32 @@ def test_damaged_history_is_a_data_error(tmp_path: Path) -> None:
     (tmp_path / "history.csv").write_bytes(b"\xff\xfe\x00")
     with pytest.raises(DataError, match="history.csv: cannot read"):
         read_history(tmp_path / "history.csv")
+
+
+def test_a_history_cut_short_keeps_its_whole_rows(tmp_path: Path) -> None:
+    # another program writing history.csv in place, read half-way: a short last row
+    (tmp_path / "history.csv").write_text("epoch,val_loss,val_iou,val_f1_tuned\n"
+                                          "1,0.4,0.3,0.5\n2,0.4\n,\n")
+    rows = read_history(tmp_path / "history.csv")
+    assert [row["epoch"] for row in rows] == [1, 2]
+    assert rows[1]["val_iou"] is None
+    assert best_epoch(rows, TrainConfig(monitor="iou")) == (1, 0.3)
+
+
+def test_fissure_writes_history_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fissure.report import training as report
+
+    path = tmp_path / "history.csv"
+    report.write_history([{"epoch": 1, "val_loss": 0.5}], path)
+    before = path.read_text()
+
+    class Full(Exception):
+        pass
+
+    def fail(*args, **kwargs):
+        raise Full("disk full")
+
+    monkeypatch.setattr(report.csv.DictWriter, "writerow", fail)
+    with pytest.raises(Full):
+        report.write_history([{"epoch": 1}, {"epoch": 2}], path)
+    assert path.read_text() == before  # never half a file

@@ -49,7 +49,7 @@ def test_two_runs_side_by_side(runs_root: Path) -> None:
     assert not app.exception
     assert [s.value for s in app.subheader] == ["run_b", "lone/eval"]
     text = " ".join(m.value for m in app.markdown)
-    assert "best epoch 4 (loss -0.3500)" in text
+    assert "best epoch 4 (loss 0.3500)" in text
     captions = [img.caption for image in app.get("image") for img in image.proto.imgs]
     assert captions == ["PR curve", "Confusion matrix"]  # drawn from metrics.json alone
 

@@ -57,7 +57,9 @@ class Run:
     evaluations: list[Evaluation] = field(default_factory=list)
 
 
-def _number(text: str) -> float | int | str:
+def _number(text: str | None) -> float | int | str | None:
+    if text is None:  # a cell a short row lacks
+        return None
     try:
         value = float(text)
     except ValueError:
@@ -66,13 +68,17 @@ def _number(text: str) -> float | int | str:
 
 
 def read_history(path: Path) -> list[dict[str, Any]]:
-    """``history.csv`` as one dict of numbers per epoch; a DataError naming a bad file."""
+    """``history.csv`` as one dict of numbers per epoch; a DataError naming a bad file.
+
+    A row without a whole epoch number (a file cut short by another program) is left out.
+    """
     try:
         with path.open(newline="", encoding="utf-8") as handle:
             rows = list(csv.DictReader(handle))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"{path}: cannot read ({exc})") from None
-    return [{k: _number(v) for k, v in row.items() if k is not None} for row in rows]
+    numbers = [{k: _number(v) for k, v in row.items() if k is not None} for row in rows]
+    return [row for row in numbers if isinstance(row.get("epoch"), int)]
 
 
 def best_epoch(
@@ -86,6 +92,8 @@ def best_epoch(
     if epoch is None:
         return None, None
     row = next(r for r in rows if int(r["epoch"]) == epoch)
+    if train.monitor == "loss":  # the figure itself; the ranking negates it
+        return epoch, row["val_loss"]
     return epoch, monitored_score(row, train.monitor)
 
 
@@ -126,7 +134,10 @@ def read_run(folder: Path, root: Path, evaluations: list[Evaluation]) -> Run:
     """The training run in ``folder`` (``history.csv``, ``config.yaml``)."""
     history = read_history(folder / "history.csv")
     config_path = folder / "config.yaml"
-    config = config_path.read_text(encoding="utf-8") if config_path.is_file() else None
+    try:
+        config = config_path.read_text(encoding="utf-8") if config_path.is_file() else None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{config_path}: cannot read ({exc})") from None
     train = _selection(config_path)
     epoch, score = best_epoch(history, train)
     return Run(_name(folder, root), folder, history, config, train.monitor, epoch, score,

@@ -16,12 +16,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 from ..config import DEFAULT_THRESHOLD  # noqa: E402
 from ..extras import require  # noqa: E402
 from ..training.state import HISTORY_FIELDS  # noqa: E402
+from ..writes import replacing  # noqa: E402
 
 
 def write_history(history: Sequence[dict[str, Any]], path: str | Path) -> None:
     """One CSV row per epoch, in :data:`~fissure.training.state.HISTORY_FIELDS` order;
-    floats rounded to 6 decimals, other keys of the rows left out."""
-    with open(path, "w", newline="", encoding="utf-8") as handle:
+    floats rounded to 6 decimals, other keys of the rows left out. Replaced whole, so a
+    reader (the app's Runs page, while the run trains) never sees half a file."""
+    with replacing(Path(path)) as tmp, tmp.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=HISTORY_FIELDS, extrasaction="ignore")
         writer.writeheader()
         for row in history:
