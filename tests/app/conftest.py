@@ -55,8 +55,8 @@ def _identity(norm: torch.nn.BatchNorm2d) -> None:
     norm.running_var.fill_(1.0)
 
 
-def save_dark_line_checkpoint(path: Path, min_area: int = 20) -> Path:
-    """The model above as a fissure checkpoint of 64-px crops (threshold 0.5)."""
+def save_dark_line_checkpoint(path: Path, min_area: int = 20, threshold: float = 0.5) -> Path:
+    """The model above as a fissure checkpoint of 64-px crops."""
     cfg = config_from_dict(
         {
             "model": {"encoder": "resnet18"},
@@ -64,8 +64,14 @@ def save_dark_line_checkpoint(path: Path, min_area: int = 20) -> Path:
             "eval": {"min_area": min_area},
         }
     )
-    make_checkpoint(dark_line_model(), cfg, epoch=3).save(path)
+    make_checkpoint(dark_line_model(), cfg, epoch=3, threshold=threshold).save(path)
     return path
+
+
+@pytest.fixture()
+def save_checkpoint():
+    """:func:`save_dark_line_checkpoint`, for a test that writes its own checkpoint."""
+    return save_dark_line_checkpoint
 
 
 def crack_photo(size: tuple[int, int] = PHOTO_SIZE, seed: int = 0) -> np.ndarray:

@@ -130,6 +130,37 @@ def test_tuning_changes_the_table_as_fissure_predict_would(
     assert predictions == ["crack.png"]  # the model ran once; the rest re-thresholded
 
 
+def test_a_checkpoint_with_settings_outside_the_sliders_opens(
+    tmp_path: Path, photo_png: bytes, save_checkpoint: Any
+) -> None:
+    # a finer eval.thresholds grid and a large eval.min_area are valid checkpoint settings
+    path = save_checkpoint(tmp_path / "odd.pt", min_area=800, threshold=0.004)
+    app = _opened(path, [("crack.png", photo_png)])
+    assert not app.exception and not app.error
+    assert app.slider(key="threshold").value == pytest.approx(0.004)
+    assert app.slider(key="min_area").value == 800
+
+
+def test_a_rewritten_checkpoint_is_loaded_again(
+    tmp_path: Path, photo_png: bytes, predictions: list[str], save_checkpoint: Any
+) -> None:
+    # training rewrites best.pt in place: the page must not keep the old weights
+    import os
+
+    path = save_checkpoint(tmp_path / "best.pt")
+    app = _opened(path, [("crack.png", photo_png)])
+    assert predictions == ["crack.png"]
+    app.run()
+    assert predictions == ["crack.png"]  # same file: the kept probabilities
+    save_checkpoint(path, min_area=5)
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    app.run()
+    assert not app.exception
+    assert predictions == ["crack.png", "crack.png"]
+    assert app.slider(key="min_area").value == 5
+
+
 def test_downloads_hold_what_fissure_predict_writes(
     tmp_path: Path, dark_checkpoint: Path, photo_png: bytes, media: _Media
 ) -> None:

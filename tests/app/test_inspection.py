@@ -74,6 +74,7 @@ def test_window_fits_or_follows_the_zoom_and_centre() -> None:
     assert window((3000, 4000), View()) == (slice(0, 3000), slice(0, 4000), 1100 / 4000)
     assert window((100, 200), View())[2] == 5.5  # small photos are enlarged to the width
     assert window((10, 20), View())[2] == 8.0  # ...at most 8x
+    assert window((20000, 500), View())[2] == 4 * 760 / 20000  # a long scan: 4 windows tall
     rows, cols, scale = window((3000, 4000), View(2.0, 0.5, 0.5, width=1000, height=600))
     assert (rows, cols, scale) == (slice(1350, 1650), slice(1750, 2250), 2.0)
     rows, cols, _ = window((3000, 4000), View(1.0, 1.0, 0.0, width=1000, height=600))

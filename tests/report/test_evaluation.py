@@ -220,6 +220,14 @@ def test_write_eval_reports(doc: dict, tmp_path: Path) -> None:
     # the PR plot can be redrawn from the JSON alone (nulls instead of NaN)
     plot_pr_curve(loaded, tmp_path / "again.png")
     assert (tmp_path / "again.png").stat().st_size > 0
+    # an older metrics.json, short of a key the plot reads: the figure is closed anyway
+    import matplotlib.pyplot as plt
+
+    open_before = len(plt.get_fignums())
+    partial = {k: v for k, v in loaded.items() if k != "tolerance"}
+    with pytest.raises(KeyError):
+        plot_pr_curve(partial, tmp_path / "partial.png")
+    assert len(plt.get_fignums()) == open_before
 
 
 def test_reports_for_a_crack_free_split(tmp_path: Path) -> None:

@@ -8,7 +8,9 @@ uploaded checkpoint, briefly, under the temporary folder.
 
 from __future__ import annotations
 
+import uuid
 from collections import OrderedDict
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -71,20 +73,36 @@ def _session(connection: str) -> Any:
     return open_session(connection or None)
 
 
+Model = tuple[CountingPredictor, ModelInfo, str]
+"""A loaded model, what the report says of it, and a token new at every load (a cached
+prediction belongs to one load: a reloaded checkpoint may hold other weights)."""
+
+
+def _file_stamp(source: str) -> str:
+    """A local checkpoint's modification time and size: a run that rewrites ``best.pt``
+    makes the page load it again. Empty for stage paths and registry versions."""
+    path = Path(source.strip()).expanduser()
+    try:
+        stat = path.stat()
+    except (OSError, ValueError):
+        return ""
+    return f"{stat.st_mtime_ns}:{stat.st_size}"
+
+
 @st.cache_resource(show_spinner="Loading the model...", max_entries=2)
-def _model_from(source: str, connection: str) -> tuple[CountingPredictor, ModelInfo]:
+def _model_from(source: str, connection: str, stamp: str) -> Model:
     session = _session(connection) if needs_session(source) else None
     checkpoint = read_model(source, session)
-    return predictor_for(checkpoint), model_info(checkpoint, source.strip())
+    return predictor_for(checkpoint), model_info(checkpoint, source.strip()), uuid.uuid4().hex
 
 
 @st.cache_resource(show_spinner="Loading the model...", max_entries=2)
-def _model_uploaded(name: str, file_id: str, _data: bytes) -> tuple[CountingPredictor, ModelInfo]:
+def _model_uploaded(name: str, file_id: str, _data: bytes) -> Model:
     checkpoint = read_uploaded_model(name, _data)
-    return predictor_for(checkpoint), model_info(checkpoint, name)
+    return predictor_for(checkpoint), model_info(checkpoint, name), uuid.uuid4().hex
 
 
-def _model(default: str | None) -> tuple[CountingPredictor, ModelInfo] | None:
+def _model(default: str | None) -> Model | None:
     """The sidebar's model choice: a file or stage path, or an uploaded checkpoint."""
     st.sidebar.subheader("Model")
     source = st.sidebar.text_input(
@@ -103,7 +121,7 @@ def _model(default: str | None) -> tuple[CountingPredictor, ModelInfo] | None:
         if upload is not None:
             return _model_uploaded(upload.name, upload.file_id, upload.getvalue())
         if source.strip():
-            return _model_from(source, connection)
+            return _model_from(source, connection, _file_stamp(source))
     except FissureError as exc:
         st.sidebar.error(str(exc))
     return None
@@ -144,7 +162,7 @@ def _photos() -> list[PhotoFile]:
 
 
 def _predicted(
-    photo: PhotoFile, model: tuple[CountingPredictor, ModelInfo], options: PredictOptions
+    photo: PhotoFile, model: Model, options: PredictOptions
 ) -> PhotoPrediction | None:
     """The photo's probabilities, predicted on first sight with a progress bar, then kept."""
     try:
@@ -152,8 +170,8 @@ def _predicted(
     except FissureError as exc:
         st.error(str(exc))
         return None
-    predictor, info = model
-    key = (digest, info.checkpoint, id(predictor), options.tile, options.tta)
+    predictor, info, token = model
+    key = (digest, info.checkpoint, token, options.tile, options.tta)
     kept: OrderedDict = st.session_state.setdefault("predictions", OrderedDict())
     if key not in kept:
         bar = st.progress(0.0, text=f"Predicting {photo.name}...")
@@ -172,12 +190,16 @@ def _predicted(
 def _tuning(info: ModelInfo) -> Tuning:
     """Threshold, minimum area and scale; a new model brings its own defaults."""
     if st.session_state.get("tuned_for") != info:
-        st.session_state["threshold"] = round(float(info.threshold), 2)
+        # as stored, unrounded: the crack table starts as fissure predict's
+        st.session_state["threshold"] = float(info.threshold)
         st.session_state["min_area"] = int(info.min_area)
         st.session_state["tuned_for"] = info
     left, middle, right = st.columns(3)
-    threshold = left.slider("Threshold", 0.01, 0.99, step=0.01, key="threshold")
-    min_area = middle.slider("Minimum crack area (px)", 0, 500, step=1, key="min_area")
+    # the ranges hold any value a checkpoint may store
+    threshold = left.slider("Threshold", min(0.01, float(info.threshold)),
+                            max(0.99, float(info.threshold)), step=0.01, key="threshold")
+    min_area = middle.slider("Minimum crack area (px)", 0, max(500, int(info.min_area)),
+                             step=1, key="min_area")
     px_per_mm = right.number_input(
         "Scale (px per mm; 0: unknown)",
         0.0,

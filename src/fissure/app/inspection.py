@@ -34,6 +34,9 @@ ZOOMS = {"fit": None, "25%": 0.25, "50%": 0.5, "100%": 1.0, "200%": 2.0, "400%":
 """The zoom choices: screen pixels per photo pixel; ``fit`` shows the whole photo."""
 MAX_FIT = 8.0
 """Fitting a small photo to the window enlarges it at most this much."""
+FIT_HEIGHTS = 4
+"""Fitting the width never makes a photo taller than this many windows: a 500x20000 px
+scan would be a 44,000 px image, encoded again at every change."""
 
 
 @dataclass(frozen=True)
@@ -95,8 +98,9 @@ class Inspection:
 @dataclass(frozen=True)
 class View:
     """Which part of the photo is shown: ``zoom`` screen px per photo px (None: fit the
-    width), centred at ``centre_x``, ``centre_y`` (fractions of the photo's width and
-    height), in a window of at most ``width`` x ``height`` screen px."""
+    width, at most :data:`FIT_HEIGHTS` windows tall), centred at ``centre_x``,
+    ``centre_y`` (fractions of the photo's width and height), in a window of at most
+    ``width`` x ``height`` screen px."""
 
     zoom: float | None = None
     centre_x: float = 0.5
@@ -116,7 +120,8 @@ def window(shape: tuple[int, int], view: View) -> tuple[slice, slice, float]:
     """The rows and columns of a photo of ``shape`` that ``view`` shows, and its scale."""
     height, width = shape
     if view.zoom is None:
-        return slice(0, height), slice(0, width), min(MAX_FIT, view.width / width)
+        fit = min(MAX_FIT, view.width / width, FIT_HEIGHTS * view.height / height)
+        return slice(0, height), slice(0, width), fit
     span_y = min(height, max(1, round(view.height / view.zoom)))
     span_x = min(width, max(1, round(view.width / view.zoom)))
     top = int(np.clip(round(view.centre_y * height - span_y / 2), 0, height - span_y))

@@ -250,6 +250,14 @@ def plot_pr_curve(metrics: dict[str, Any], path: str | Path) -> None:
     sweep = metrics["threshold_sweep"]
     tol_key = f"tolerant_{sweep['tolerance_px']}px"
     fig, ax = plt.subplots(figsize=(6.4, 5.6))
+    try:
+        _draw_pr_curve(fig, ax, metrics, tol_key, path)
+    finally:  # a metrics.json short of a key must not leave the figure open
+        plt.close(fig)
+
+
+def _draw_pr_curve(fig: Any, ax: Any, metrics: dict[str, Any], tol_key: str,
+                   path: str | Path) -> None:
     _iso_f1_guides(ax)
     operating = {"exact": metrics["pixel_micro"], tol_key: metrics["tolerance"]}
     drawn = False
@@ -275,7 +283,6 @@ def plot_pr_curve(metrics: dict[str, Any], path: str | Path) -> None:
         ax.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def _iso_f1_guides(ax: Any) -> None:
