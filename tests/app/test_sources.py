@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-import fissure.app.sources as sources
 from fissure.app.sources import (
     PhotoFile,
     folder_photos,
@@ -17,7 +16,6 @@ from fissure.app.sources import (
     uploaded_photos,
 )
 from fissure.errors import DataError, FissureError
-from fissure.prediction.inputs import InputImage
 
 
 @dataclass
@@ -67,43 +65,46 @@ def test_folder_photos_are_what_predict_finds(tmp_path: Path, photo_png: bytes) 
         folder_photos(tmp_path / "deep", "*.jpg")
 
 
-class _Session:
-    """Answers ``LIST`` with the rows given, or fails like an emulator without it."""
+@pytest.fixture(scope="module")
+def emulator():
+    from snowflake.snowpark import Session
 
-    def __init__(self, names: list[str] | None) -> None:
-        self.names, self.queries = names, []
-
-    def sql(self, query: str) -> _Session:
-        self.queries.append(query)
-        return self
-
-    def collect(self) -> list[dict[str, str]]:
-        if self.names is None:
-            raise RuntimeError("LIST is not supported")
-        return [{"name": name} for name in self.names]
+    session = Session.builder.config("local_testing", True).create()
+    yield session
+    session.close()
 
 
-def _fake_fetch(session: object) -> object:
-    def fetch(path: str, pattern: str) -> list[InputImage]:
-        return [InputImage(path, lambda: b"", PurePosixPath(path.lstrip("@")))]
+def test_stage_folders_are_listed_and_files_named(emulator, monkeypatch) -> None:
+    from snowflake.snowpark import ListResult
 
-    return fetch
+    from fissure.snowflake import transfer
 
+    # LIST on a real account (the emulator has none): names '<stage>/<path>', matched by
+    # prefix; the page lists a folder as fissure predict does, photos2/ and x.txt left out.
+    rows = [ListResult(f"stage/{name}", 3, "m", None, "t") for name in
+            ("photos/b.jpg", "photos/a.png.gz", "photos/x.txt", "photos2/d.png")]
+    asked: list[str] = []
 
-def test_stage_folders_are_listed_and_files_named(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sources, "stage_fetcher", _fake_fetch)
-    session = _Session(["stage/photos/b.jpg", "stage/photos/a.png.gz", "stage/photos/x.txt"])
-    photos = stage_photos(session, "@DB.S.STAGE/photos/\n\n@DB.S.STAGE/other/c.png\n")
+    def account_list(stage_location, **kwargs):  # stands in for session.file.list only
+        asked.append(stage_location)
+        return rows
+
+    with pytest.raises(FissureError, match="cannot be listed in Snowpark's local emulator.* "
+                                           "one per line instead"):
+        stage_photos(emulator, "@DB.S.STAGE/photos/")
+    monkeypatch.setattr(transfer, "is_local_testing", lambda session: False)
+    monkeypatch.setattr(emulator.file, "list", account_list)
+    photos = stage_photos(emulator, "@DB.S.STAGE/photos\n\n@DB.S.STAGE/other/c.png\n")
     assert [p.name for p in photos] == [
         "@DB.S.STAGE/photos/a.png.gz",
         "@DB.S.STAGE/photos/b.jpg",
         "@DB.S.STAGE/other/c.png",
     ]
-    assert session.queries == ["LIST @DB.S.STAGE/photos/"]
-    with pytest.raises(FissureError, match="cannot list this stage folder .* one per line"):
-        stage_photos(_Session(None), "@DB.S.STAGE/photos/")
+    assert asked == ["@DB.S.STAGE/photos/"]
+    rows.clear()
     with pytest.raises(DataError, match="no photos there"):
-        stage_photos(_Session([]), "@DB.S.STAGE/photos/")
+        stage_photos(emulator, "@DB.S.STAGE/photos/")
+    session = emulator
     with pytest.raises(DataError, match="photos/a.png: not a stage path"):
         stage_photos(session, "photos/a.png")
     with pytest.raises(DataError, match="name a stage folder"):

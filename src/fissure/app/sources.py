@@ -19,8 +19,8 @@ from ..data import is_stage_path
 from ..data.image import decode_image, is_image_name
 from ..errors import DataError, FissureError
 from ..prediction.inputs import InputImage, find_inputs
-from ..snowflake.files import reason
 from ..snowflake.runs import stage_fetcher
+from ..snowflake.transfer import list_stage
 
 
 class Uploaded(Protocol):
@@ -61,19 +61,13 @@ def folder_photos(folder: str | Path, pattern: str = "**/*") -> list[PhotoFile]:
 
 
 def _listed(session: Any, prefix: str) -> list[str]:
-    """The image files under stage folder ``prefix``, by ``LIST`` on ``session``."""
-    stage = prefix.split("/", 1)[0]
+    """The image files under stage folder ``prefix``, as ``fissure predict`` lists them
+    (:func:`~fissure.snowflake.transfer.list_stage`: only that folder, any kind of stage)."""
     try:
-        rows = session.sql(f"LIST {prefix}").collect()
-    except Exception as exc:  # the connector's own error types
-        raise FissureError(
-            f"{prefix}: cannot list this stage folder ({reason(exc)}); "
-            "name its photos one per line instead"
-        ) from None
-    names = [str(row["name"]) for row in rows]
-    # LIST names files by the stage's own name, in lower case: keep the path below it.
-    paths = [f"{stage}/{name.split('/', 1)[1]}" for name in names if "/" in name]
-    return sorted(path for path in paths if is_image_name(path))
+        listing = list_stage(session, prefix)
+    except FissureError as exc:
+        raise FissureError(f"{exc}; name its photos one per line instead") from None
+    return [path for path, _ in listing if is_image_name(path)]
 
 
 def stage_photos(session: Any, spec: str) -> list[PhotoFile]:
