@@ -150,11 +150,22 @@ def test_a_full_disk_is_named_when_torch_only_says_unexpected_pos(tmp_path, smal
     assert list(tmp_path.iterdir()) == []
 
 
-def test_cuda_checkpoint_maps_to_cpu(tmp_path, small):
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_checkpoint_from_a_gpu_run_loads_on_the_cpu(tmp_path, small):
+    # a GPU run's last.pt: weights on the device, and the optimiser's moments beside them
     model, cfg = small
-    make_checkpoint(model, cfg, epoch=0).save(tmp_path / "a.pt")
-    ckpt = load_checkpoint(tmp_path / "a.pt", map_location="cpu")
+    model = model.cuda()
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.rand(2, 3, 64, 64, device="cuda")).mean().backward()
+    optimizer.step()
+    state = {"optimizer": optimizer.state_dict()}
+    make_checkpoint(model, cfg, epoch=0, train_state=state).save(tmp_path / "last.pt")
+    ckpt = load_checkpoint(tmp_path / "last.pt", map_location="cpu")
     assert all(t.device.type == "cpu" for t in ckpt.state_dict.values())
+    moments = ckpt.train_state["optimizer"]["state"]
+    assert moments and all(v.device.type == "cpu" for m in moments.values()
+                           for v in m.values() if isinstance(v, torch.Tensor))
+    assert ckpt.build_model("cpu")(torch.rand(1, 3, 64, 64)).shape == (1, 1, 64, 64)
 
 
 def _todays_dict(model, threshold=0.3):

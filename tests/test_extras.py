@@ -55,5 +55,13 @@ def test_tensorboard_without_the_extra_stops_before_training(tmp_path, monkeypat
     assert not (tmp_path / "run" / "last.pt").exists()
 
 
-def test_installed_extras_lists_every_extra():
-    assert set(extras.installed_extras()) == set(extras.EXTRAS)
+def test_installed_extras_says_which_are_missing(monkeypatch):
+    found = extras.installed_extras()
+    assert set(found) == set(extras.EXTRAS)
+    # a module of an extra hidden: that extra is reported missing, the others as they were
+    name, modules = next(iter(extras.EXTRAS.items()))
+    _hide(monkeypatch, modules[0])
+    hidden = extras.installed_extras()
+    assert hidden[name] is False
+    assert {k: v for k, v in hidden.items() if k != name} == {
+        k: v for k, v in found.items() if k != name}

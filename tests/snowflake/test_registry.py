@@ -347,7 +347,7 @@ def test_predict_and_load_model_take_a_reference(stand, ckpt_file, tmp_path):
     assert ckpt.origin == "snowflake://CRACKS/V2" and not model.training
 
 
-def test_a_model_without_a_fissure_checkpoint_or_version(stand, ckpt_file, session):
+def test_a_model_without_a_fissure_checkpoint_or_version(stand, ckpt_file, session, tmp_path):
     model = _exporting(stand, ckpt_file, file_name="weights.bin")
     with pytest.raises(CheckpointError, match=r"^snowflake://CRACKS/V1: not a fissure model"):
         registry.read_checkpoint(session, "snowflake://CRACKS/V1")
@@ -357,7 +357,7 @@ def test_a_model_without_a_fissure_checkpoint_or_version(stand, ckpt_file, sessi
         registry.read_checkpoint(session, "snowflake://CRACKS/V9")
     stand.registry.get_model.side_effect = ValueError("Unable to find model NOPE")
     result = CliRunner().invoke(cli, ["predict", "snowflake://NOPE/V1", str(ckpt_file),
-                                      "--out", "x", "--connection", "local"])
+                                      "--out", str(tmp_path / "x"), "--connection", "local"])
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert result.output.strip() == ("Error: snowflake://NOPE/V1: no model NOPE in the "
                                      "registry (Unable to find model NOPE)")
