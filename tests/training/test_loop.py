@@ -386,3 +386,32 @@ def test_kill_9_leaves_a_valid_last_pt(tmp_path, tiny_overrides):
     assert done.returncode == 0, done.stdout + done.stderr
     assert load_checkpoint(run_dir / "last.pt").train_state["epoch"] == epoch + 1
     assert not list(run_dir.glob(".*.tmp"))
+
+
+class _Constant(torch.nn.Module):
+    """Every pixel's crack probability is ``p``, whatever the image."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.logit = torch.nn.Parameter(torch.tensor(math.log(p / (1 - p))))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logit.expand(x.shape[0], 1, *x.shape[2:]).clone()
+
+
+def test_validation_figures_by_hand(tiny_overrides):
+    """A model that says 0.6 everywhere marks every pixel crack at 0.5: IoU is the crack
+    share of the split's pixels, F1 twice it over one plus it, and the tuned F1 the same,
+    reached below 0.6 (at or above, nothing is predicted and F1 is 0)."""
+    cfg = load_config(None, tiny_overrides + ["train.device=cpu"])
+    setup = build_setup(cfg, build_source(cfg.data))
+    setup = dataclasses.replace(setup, model=_Constant(0.6), ema=None)
+    masks = [setup.val_set[i]["mask"] for i in range(len(setup.val_set))]
+    crack = sum(int(m.sum()) for m in masks)
+    total = sum(m.numel() for m in masks)
+    assert 0 < crack < total
+    row = validate(setup, TrainState(), **QUIET)
+    assert row["val_iou"] == pytest.approx(crack / total)
+    assert row["val_f1"] == pytest.approx(2 * crack / (crack + total))
+    assert row["val_f1_tuned"] == pytest.approx(2 * crack / (crack + total))
+    assert row["threshold"] < 0.6
