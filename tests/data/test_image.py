@@ -73,6 +73,7 @@ def test_unknown_format_names_no_python_object():
     assert str(info.value) == "._IMG_0001.jpg: not a readable image (unknown format)"
 
 
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 def test_images_over_the_pixel_limit_are_refused_before_decoding(monkeypatch):
     # Pillow itself refuses only twice Image.MAX_IMAGE_PIXELS and warns in between.
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
