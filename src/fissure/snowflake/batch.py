@@ -42,7 +42,7 @@ from ..data.image import is_image_name, without_gz
 from ..errors import ConfigError, DataError, FissureError
 from .environment import Log, in_warehouse_sandbox
 from .files import canonical_stage, is_missing_error, reason, validate_stage_name
-from .jobs import JobSpec, job_name, run_job
+from .jobs import JobSpec, job_name, read_log, run_job
 from .runs import check_push_target
 from .session import is_local_testing
 from .transfer import fetch_file, list_stage, put_bytes
@@ -106,10 +106,8 @@ def check_request(request: BatchRequest) -> BatchRequest:
     if "/" in folder.rstrip("/"):
         validate_stage_name(folder.rstrip("/"))
     masks = check_push_target(request.masks).rstrip("/") + "/" if request.masks else None
-    if masks and masks.casefold().startswith(folder.casefold()):
-        # the next run's LIST of the folder would take the masks for photos
-        raise ConfigError(f"{masks}: the masks folder must not be inside the photo folder "
-                          f"{folder}")
+    if masks and masks.casefold().startswith(folder.casefold()):  # LIST would find them
+        raise ConfigError(f"{masks}: the masks folder must be outside the photos, {folder}")
     if request.px_per_mm is not None and not request.px_per_mm > 0:
         raise ConfigError(f"px_per_mm: must be positive, got {request.px_per_mm}")
     return BatchRequest(**{**asdict(request), "folder": folder, "masks": masks,
@@ -365,11 +363,6 @@ def predict_stage(session: Any, request: BatchRequest, compute_pool: str | None 
     return call_procedure(session, request)
 
 
-def job_folder_for(folder: str) -> str:
-    """Where a predict-stage job's payload goes: ``fissure_jobs/`` of the images' stage."""
-    return folder.split("/", 1)[0] + "/fissure_jobs/"
-
-
 def run_on_pool(session: Any, request: BatchRequest, compute_pool: str, log: Log = print,
                 wheel: Path | None = None) -> dict[str, Any]:
     """:func:`run_batch` as an ML Job on ``compute_pool`` (a GPU there is used); its log is
@@ -379,13 +372,10 @@ def run_on_pool(session: Any, request: BatchRequest, compute_pool: str, log: Log
         spec_file.write_text(request.to_json(), "utf-8")
         spec = JobSpec(("fissure.snowflake.batch", "{payload}/request.json"),
                        {"request.json": spec_file})
-        job = run_job(session, spec, compute_pool, job_folder_for(request.folder),
-                      job_name("predict"), wheel=wheel, log=log)
-    try:
-        lines = list(job.get_logs(as_list=True))
-    except Exception as exc:
-        raise FissureError(f"job {job.id}: cannot read its log ({reason(exc)})") from None
-    for line in reversed(lines):
+        payload = request.folder.split("/", 1)[0] + "/fissure_jobs/"  # the images' stage
+        job = run_job(session, spec, compute_pool, payload, job_name("predict"), wheel=wheel,
+                      log=log)
+    for line in reversed(read_log(job)):
         if SUMMARY_TAG in line:
             return json.loads(line.split(SUMMARY_TAG, 1)[1])
     raise FissureError(f"job {job.id}: ended without a summary line in its log")

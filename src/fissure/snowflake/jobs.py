@@ -215,6 +215,14 @@ def submit_payload(session: Any, folder: Path, compute_pool: str, stage: str, na
         raise FissureError(f"{compute_pool}: cannot submit the job ({reason(exc)})") from None
 
 
+def read_log(job: Any) -> list[str]:
+    """The whole log of ``job``, which has ended; a one-line FissureError if unreadable."""
+    try:
+        return list(job.get_logs(as_list=True))
+    except Exception as exc:
+        raise FissureError(f"job {job.id}: cannot read its log ({reason(exc)})") from None
+
+
 def _log_lines(job: Any) -> list[str]:
     try:
         return list(job.get_logs(as_list=True))
