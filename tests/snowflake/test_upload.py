@@ -130,22 +130,35 @@ def test_upload_refuses_names_differing_only_in_case(session, tmp_path) -> None:
     assert "AB.png" in message and "ab.png" in message and "differing only in case" in message
 
 
+class _AccountSql:
+    """Stands in for ``session.sql`` alone (the emulator runs no SQL): keeps each statement
+    a real account would receive; ``refuse`` maps a statement's opening words to the error
+    the account answers it with."""
+
+    def __init__(self, refuse: dict[str, Exception] | None = None) -> None:
+        self.statements: list[str] = []
+        self.refuse = refuse or {}
+
+    def __call__(self, text: str) -> _AccountSql:
+        self.statements.append(text)
+        self.last = text
+        return self
+
+    def collect(self) -> list:
+        for start, error in self.refuse.items():
+            if self.last.startswith(start):
+                raise error
+        return []
+
+
 def test_a_stage_made_on_an_account_has_encryption_and_a_directory(session, tmp_path, monkeypatch):
-    # The emulator makes stages on first put and has no SQL: stand in for session.sql alone,
-    # to see the statements a real account receives.
+    # The emulator makes stages on first put: see the statements a real account receives.
     from fissure.snowflake import upload
 
-    statements: list[str] = []
-
-    class Ran:
-        def __init__(self, text: str) -> None:
-            statements.append(text)
-
-        def collect(self) -> list:
-            return []
-
+    account = _AccountSql()
+    statements = account.statements
     monkeypatch.setattr(upload, "is_local_testing", lambda s: False)
-    monkeypatch.setattr(session, "sql", Ran)
+    monkeypatch.setattr(session, "sql", account)
     root = tmp_path / "ds"
     local_dataset(root, count=2)
     cfg = SnowflakeConfig(stage="SSE_STAGE", manifest="V_SSE")
@@ -164,36 +177,23 @@ def test_a_stage_made_on_an_account_has_encryption_and_a_directory(session, tmp_
 
 def test_a_role_that_may_not_create_stages_uses_the_existing_one(session, tmp_path, monkeypatch):
     # On a real account CREATE STAGE IF NOT EXISTS needs the CREATE STAGE privilege even when
-    # the stage exists; a role with only READ/WRITE on it is refused. Stand in for session.sql.
+    # the stage exists; a role with only READ/WRITE on it is refused.
     from snowflake.connector.errors import ProgrammingError
 
     from fissure.snowflake import upload
 
-    statements: list[str] = []
-    exists = {"yes": True}
-
-    class Ran:
-        def __init__(self, text: str) -> None:
-            statements.append(text)
-            self.text = text
-
-        def collect(self) -> list:
-            if self.text.startswith("CREATE STAGE"):
-                raise ProgrammingError(msg="SQL access control error:\nInsufficient privileges "
-                                       "to operate on schema 'SCH'", errno=3001)
-            if self.text.startswith("DESC STAGE") and not exists["yes"]:
-                raise ProgrammingError(msg="Stage 'X' does not exist or not authorized.",
-                                       errno=2003)
-            return []
-
+    account = _AccountSql({"CREATE STAGE": ProgrammingError(
+        msg="SQL access control error:\nInsufficient privileges to operate on schema 'SCH'",
+        errno=3001)})
     monkeypatch.setattr(upload, "is_local_testing", lambda s: False)
-    monkeypatch.setattr(session, "sql", Ran)
+    monkeypatch.setattr(session, "sql", account)
     root = tmp_path / "ds"
     local_dataset(root, count=2)
     cfg = SnowflakeConfig(stage="RW_STAGE", manifest="V_RW")
     assert upload_dataset(session, root, cfg, progress=False)["uploaded"] == 4
-    assert statements[1] == f"DESC STAGE {DB}.RW_STAGE"
-    exists["yes"] = False
+    assert account.statements[1] == f"DESC STAGE {DB}.RW_STAGE"
+    account.refuse["DESC STAGE"] = ProgrammingError(
+        msg="Stage 'X' does not exist or not authorized.", errno=2003)
     with pytest.raises(DataError) as info:
         upload_dataset(session, root, SnowflakeConfig(stage="NO_STAGE", manifest="V_NO"),
                        progress=False)

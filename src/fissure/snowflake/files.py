@@ -114,9 +114,12 @@ def is_session_gone(exc: BaseException) -> bool:
 
 def transfer_error(exc: BaseException, what: str, doing: str) -> SourceUnavailable:
     """The one-line error of a failed transfer of ``what``: :class:`SessionGone` when the
-    session is the cause, else a SourceUnavailable saying what could not be done."""
+    session is the cause, :func:`stage_unreadable` when the stage is, else a
+    SourceUnavailable saying what could not be done."""
     if is_session_gone(exc):
         return SessionGone(f"{what}: the Snowflake session has expired or closed ({reason(exc)})")
+    if is_missing_stage(exc):
+        return stage_unreadable(exc, what)
     return SourceUnavailable(f"{what}: cannot {doing} ({reason(exc)})")
 
 
@@ -190,8 +193,8 @@ def is_missing_stage(exc: BaseException) -> bool:
 def stage_unreadable(exc: BaseException, stage_path: str) -> SourceUnavailable:
     """The one-line error for a transfer that failed as :func:`is_missing_stage` says."""
     stage = stage_path.split("/", 1)[0]
-    return SourceUnavailable(f"{stage}: the stage does not exist, or this role may not read it "
-                     f"({reason(exc)})")
+    return SourceUnavailable(f"{stage}: the stage does not exist, or this role may not read "
+                             f"it ({reason(exc)})")
 
 
 def is_missing_error(exc: BaseException) -> bool:

@@ -216,7 +216,8 @@ def submit_payload(session: Any, folder: Path, compute_pool: str, stage: str, na
 
 
 def read_log(job: Any) -> list[str]:
-    """The whole log of ``job``, which has ended; a one-line FissureError if unreadable."""
+    """The log of ``job`` so far (all of it once the job has ended); a one-line
+    FissureError if it cannot be read."""
     try:
         return list(job.get_logs(as_list=True))
     except Exception as exc:
@@ -225,8 +226,8 @@ def read_log(job: Any) -> list[str]:
 
 def _log_lines(job: Any) -> list[str]:
     try:
-        return list(job.get_logs(as_list=True))
-    except Exception:  # no container yet (PENDING), or a hiccup: the next poll tries again
+        return read_log(job)
+    except FissureError:  # no container yet (PENDING), or a hiccup: the next poll tries again
         return []
 
 

@@ -39,7 +39,6 @@ from .files import (
     is_missing_file,
     is_missing_stage,
     reason,
-    stage_unreadable,
     transfer_error,
     validate_stage_name,
     with_retries,
@@ -90,9 +89,8 @@ def download(
         except DataError:
             raise
         except Exception as exc:
-            if is_missing_stage(exc):
-                raise stage_unreadable(exc, stage_path) from None
-            if is_missing_error(exc):
+            # the emulator's words for a missing file, but not a stage that is not there
+            if is_missing_error(exc) and not is_missing_stage(exc):
                 raise _missing(stage_path) from None
             raise transfer_error(exc, stage_path, "download") from None
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -126,8 +124,6 @@ def get_prefix(
     except Exception as exc:
         if is_missing_file(exc):
             return {}
-        if is_missing_stage(exc):
-            raise stage_unreadable(exc, stage_prefix) from None
         raise transfer_error(exc, stage_prefix, "download") from None
     names = [Path(str(getattr(r, "file", ""))).name for r in results]
     seen = Counter(name.casefold() for name in names)
@@ -239,8 +235,6 @@ def list_stage(session: Any, stage_folder: str) -> list[tuple[str, int]]:
     except DataError:
         raise
     except Exception as exc:
-        if is_missing_stage(exc):
-            raise stage_unreadable(exc, folder) from None
         raise transfer_error(exc, folder, "list") from None
     names = [str(row.name) for row in rows]
     root = external_root(session, stage) if any("://" in n for n in names) else None
@@ -274,11 +268,17 @@ def stage_relative(name: str, stage: str, below: str, root: str | None) -> str |
     return name.split("/", 1)[1] if "/" in name else None
 
 
+def describe_stage(session: Any, stage: str) -> list[Any]:
+    """``DESC STAGE``'s rows (one per property) for ``stage``; it fails, as the connector
+    raises, when the stage does not exist or the role may not use it."""
+    return session.sql(f"DESC STAGE {stage.lstrip('@')}").collect()
+
+
 def external_root(session: Any, stage: str) -> str:
     """The URL that starts the LIST names of external ``stage``'s files (``DESC STAGE``'s
     ``URL`` property, e.g. ``s3://bucket/prefix/``)."""
     try:
-        rows = session.sql(f"DESC STAGE {stage.lstrip('@')}").collect()
+        rows = describe_stage(session, stage)
     except Exception as exc:
         raise DataError(f"{stage}: cannot describe the external stage ({reason(exc)})") from None
     for row in rows:

@@ -42,7 +42,7 @@ from .files import (
 )
 from .session import is_local_testing
 from .source import IMAGE_SHA, MASK_SHA
-from .transfer import push_files
+from .transfer import describe_stage, push_files
 
 if TYPE_CHECKING:
     from snowflake.snowpark import Session
@@ -224,7 +224,7 @@ def _ensure_stage(session: Any, stage: str) -> None:
         session.sql(create_stage_sql(stage)).collect()
     except Exception as exc:
         try:
-            session.sql(f"DESC STAGE {stage.lstrip('@')}").collect()
+            describe_stage(session, stage)
         except Exception:
             raise DataError(f"{stage}: cannot create the stage ({reason(exc)})") from None
 
