@@ -111,9 +111,15 @@ def encode_probability(probability: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def overlay_format(shape: tuple[int, ...]) -> str:
+    """``"jpg"`` for the overlay of an image of ``shape`` (H, W, ...), ``"png"`` where a side
+    exceeds :data:`JPEG_MAX_SIDE`."""
+    return "png" if max(shape[:2]) > JPEG_MAX_SIDE else "jpg"
+
+
 def encode_overlay(rgb: np.ndarray, mask: np.ndarray) -> bytes:
-    """``<name>_overlay.jpg``: :func:`overlay_image` as a JPEG of quality 90 (a PNG where a
-    side exceeds :data:`JPEG_MAX_SIDE`).
+    """``<name>_overlay.jpg``: :func:`overlay_image` as a JPEG of quality 90 (a PNG where
+    :func:`overlay_format` says).
 
     Shapes:
         rgb: (H, W, 3) uint8.
@@ -121,7 +127,7 @@ def encode_overlay(rgb: np.ndarray, mask: np.ndarray) -> bytes:
     """
     buffer = io.BytesIO()
     image = Image.fromarray(overlay_image(rgb, mask))
-    if max(image.size) > JPEG_MAX_SIDE:
+    if overlay_format(rgb.shape) == "png":
         image.save(buffer, format="PNG")
     else:
         # 4:4:4 chroma: subsampling would smear one-pixel cracks into their neighbours.
@@ -155,8 +161,7 @@ def write_outputs(
         prob_path.write_bytes(encode_probability(prediction.probability))
         paths["probability"] = str(prob_path)
     if output.overlay:
-        suffix = "png" if max(rgb.shape[:2]) > JPEG_MAX_SIDE else "jpg"
-        overlay_path = out_dir / f"{name}_overlay.{suffix}"
+        overlay_path = out_dir / f"{name}_overlay.{overlay_format(rgb.shape)}"
         overlay_path.write_bytes(encode_overlay(rgb, prediction.mask))
         paths["overlay"] = str(overlay_path)
     return paths

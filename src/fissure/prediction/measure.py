@@ -255,14 +255,24 @@ def prune_spurs(skeleton: np.ndarray, distance: np.ndarray) -> np.ndarray:
     return pruned
 
 
+def _centre_line(cracks: np.ndarray) -> CrackLine:
+    """The centre lines of ``cracks``, in its own coordinates: the skeleton less its spurs
+    (:func:`prune_spurs`), the distance transform on it and the widths read there.
+
+    Shapes:
+        cracks: (H, W) bool, with a background border one pixel wide.
+    """
+    distance = ndimage.distance_transform_edt(cracks)
+    ys, xs, links = skeleton_links(prune_spurs(skeletonize(cracks), distance))
+    widths = 2.0 * _ridge_distance(distance, ys, xs) - 1.0
+    return CrackLine(ys, xs, links, distance[ys, xs], widths)
+
+
 def crack_line(crack: np.ndarray, top: int, left: int) -> CrackLine:
     """The centre line of the one crack in ``crack`` (as :func:`crack_pixels` gives it),
-    whose box starts at row ``top`` and column ``left`` of the image: its skeleton less
-    its spurs (:func:`prune_spurs`)."""
-    distance = ndimage.distance_transform_edt(crack)
-    ys, xs, links = skeleton_links(prune_spurs(skeletonize(crack), distance))
-    widths = 2.0 * _ridge_distance(distance, ys, xs) - 1.0
-    return CrackLine(ys + top - 1, xs + left - 1, links, distance[ys, xs], widths)
+    whose box starts at row ``top`` and column ``left`` of the image."""
+    line = _centre_line(crack)
+    return replace(line, ys=line.ys + top - 1, xs=line.xs + left - 1)
 
 
 def _totals(lines: Sequence[CrackLine], width: int) -> tuple[float, float, float]:
@@ -326,16 +336,16 @@ def _whole_mask_lines(labels: np.ndarray, count: int) -> list[CrackLine]:
         labels: (H, W) int, cracks numbered 1..count.
     """
     padded = np.pad(labels, 1)
-    cracks = padded > 0
-    distance = ndimage.distance_transform_edt(cracks)
-    ys, xs, links = skeleton_links(prune_spurs(skeletonize(cracks), distance))
-    widths = 2.0 * _ridge_distance(distance, ys, xs) - 1.0
-    owner = padded[ys, xs]
+    line = _centre_line(padded > 0)
+    owner = padded[line.ys, line.xs]
+    # grouped by crack in one sort; stable, so each keeps the row-by-row order of its box
+    order = np.argsort(owner, kind="stable")
+    ends = np.cumsum(np.bincount(owner, minlength=count + 1))
     lines = []
     for crack_id in range(1, count + 1):
-        mine = owner == crack_id
-        lines.append(CrackLine(ys[mine] - 1, xs[mine] - 1, links[mine],
-                               distance[ys[mine], xs[mine]], widths[mine]))
+        mine = order[ends[crack_id - 1]:ends[crack_id]]
+        lines.append(CrackLine(line.ys[mine] - 1, line.xs[mine] - 1, line.links[mine],
+                               line.end_distances[mine], line.widths[mine]))
     return lines
 
 
