@@ -91,6 +91,8 @@ def _file_stamp(source: str) -> str:
 
 @st.cache_resource(show_spinner="Loading the model...", max_entries=2)
 def _model_from(source: str, connection: str, stamp: str) -> Model:
+    """The model at ``source``; ``stamp`` (:func:`_file_stamp`) is only part of the cache
+    key, so that a rewritten file is loaded again."""
     session = _session(connection) if needs_session(source) else None
     checkpoint = read_model(source, session)
     return predictor_for(checkpoint), model_info(checkpoint, source.strip()), uuid.uuid4().hex

@@ -14,6 +14,9 @@ from ..report import EVAL_FILES, fmt, metrics_table
 from ..training.distributed import is_main_process, launch, strip_option
 from .group import AMP_OPTION, cli
 
+DEMO_CONFIG = "configs/default.yaml"
+"""The demo's config, relative to the repository root."""
+
 
 def _width_bounds(ctx: click.Context, param: click.Parameter, value: str) -> tuple[float, ...]:
     """``--width-classes 0.1,0.3,1`` as numbers; PredictOptions checks that they rise."""
@@ -212,7 +215,7 @@ def predict(checkpoint, inputs, out, pattern, threshold, tile, overlap, tta, bat
 
 
 @cli.command()
-@click.option("--config", "config_path", default="configs/default.yaml", show_default=True,
+@click.option("--config", "config_path", default=DEMO_CONFIG, show_default=True,
               type=click.Path(dir_okay=False))
 @click.option("--out", default="runs/demo", show_default=True, type=click.Path(file_okay=False))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
@@ -224,8 +227,8 @@ def demo(config_path, out, overrides, quiet) -> None:
     Example:
       fissure demo --out runs/demo
     """
-    if not Path(config_path).is_file() and config_path == "configs/default.yaml":
-        raise click.UsageError("configs/default.yaml is not here: run `fissure demo` from the "
+    if config_path == DEMO_CONFIG and not Path(config_path).is_file():
+        raise click.UsageError(f"{DEMO_CONFIG} is not here: run `fissure demo` from the "
                                "repository root (a clone of fissure), or give --config")
     cfg = load_config(config_path, overrides)
     summary = api.demo(cfg, out, progress=not quiet, log=click.echo)

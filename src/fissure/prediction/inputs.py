@@ -64,9 +64,9 @@ def find_inputs(
 
     Folder matches must have an image suffix (``.png``, ``.jpg``, ... optionally ``.gz``)
     and are not hidden (no name below the folder starts with a dot); files named directly
-    are taken as they are. Anything under ``exclude`` (the output
-    folder) is skipped so that a rerun does not predict its own masks. An input starting
-    with ``@`` is a stage path and needs ``fetch``. Repeated images are listed once.
+    are taken as they are. Anything under ``exclude`` (the output folder) is skipped so
+    that a rerun does not predict its own masks. An input starting with ``@`` is a stage
+    path and needs ``fetch``. Repeated images are listed once.
     """
     skip = Path(exclude).resolve() if exclude is not None else None
     found: list[InputImage] = []
