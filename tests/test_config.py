@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from fissure.config import (
     Config,
+    changed_keys,
     config_from_dict,
     config_to_dict,
     load_config,
@@ -52,6 +53,10 @@ def test_int_is_accepted_for_float_but_bool_is_not_an_int():
         ("train.loss.nme=bce", "did you mean 'train.loss.name'"),
         ("data.split_files.tran=a.txt", "unknown split 'tran'"),
         ("train=3", "train: expected a mapping"),
+        ("data.split_files={train: 3}", "data.split_files.train: expected str, got 3"),
+        ("augment.hflip=1.5", "augment.hflip: a probability, so within [0, 1], got 1.5"),
+        ("augment.blur=-0.1", "augment.blur: a probability"),
+        ("augment.noise=-1", "augment.noise: must be >= 0"),
     ],
 )
 def test_bad_keys_and_values_name_the_key(override, message):
@@ -191,3 +196,12 @@ def test_the_shipped_cfd_recipe_is_budgeted():
     train = cfg.train
     assert train.amp and train.init_bias == "auto" and train.max_minutes == 30
     assert train.patience == 0 and train.select_window > 1
+
+
+def test_changed_keys_names_each_dotted_key_that_differs():
+    before = load_config(None, ["train.loss.params={pos_weight: 3.0}"])
+    after = load_config(None, ["train.epochs=4", "train.loss.params={pos_weight: 3.0, x: 1}",
+                               "data.snowflake.refresh=true", "train.lr=0.0001"])
+    assert changed_keys(before, after) == [
+        "data.snowflake.refresh", "train.epochs", "train.loss.params.x"]
+    assert changed_keys(after, after) == []

@@ -8,6 +8,7 @@ closest valid key, and a value of the wrong type is an error naming its key.
 
 from .loading import (
     AUTO,
+    changed_keys,
     config_from_dict,
     config_to_dict,
     load_config,
@@ -32,6 +33,7 @@ from .sections import (
 
 __all__ = [
     "AUTO",
+    "changed_keys",
     "DEFAULT_THRESHOLD",
     "SPLITS",
     "AugmentConfig",

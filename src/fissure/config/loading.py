@@ -16,6 +16,7 @@ from typing import Any, Union
 import yaml
 
 from ..errors import ConfigError
+from ..writes import replacing
 from .sections import (
     SPLITS,
     Config,
@@ -61,7 +62,8 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     if origin is dict or tp is dict:
         if not isinstance(value, Mapping):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
-        return {str(k): v for k, v in value.items()}
+        item = (typing.get_args(tp) or (str, Any))[1]
+        return {str(k): _coerce(f"{key}.{k}", v, item) for k, v in value.items()}
     if tp is Any:
         return value
     if tp is bool:
@@ -117,6 +119,7 @@ def _check(cfg: Config) -> None:
         raise ConfigError(f"train.batch_size: expected a positive int or 'auto', got {batch!r}")
     _check_size(cfg.data)
     _check_ranges(cfg)
+    _check_augment(cfg)
     if cfg.train.lr <= 0:
         raise ConfigError(f"train.lr: must be positive, got {cfg.train.lr}")
     if cfg.train.patience < 0 or (cfg.train.num_workers or 0) < 0:
@@ -188,6 +191,18 @@ def _check_ranges(cfg: Config) -> None:
             raise ConfigError(f"{key}: must be >= 0, got {value}")
 
 
+def _check_augment(cfg: Config) -> None:
+    """Probabilities within [0, 1]; strengths not negative."""
+    aug = cfg.augment
+    for key in ("hflip", "vflip", "rot90", "blur"):
+        value = getattr(aug, key)
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(f"augment.{key}: a probability, so within [0, 1], got {value}")
+    for key in ("brightness", "contrast", "gamma", "noise"):
+        if getattr(aug, key) < 0:
+            raise ConfigError(f"augment.{key}: must be >= 0 (0: off), got {getattr(aug, key)}")
+
+
 def _check_size(data: DataConfig) -> None:
     size = data.size
     if isinstance(size, str):
@@ -216,6 +231,22 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
     """Plain nested dict of ``cfg`` (YAML- and checkpoint-safe: tuples become lists)."""
     return dataclasses.asdict(cfg, dict_factory=lambda items: {
         k: list(v) if isinstance(v, tuple) else v for k, v in items})
+
+
+def changed_keys(before: Config, after: Config) -> list[str]:
+    """The dotted keys whose values differ between two configs, in declared order."""
+
+    def flat(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in values.items():
+            if isinstance(value, Mapping):
+                out.update(flat(value, f"{prefix}{key}."))
+            else:
+                out[f"{prefix}{key}"] = value
+        return out
+
+    old, new = flat(config_to_dict(before)), flat(config_to_dict(after))
+    return [key for key in dict.fromkeys([*old, *new]) if old.get(key) != new.get(key)]
 
 
 def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:
@@ -289,5 +320,8 @@ def load_config(
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    """Write ``cfg`` as YAML, keys in their declared order."""
-    Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), encoding="utf-8")
+    """Write ``cfg`` as YAML, keys in their declared order; whole or not at all (a resume
+    reads it, and a file cut short could still parse, its missing keys then defaults)."""
+    text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+    with replacing(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")

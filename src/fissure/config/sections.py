@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,8 @@ def check_threshold(value: float, key: str = "threshold") -> float:
     A pixel is crack where its probability is ``> threshold``, so 0 and 1 would make every
     pixel, or none, crack.
     """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ConfigError(f"{key}: expected a number within (0, 1), got {value!r}")
     number = float(value)
     if not 0.0 < number < 1.0:
         raise ConfigError(f"{key}: must be within (0, 1), got {value}")
