@@ -2,12 +2,14 @@
 
 import csv
 import shutil
+from pathlib import Path
 
 import pytest
 
 from fissure import api as workflow
-from fissure.config import load_config
-from fissure.errors import DataError, FissureError
+from fissure.api.runs import _check_resumable, prepare_run_dir
+from fissure.config import load_config, save_config
+from fissure.errors import ConfigError, DataError, FissureError
 
 QUIET = {"progress": False, "log": lambda m: None}
 
@@ -77,3 +79,64 @@ def test_nonfinite_skip_mode_never_saves_nan_weights(tmp_path, tiny_overrides, m
         state = load_checkpoint(tmp_path / "run" / name).state_dict
         assert all(torch.isfinite(t.float()).all() for t in state.values())
 
+
+
+def test_resume_refuses_what_last_pt_cannot_continue_and_keeps_config_yaml(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    save_config(load_config(None, ["train.epochs=2"]), run_dir / "config.yaml")
+    before = (run_dir / "config.yaml").read_text()
+    (run_dir / "last.pt").write_bytes(b"")  # never read: the overrides are refused first
+    with pytest.raises(ConfigError) as info:
+        workflow.resume(run_dir, ["train.lr=0.1", "model.encoder=resnet18", "train.epochs=4"])
+    message = str(info.value)
+    assert message.startswith("model.encoder, train.lr: cannot change when resuming")
+    assert "--out NEW" in message and "train.epochs" not in message
+    assert (run_dir / "config.yaml").read_text() == before
+
+
+def test_resume_allows_length_budget_device_data_place_and_evaluation():
+    recorded = load_config(None, [])
+    changed = load_config(None, ["train.epochs=9", "train.max_minutes=30", "train.device=cpu",
+                                 "data.root=/elsewhere", "data.snowflake.connection=prod",
+                                 "eval.tta=true", "eval.min_area=5"])
+    _check_resumable(recorded, changed, Path("run"))  # no error
+
+
+def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("fissure.api.runs.time.strftime", lambda fmt: "20261203-120000")
+    first, second = prepare_run_dir(None), prepare_run_dir(None)
+    assert (first.name, second.name) == ("20261203-120000", "20261203-120000-2")
+    assert first.is_dir() and second.is_dir()
+
+
+def _old_run(run_dir):
+    """An earlier run's files, and one of the user's."""
+    for name in ("best.pt", "last.pt", "history.csv", "config.yaml", "metrics.json",
+                 "epochs/epoch_002.pt", "tensorboard/events.out.tfevents.1.host", "notes.txt"):
+        (run_dir / name).parent.mkdir(parents=True, exist_ok=True)
+        (run_dir / name).write_text("old")
+
+
+def test_overwrite_keeps_the_old_run_when_the_new_one_cannot_be_built(tmp_path, tiny_overrides):
+    run_dir = tmp_path / "run"
+    _old_run(run_dir)
+    cfg = load_config(None, tiny_overrides + ["train.loss.params={bogus: 1}"])
+    with pytest.raises(ConfigError, match="train.loss.params.bogus"):
+        workflow.train(cfg, run_dir, overwrite=True, **QUIET)
+    assert {p.read_text() for p in run_dir.rglob("*") if p.is_file()} == {"old"}
+    assert len([p for p in run_dir.rglob("*") if p.is_file()]) == 8
+
+
+def test_overwrite_clears_what_the_old_run_left_and_keeps_the_users_files(
+    tmp_path, tiny_overrides
+):
+    run_dir = tmp_path / "run"
+    _old_run(run_dir)
+    workflow.train(load_config(None, tiny_overrides), run_dir, overwrite=True, **QUIET)
+    assert not (run_dir / "metrics.json").exists()
+    assert not list(run_dir.glob("epochs/*")) and not list(run_dir.glob("tensorboard/*"))
+    assert (run_dir / "notes.txt").read_text() == "old"
+    assert load_config(run_dir / "config.yaml") == load_config(None, tiny_overrides)
+    assert (run_dir / "best.pt").read_bytes()[:2] == b"PK"  # a new torch checkpoint

@@ -6,15 +6,22 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from ..checkpoint import load_checkpoint
-from ..config import Config, DataConfig, load_config, read_yaml, save_config
+from ..config import (
+    Config,
+    DataConfig,
+    changed_keys,
+    load_config,
+    read_yaml,
+    save_config,
+)
 from ..data import PairSource
 from ..data import build_source as folder_source
 from ..environment import describe_environment
 from ..errors import CheckpointError, ConfigError, FissureError
-from ..report import TensorBoardLog, plot_curves, write_history, write_skipped
+from ..report import EVAL_FILES, TensorBoardLog, plot_curves, write_history, write_skipped
 from ..snowflake import registry
 from ..snowflake import runs as stage_runs
 from ..snowflake.environment import loader_workers, writable_dir
@@ -26,6 +33,8 @@ from ..training import RunKeeper, build_setup, fit, is_main_process, process_gro
 # A folder holding any of these has made progress worth keeping; config.yaml alone has not.
 RUN_FILES = ("last.pt", "best.pt", "history.csv")
 Log = Callable[[str], None]
+Start = Literal["new", "overwrite", "resume"]
+"""How a run begins in its folder: fresh, replacing an earlier run, or continuing it."""
 
 
 @dataclass(frozen=True)
@@ -63,10 +72,14 @@ def _recorded(cfg: Config) -> Config:
 
 
 def prepare_run_dir(out: str | Path | None, overwrite: bool = False) -> Path:
-    """A fresh run folder: ``out`` if it holds no run, or ``runs/<timestamp>`` when not given
-    (below ``/tmp`` inside Snowflake when the working folder is read-only)."""
+    """The run folder: ``out`` if it holds no run (or ``overwrite``), else a ``FissureError``;
+    when not given, a new ``runs/<timestamp>`` (``-2``, ``-3``... where runs started in the
+    same second), below ``/tmp`` inside Snowflake when the working folder is read-only.
+
+    Nothing is removed here: :func:`clear_run` does that once the new run has been built.
+    """
     if out is None:
-        out = writable_dir(Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
+        return _claim(writable_dir(Path("runs") / time.strftime("%Y%m%d-%H%M%S")))
     run_dir = Path(out)
     if run_dir.exists() and not run_dir.is_dir():
         raise FissureError(f"{run_dir}: exists and is not a folder")
@@ -75,32 +88,60 @@ def prepare_run_dir(out: str | Path | None, overwrite: bool = False) -> Path:
         raise FissureError(f"{run_dir}: already holds a run ({', '.join(existing)}); "
                            "use --resume to continue it, --overwrite to replace it, "
                            "or another --out")
-    if existing:
-        for name in (*RUN_FILES, "config.yaml", "curves.png", "skipped.csv"):
-            (run_dir / name).unlink(missing_ok=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
 
 
-def _fit(cfg: Config, source: PairSource, run_dir: Path, *, resuming: bool, progress: bool,
+def _claim(base: Path) -> Path:
+    """A folder made by this call: ``base``, else ``base-2``, ``base-3``..."""
+    base.parent.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 1000):
+        folder = base if n == 1 else base.with_name(f"{base.name}-{n}")
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            continue
+        return folder
+    raise FissureError(f"{base}: 999 runs started in this second; give --out")
+
+
+def clear_run(run_dir: Path) -> None:
+    """Remove what an earlier run left in ``run_dir``: its checkpoints, history, config,
+    curves, kept epochs, TensorBoard events and the evaluation of its model. Other files
+    are the user's and stay."""
+    for name in (*RUN_FILES, "config.yaml", "curves.png", "skipped.csv", *EVAL_FILES):
+        (run_dir / name).unlink(missing_ok=True)
+    for pattern in ("epochs/epoch_*.pt", "tensorboard/events.out.tfevents.*"):
+        for path in run_dir.glob(pattern):
+            path.unlink(missing_ok=True)
+
+
+def _fit(cfg: Config, source: PairSource, run_dir: Path, *, start: Start, progress: bool,
          log: Log) -> TrainResult:
-    """Build the run from ``cfg``, train it (continuing ``last.pt`` when ``resuming``) and
-    write history, curves and skipped files after every epoch."""
-    board = TensorBoardLog(run_dir) if cfg.train.tensorboard else None
+    """Build the run from ``cfg``, train it (continuing ``last.pt`` when ``start`` is
+    ``"resume"``) and write history, curves and skipped files after every epoch.
+
+    Only a run that has been built changes the folder: ``"overwrite"`` clears the earlier
+    run and ``config.yaml`` is written then (with the batch and crop that ``auto`` chose),
+    so a config that fails to build leaves the folder as it was.
+    """
+    resuming = start == "resume"
     workers = loader_workers(cfg.train.num_workers, log)  # 0 in the warehouse sandbox
-    cfg = replace(cfg, train=replace(cfg.train, num_workers=workers))
     with process_group():
-        setup = build_setup(cfg, source, resuming=resuming)
+        setup = build_setup(replace(cfg, train=replace(cfg.train, num_workers=workers)), source,
+                            resuming=resuming)
         for note in setup.notes:
             log(note)
-        # A resume keeps the probed batch and the crop `data.size: auto` chose.
-        probed = (setup.cfg.train.batch_size, setup.cfg.data.size)
-        if probed != (cfg.train.batch_size, cfg.data.size) and setup.dist.main:
-            save_config(_recorded(setup.cfg), run_dir / "config.yaml")
         keeper = RunKeeper(setup, run_dir)
-        step = 0
+        step = keeper.resume() if resuming else 0
+        if setup.dist.main:
+            if start == "overwrite":
+                clear_run(run_dir)
+            recorded = replace(setup.cfg, train=replace(setup.cfg.train,
+                                                        num_workers=cfg.train.num_workers))
+            save_config(_recorded(recorded), run_dir / "config.yaml")
+        board = TensorBoardLog(run_dir) if cfg.train.tensorboard else None
         if resuming:
-            step = keeper.resume()
             log(f"resuming {run_dir} after epoch {keeper.state.epoch}"
                 + (f", step {step}" if step else ""))
         else:
@@ -174,15 +215,16 @@ def train(
     Model Registry model at the end, with its metrics (needs the ``snowflake-ml`` extra).
     """
     ref = registry.registration_ref(register) if register else None
-    return _session_fit(cfg, lambda: _new_run_dir(cfg, out, overwrite, log), resuming=False,
-                        push=push, ref=ref, connection=connection, progress=progress, log=log)
+    return _session_fit(cfg, lambda: _new_run_dir(out, overwrite, log),
+                        start="overwrite" if overwrite else "new", push=push, ref=ref,
+                        connection=connection, progress=progress, log=log)
 
 
 def _session_fit(
     cfg: Config,
     run_dir_for: Callable[[], Path],
     *,
-    resuming: bool,
+    start: Start,
     push: str | None,
     ref: registry.ModelRef | None,
     connection: str | None,
@@ -201,24 +243,48 @@ def _session_fit(
         session = _stage_session(cfg, push, sessions, ref)
         source = build_source(cfg.data, progress=progress, session=session)
         run_dir = run_dir_for()
-        result = _fit(cfg, source, run_dir, resuming=resuming, progress=progress, log=log)
+        result = _fit(cfg, source, run_dir, start=start, progress=progress, log=log)
         _push(sessions, cfg, run_dir, push, log)
         _register(sessions, cfg, result, ref, log)
     return result
 
 
-def _new_run_dir(cfg: Config, out: str | Path | None, overwrite: bool, log: Log) -> Path:
-    """The run folder, made and given ``config.yaml`` by rank 0 only."""
+def _new_run_dir(out: str | Path | None, overwrite: bool, log: Log) -> Path:
+    """The run folder, checked and made by rank 0 only (:func:`prepare_run_dir`)."""
     if is_main_process():
         # Inside Snowflake a read-only working folder sends the run under /tmp (logged).
         run_dir = prepare_run_dir(None if out is None else writable_dir(out, log), overwrite)
-        save_config(_recorded(cfg), run_dir / "config.yaml")
         log(f"run folder: {run_dir}")
         return run_dir
     if out is None:
         raise ConfigError("--out: give the run folder explicitly when training under torchrun")
     # rank 0 of a torchrun group owns the folder; the others never write it
     return writable_dir(out, lambda line: None)
+
+
+RESUME_KEYS = (
+    "train.epochs", "train.max_minutes", "train.patience", "train.min_delta",
+    "train.num_workers", "train.device", "train.amp", "train.channels_last", "train.compile",
+    "train.tensorboard", "train.keep_every", "train.nonfinite",
+    "data.root", "data.cache", "data.on_error", "data.max_skip_fraction",
+    "data.snowflake.connection", "data.snowflake.cache_dir", "data.snowflake.refresh",
+    "eval.",
+)
+"""The settings a resumed run may change: its length and budget, stopping, where and how
+fast it runs, where its data lies, and evaluation. The others shaped the model, the
+optimiser, the schedule or the order of the samples; last.pt continues them as they were."""
+
+
+def _check_resumable(recorded: Config, cfg: Config, run_dir: Path) -> None:
+    """A ConfigError naming the overrides a resume cannot honour (see :data:`RESUME_KEYS`)."""
+    refused = [key for key in changed_keys(recorded, cfg)
+               if not any(key == k or (k.endswith(".") and key.startswith(k))
+                          for k in RESUME_KEYS)]
+    if refused:
+        raise ConfigError(
+            f"{', '.join(refused)}: cannot change when resuming {run_dir}, whose last.pt "
+            f"continues the model, optimiser and schedule built with it; start a new run "
+            f"instead (fissure train --config {run_dir / 'config.yaml'} --set ... --out NEW)")
 
 
 def resume(
@@ -238,14 +304,11 @@ def resume(
     run_dir = Path(run_dir)
     if not (run_dir / "last.pt").is_file():
         raise CheckpointError(f"{run_dir}: no last.pt to resume from")
-    cfg = load_config(None, overrides, base=read_yaml(run_dir / "config.yaml"))
+    recorded = read_yaml(run_dir / "config.yaml")
+    cfg = load_config(None, overrides, base=recorded)
+    _check_resumable(load_config(None, (), base=recorded), cfg, run_dir)
 
-    def existing_run_dir() -> Path:
-        if overrides and is_main_process():
-            save_config(_recorded(cfg), run_dir / "config.yaml")
-        return run_dir
-
-    return _session_fit(cfg, existing_run_dir, resuming=True, push=push, ref=ref,
+    return _session_fit(cfg, lambda: run_dir, start="resume", push=push, ref=ref,
                         connection=connection, progress=progress, log=log)
 
 
