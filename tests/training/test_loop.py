@@ -415,3 +415,31 @@ def test_validation_figures_by_hand(tiny_overrides):
     assert row["val_f1"] == pytest.approx(2 * crack / (crack + total))
     assert row["val_f1_tuned"] == pytest.approx(2 * crack / (crack + total))
     assert row["threshold"] < 0.6
+
+
+def test_a_sweep_that_finds_no_crack_keeps_the_configured_threshold(tiny_overrides):
+    """At 0.001 everywhere no swept threshold (0.01 and up) predicts a pixel: F1 is 0 at
+    each, and the tie rule's lowest threshold, 0.01, would mark nearly everything crack."""
+    cfg = load_config(None, tiny_overrides + ["train.device=cpu", "train.threshold=0.4"])
+    setup = build_setup(cfg, build_source(cfg.data))
+    setup = dataclasses.replace(setup, model=_Constant(0.001), ema=None)
+    row = validate(setup, TrainState(), **QUIET)
+    assert row["val_f1_tuned"] == 0.0 and row["threshold"] == 0.4
+
+
+def test_a_run_resumed_after_early_stopping_trains_nothing_more(tmp_path, tiny_overrides):
+    cfg = load_config(None, tiny_overrides + ["train.device=cpu", "train.epochs=3",
+                                              "train.patience=1"])
+    run(cfg, tmp_path / "run")
+    longer = load_config(None, tiny_overrides + ["train.device=cpu", "train.epochs=5",
+                                                 "train.patience=1"])
+    setup = build_setup(longer, build_source(longer.data))
+    keeper = RunKeeper(setup, tmp_path / "run")
+    keeper.resume()
+    keeper.state.bad_epochs = 1  # as if the last epoch had not improved
+    lines: list[str] = []
+    history = list(keeper.state.history)
+    fit(setup, keeper, progress=False, log=lines.append)
+    assert keeper.state.history == history  # no epoch trained
+    assert lines == ["early stopping: no improvement for 1 epochs: nothing to train (raise "
+                     "train.patience, train.max_minutes or train.epochs with --set to go on)"]

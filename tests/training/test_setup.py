@@ -1,11 +1,15 @@
 """build_setup: everything a run needs, made from the config in a fixed order."""
 
+import shutil
+
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from fissure.config import load_config
 from fissure.data import build_source
-from fissure.errors import ConfigError
+from fissure.errors import ConfigError, DataError
 from fissure.training import TrainSetup, build_setup
 
 
@@ -239,3 +243,17 @@ def test_on_cuda_batch_auto_probes_and_augments_on_the_device(tiny_overrides):
     assert setup.augment is not None and setup.device.type == "cuda"
     size = setup.cfg.train.batch_size
     assert size >= 1 and size & (size - 1) == 0 and size <= len(setup.train_set)
+
+
+def test_a_validation_split_without_cracks_is_refused_unless_loss_is_monitored(
+    tiny_overrides, synth_root, tmp_path
+):
+    root = tmp_path / "data"
+    shutil.copytree(synth_root, root)
+    for mask in (root / "val" / "masks").iterdir():
+        Image.fromarray(np.zeros_like(np.asarray(Image.open(mask)))).save(mask)
+    overrides = tiny_overrides + [f"data.root={root}"]
+    with pytest.raises(DataError, match=r"^val split: none of its \d+ masks holds a crack pixel"
+                                        r", so validation IoU is undefined"):
+        _setup(overrides)
+    assert len(_setup(overrides + ["train.monitor=loss"]).val_set) > 0

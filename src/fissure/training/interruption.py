@@ -19,13 +19,17 @@ from ..errors import FissureError
 class Interrupt:
     """SIGINT/SIGTERM set a flag; the loop saves ``last.pt`` at the next step and stops.
 
-    ``signum`` is the signal received, or None while none was.
+    ``signum`` is the signal received, or None while none was. A second Ctrl-C (SIGINT)
+    does not wait for the next step (a long validation, a slow disk): it raises
+    KeyboardInterrupt at once, and the ``last.pt`` of the latest finished save stays.
     """
 
     def __init__(self) -> None:
         self.signum: int | None = None
 
     def __call__(self, signum: int, frame: Any) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
         self.signum = signum
 
     @contextmanager

@@ -60,7 +60,9 @@ def fit(
     ``start_step`` is the step to continue the first epoch from (see
     :meth:`RunKeeper.resume`). After each epoch, rank 0 calls ``on_epoch_end`` with the
     history so far. A SIGINT or SIGTERM saves ``last.pt`` and raises
-    :class:`TrainingInterrupted`. Only rank 0 logs and shows progress bars.
+    :class:`TrainingInterrupted`. Only rank 0 logs and shows progress bars. A run resumed
+    after a stopping rule fired (patience, the time budget) trains nothing unless the
+    resume's config moved that limit.
     """
     cfg = setup.cfg
     progress = progress and setup.dist.main
@@ -71,6 +73,12 @@ def fit(
               "compute_dtype": str(autocast_dtype(setup.device, cfg.train.amp)).removeprefix(
                   "torch."),
               "cpu": torch.backends.cpu.get_cpu_capability()}
+    if start_step == 0 and keeper.state.epoch > 0:  # resumed after an epoch's end
+        reason = keeper.stop_reason()
+        if broadcast_flag(reason is not None, setup.dist):
+            log(f"{reason or 'stopped'}: nothing to train (raise train.patience, "
+                "train.max_minutes or train.epochs with --set to go on)")
+            return keeper.state
     with interrupt.installed():
         while keeper.state.epoch < cfg.train.epochs:
             tick = time.monotonic()

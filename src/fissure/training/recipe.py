@@ -5,7 +5,8 @@
 ``pos_weight: auto`` and ``train.init_bias: auto`` (:func:`init_output_bias`, the crack prior
 as the output's starting bias), and the count of images smaller than the crop
 (:func:`note_small_images`). :func:`top_up_validation` enlarges a tiny validation split
-from the training split, and :func:`dtype_note` says which precision the run computes in.
+from the training split, :func:`check_val_cracks` refuses one without cracks, and
+:func:`dtype_note` says which precision the run computes in.
 """
 
 from __future__ import annotations
@@ -74,6 +75,30 @@ def train_facts(
                       max_side=max(sides), sizes=sizes,
                       crack_fraction=crack / total if total else 0.0, crack_free=free,
                       width_median=None, width_p90=None)
+
+
+def check_val_cracks(cfg: Config, source: PairSource, samples: list[Sample]) -> None:
+    """A DataError when no validation mask holds a crack pixel and ``train.monitor`` scores
+    IoU or F1: those are undefined on such a split, so no epoch could be selected as
+    ``best.pt`` and no threshold tuned. Reads masks until the first crack pixel (usually the
+    first mask); an unreadable one is skipped under ``data.on_error: skip``."""
+    if cfg.train.monitor == "loss":
+        return
+    for sample in samples:
+        if sample.mask is None:
+            continue
+        try:
+            if np.any(decode_mask(source.read(sample.mask), sample.mask)):
+                return
+        except DataError:
+            if cfg.data.on_error == "raise":
+                raise
+    score = "IoU" if cfg.train.monitor == "iou" else "F1"
+    raise DataError(
+        f"val split: none of its {len(samples)} masks holds a crack pixel, so validation "
+        f"{score} is undefined (nothing to choose best.pt or tune the threshold on); give "
+        "validation images with cracks, top the split up from train "
+        "(train.min_val_images), or set train.monitor=loss")
 
 
 def resolve_size(cfg: Config, facts: SplitStats | None, notes: list[str]) -> Config:

@@ -44,6 +44,7 @@ from .optim import build_optimizer, build_scheduler
 from .pace import fit_crop_to_budget, zero_step
 from .recipe import (
     SAMPLED_IMAGES,
+    check_val_cracks,
     dtype_note,
     init_output_bias,
     needs_facts,
@@ -137,6 +138,7 @@ def build_setup(
     on_device = device.type == "cuda" if batch_augment is None else batch_augment
     train_samples, val_samples = top_up_validation(
         cfg, source.samples("train"), source.samples("val"), notes)
+    check_val_cracks(cfg, source, val_samples)
     facts = _facts(cfg, source, train_samples)
     cfg = resolve_size(cfg, facts, notes)
     model = _build_model(cfg, device)

@@ -74,7 +74,9 @@ def validate(
     if tally.seen == 0:
         raise FissureError("no validation image could be used")
     tuned = sweep.compute()["exact"]
-    threshold = tuned["ods_threshold"] or cfg.train.threshold
+    # A sweep that found no crack at any threshold (F1 0 or undefined throughout) would pick
+    # its lowest threshold by the tie rule; that is no tuned threshold.
+    threshold = tuned["ods_threshold"] if tuned["ods_f1"] else cfg.train.threshold
     return {"val_loss": tally.loss / tally.seen, "val_iou": tally.iou(),
             "val_f1": float(f1(*tally.conf, empty=math.nan)),
             "val_f1_tuned": tuned["ods_f1"] if tuned["ods_f1"] is not None else math.nan,
