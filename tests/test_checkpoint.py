@@ -284,3 +284,36 @@ def test_unusable_stored_widths_are_named(tmp_path, bad):
     raw["model"]["decoder_channels"] = bad
     with pytest.raises(CheckpointError, match="w.pt: stored values are unusable.*decoder_channels"):
         checkpoint_from_dict(raw, "w.pt")
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        (lambda raw: raw.pop("state_dict"), "no 'state_dict'"),
+        (lambda raw: raw.update(state_dict=[1, 2]), "state_dict is not a mapping"),
+        (lambda raw: raw.update(threshold=None), "threshold: expected a number"),
+        (lambda raw: raw["input"].update(size="big"), "invalid literal for int()"),
+        (lambda raw: raw.update(normalization={"mean": "abc"}), "could not convert"),
+    ],
+    ids=["no-weights", "weights-not-a-dict", "null-threshold", "size-text", "mean-text"],
+)
+def test_a_damaged_stored_field_is_one_named_error(small, change, reason):
+    model, cfg = small
+    raw = make_checkpoint(model, cfg, epoch=0).to_dict()
+    change(raw)
+    with pytest.raises(CheckpointError) as info:
+        checkpoint_from_dict(raw, "d.pt")
+    message = str(info.value)
+    assert message.startswith("d.pt: stored values are unusable (") and reason in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("encoder", ["resnet18", "resnet50"])
+def test_a_bare_state_dict_of_todays_model_names_its_encoder(tmp_path, encoder):
+    model = build_model(encoder)
+    torch.save(model.state_dict(), tmp_path / "bare.pt")
+    ckpt = load_checkpoint(tmp_path / "bare.pt")
+    assert ckpt.encoder == encoder and ckpt.threshold == 0.5
+    again = ckpt.build_model()
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, again.state_dict()[key])

@@ -228,10 +228,24 @@ def _is_notebook_state_dict(obj: Any) -> bool:
     return isinstance(obj, dict) and any(all(n in obj for n in pair) for pair in names)
 
 
+def _bare_encoder(state: dict[str, Any]) -> str:
+    """The encoder a bare state dict was saved from: the notebook's flat names are always
+    resnet34; today's part names tell resnet50 by its bottleneck blocks (``conv3``) and
+    resnet18 (8 residual blocks) from resnet34 (16) by counting them."""
+    if "encoder0.0.weight" in state:
+        return "resnet34"
+    if any(".conv3." in key for key in state):
+        return "resnet50"
+    blocks = {".".join(key.split(".")[1:3]) for key in state if key.startswith("encoder.layer")}
+    return "resnet18" if len(blocks) <= 8 else "resnet34"
+
+
 def _from_notebook(state: dict[str, torch.Tensor], origin: str) -> Checkpoint:
-    """The original notebook's bare ``best_model.pth``: resnet34, 256 px, threshold 0.5."""
-    cfg = config_from_dict({"data": {"size": NOTEBOOK_SIZE}, "model": {"encoder": "resnet34"}})
-    model = build_model("resnet34")
+    """A bare ``model.state_dict()``, such as the original notebook's ``best_model.pth``:
+    its encoder (:func:`_bare_encoder`; the notebook's is resnet34), 256 px, threshold 0.5."""
+    encoder = _bare_encoder(state)
+    cfg = config_from_dict({"data": {"size": NOTEBOOK_SIZE}, "model": {"encoder": encoder}})
+    model = build_model(encoder)
     load_weights(model, state, origin)  # a clear error now, not at first use
     return Checkpoint.create(model, cfg, epoch=0, metrics={"source": "notebook state_dict"})
 
@@ -291,14 +305,26 @@ def checkpoint_from_dict(obj: Any, origin: str = "checkpoint") -> Checkpoint:
     if spec.get("encoder") not in ENCODERS:
         raise CheckpointError(f"{origin}: unknown encoder {spec.get('encoder')!r} in checkpoint")
     try:
-        cfg = config_from_dict(obj.get("config") or {})
-        model_cfg = ModelConfig(encoder=spec["encoder"], n_classes=int(spec.get("n_classes", 1)),
-                                decoder_channels=_decoder_channels(spec, cfg))
-        if model_cfg.n_classes != 1:
-            raise FissureError(f"model.n_classes is {model_cfg.n_classes}, fissure needs 1")
-        threshold = check_threshold(obj.get("threshold", DEFAULT_THRESHOLD), "threshold")
+        return _typed(obj, spec, origin)
     except FissureError as exc:
         raise CheckpointError(f"{origin}: stored values are unusable ({exc})") from None
+    except KeyError as exc:
+        raise CheckpointError(f"{origin}: stored values are unusable (no {exc})") from None
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise CheckpointError(f"{origin}: stored values are unusable ({exc})") from None
+
+
+def _typed(obj: dict[str, Any], spec: dict[str, Any], origin: str) -> Checkpoint:
+    """The :class:`Checkpoint` of a format-1 dict; a KeyError, TypeError or ValueError
+    (which the caller words) where a stored value is missing or of the wrong kind."""
+    cfg = config_from_dict(obj.get("config") or {})
+    model_cfg = ModelConfig(encoder=spec["encoder"], n_classes=int(spec.get("n_classes", 1)),
+                            decoder_channels=_decoder_channels(spec, cfg))
+    if model_cfg.n_classes != 1:
+        raise FissureError(f"model.n_classes is {model_cfg.n_classes}, fissure needs 1")
+    threshold = check_threshold(obj.get("threshold", DEFAULT_THRESHOLD), "threshold")
+    if not isinstance(obj["state_dict"], dict):
+        raise TypeError("state_dict is not a mapping of tensors")
     spec_in = obj.get("input") or {}
     norm = obj.get("normalization") or {}
     return Checkpoint(
@@ -312,8 +338,8 @@ def checkpoint_from_dict(obj: Any, origin: str = "checkpoint") -> Checkpoint:
         config=cfg,
         epoch=int(obj.get("epoch", 0)),
         metrics=dict(obj.get("metrics") or {}),
-        mean=tuple(norm.get("mean") or IMAGENET_MEAN),
-        std=tuple(norm.get("std") or IMAGENET_STD),
+        mean=tuple(float(v) for v in norm.get("mean") or IMAGENET_MEAN),
+        std=tuple(float(v) for v in norm.get("std") or IMAGENET_STD),
         fissure_version=str(obj.get("fissure_version", "unknown")),
         train_state=obj.get("train_state"),
         origin=origin,
