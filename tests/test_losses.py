@@ -317,7 +317,7 @@ def test_valid_of_another_shape_is_refused():
 
 
 def test_valid_is_not_a_config_key():
-    with pytest.raises(ConfigError, match="train.loss.valid: unknown parameter"):
+    with pytest.raises(ConfigError, match="train.loss.params.valid: unknown parameter"):
         build_loss("bce", {"valid": 1.0})
 
 
@@ -388,14 +388,15 @@ def test_build_loss_unknown_param_names_key_and_lists_valid():
     with pytest.raises(ConfigError) as info:
         build_loss("dice", {"smoth": 2.0})
     message = str(info.value)
-    assert message.startswith("train.loss.smoth: ")
+    assert message.startswith("train.loss.params.smoth: ")
     assert "did you mean 'smooth'?" in message
     assert "valid: smooth, per_image" in message
     assert "\n" not in message
 
 
 def test_build_loss_param_of_another_loss_is_unknown():
-    with pytest.raises(ConfigError, match=r"^train\.loss\.pos_weight: .*valid: alpha, gamma"):
+    key = r"^train\.loss\.params\.pos_weight: "
+    with pytest.raises(ConfigError, match=key + ".*valid: alpha, gamma"):
         build_loss("focal", {"pos_weight": 2.0})
 
 
@@ -415,7 +416,7 @@ def test_build_loss_param_of_another_loss_is_unknown():
     ],
 )
 def test_build_loss_rejects_bad_values(name, params, key):
-    with pytest.raises(ConfigError, match=rf"^train\.loss\.{key}: "):
+    with pytest.raises(ConfigError, match=rf"^train\.loss\.params\.{key}: "):
         build_loss(name, params)
 
 
@@ -425,17 +426,17 @@ def test_build_loss_accepts_optional_nones():
 
 
 def test_build_loss_rejects_params_that_are_not_a_mapping():
-    with pytest.raises(ConfigError, match=r"^train\.loss: "):
+    with pytest.raises(ConfigError, match=r"^train\.loss\.params: "):
         build_loss("dice", [("smooth", 1.0)])  # type: ignore[arg-type]
 
 
 def test_build_loss_auto_pos_weight_needs_crack_fraction():
-    with pytest.raises(ConfigError, match=r"^train\.loss\.pos_weight: 'auto' needs"):
+    with pytest.raises(ConfigError, match=r"^train\.loss\.params\.pos_weight: 'auto' needs"):
         build_loss("bce", {"pos_weight": "auto"})
 
 
 def test_build_loss_auto_pos_weight_rejects_empty_masks():
-    with pytest.raises(ConfigError, match=r"^train\.loss\.pos_weight: 'auto' cannot"):
+    with pytest.raises(ConfigError, match=r"^train\.loss\.params\.pos_weight: 'auto' cannot"):
         build_loss("bce_dice", {"pos_weight": "auto"}, crack_fraction=0.0)
 
 

@@ -315,7 +315,7 @@ def _suggestion(word: object, choices: list[str]) -> str:
 
 def _check_value(loss: str, key: str, value: Any, hint: Any) -> Any:
     """Validate one config value against its annotation; return it as the function wants."""
-    where = f"train.loss.{key}"
+    where = f"train.loss.params.{key}"
     allowed = typing.get_args(hint) or (hint,)
     if value is None:
         if type(None) in allowed:
@@ -347,7 +347,7 @@ def build_loss(
     """Make ``loss(logits, target, valid=None)`` from the ``train.loss`` config section.
 
     ``name`` is a key of :data:`LOSSES` (``train.loss.name``); ``params`` are that loss's
-    keyword arguments (every other ``train.loss.*`` key), checked against its signature and
+    keyword arguments (the ``train.loss.params.*`` keys), checked against its signature and
     types. ``pos_weight: auto`` is replaced by :func:`auto_pos_weight` of ``crack_fraction``,
     the share of crack pixels in the training masks, which only it needs. The result is a
     :func:`functools.partial` of the loss with the parameters bound. A ConfigError names the
@@ -364,7 +364,7 @@ def build_loss(
     if params is None:
         params = {}
     if not isinstance(params, Mapping):
-        raise ConfigError(f"train.loss: expected a mapping of loss parameters, got {params!r}")
+        raise ConfigError(f"train.loss.params: expected a mapping of parameters, got {params!r}")
 
     hints = typing.get_type_hints(fn)
     # ``valid`` is per batch, passed by the loop, never a config value.
@@ -377,7 +377,7 @@ def build_loss(
             close = difflib.get_close_matches(str(key), valid, n=1)
             guess = f"did you mean {close[0]!r}? " if close else ""
             raise ConfigError(
-                f"train.loss.{key}: unknown parameter for loss {name!r} "
+                f"train.loss.params.{key}: unknown parameter for loss {name!r} "
                 f"({guess}valid: {', '.join(valid)})"
             )
         if key == "pos_weight" and isinstance(value, str) and value == "auto":
@@ -389,12 +389,12 @@ def build_loss(
 def _auto_from_fraction(crack_fraction: float | None) -> float:
     if crack_fraction is None:
         raise ConfigError(
-            "train.loss.pos_weight: 'auto' needs the crack fraction of the training masks, "
-            "which was not given; set a number instead"
+            "train.loss.params.pos_weight: 'auto' needs the crack fraction of the training "
+            "masks, which was not given; set a number instead"
         )
     try:
         return auto_pos_weight(crack_fraction)
     except ValueError as exc:
         raise ConfigError(
-            f"train.loss.pos_weight: 'auto' cannot be used ({exc}); set a number instead"
+            f"train.loss.params.pos_weight: 'auto' cannot be used ({exc}); set a number instead"
         ) from None
