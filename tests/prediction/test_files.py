@@ -18,7 +18,7 @@ from prediction_stand_ins import random_rgb, tiny_checkpoint, tiny_model
 from torch import nn
 
 from fissure.cli import cli
-from fissure.errors import DataError
+from fissure.errors import DataError, FissureError
 from fissure.prediction import files as files_module
 from fissure.prediction.cracks import analyse_cracks
 from fissure.prediction.files import (
@@ -480,6 +480,39 @@ def test_cracks_csv_can_be_left_out(tmp_path: Path) -> None:
         "predictions.csv",
         "predictions.json",
     ]
+
+
+def test_cracks_csv_is_written_as_the_run_goes_and_whole_or_not_at_all(
+    tmp_path: Path,
+) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name, height in (("a", 90), ("b", 60), ("c", 80)):
+        Image.fromarray(_cracked_photo(height=height)).save(photos / f"{name}.png")
+    out = tmp_path / "out"
+    options = PredictOptions(tile=64, min_area=5)
+    predict_files(Predictor(_DarkIsCrack()), [photos], out, options, progress=False)
+    with (out / "cracks.csv").open(newline="") as handle:
+        images = [Path(r["image"]).stem for r in csv.DictReader(handle)]
+    assert images == sorted(images) and set(images) == {"a", "b", "c"}  # input order
+    before = (out / "cracks.csv").read_bytes()
+    calls: list[str] = []
+    real = files_module.write_outputs
+
+    def failing_on_the_second(out_dir, name, *args, **kwargs):
+        calls.append(name)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return real(out_dir, name, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(files_module, "write_outputs", failing_on_the_second)
+        with pytest.raises(FissureError, match=r"b\.png .*No space left on device"):
+            predict_files(Predictor(_DarkIsCrack()), [photos], out, options, progress=False)
+    # the first mask of the failed run replaced the old one, so the old table went too;
+    # no half-written table or its temporary file is left
+    assert not (out / "cracks.csv").exists() and before
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
 
 
 def test_cli_predict_writes_geojson(tmp_path: Path) -> None:

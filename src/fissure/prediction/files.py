@@ -35,7 +35,7 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Sequence
-from contextlib import closing
+from contextlib import ExitStack, closing
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,6 @@ from PIL import Image
 
 from ..data.image import decode_image
 from ..errors import DataError, SourceUnavailable
-from ..writes import replacing
 from .cracks import CrackAnalysis
 from .inputs import Fetch, InputImage, check_inputs_kept, find_inputs, output_names
 from .options import OutputOptions, PredictOptions
@@ -57,10 +56,10 @@ from .predictor import (
     stream_probabilities,
 )
 from .records import (
+    CrackTable,
     analysed_prediction,
     crack_geojson,
     crack_rows,
-    cracks_csv,
     drop_tables,
     prediction_record,
     with_errors,
@@ -244,7 +243,8 @@ def predict_files(
         for rgb in [_decoded(image, i, unread)]
         if rgb is not None
     )
-    done: dict[int, tuple[dict[str, Any], list[dict[str, Any]]]] = {}
+    done: dict[int, dict[str, Any]] = {}
+    table = CrackTable(out_dir / "cracks.csv") if output.cracks else None
 
     def write(i: int, rgb: np.ndarray, result: Probability) -> None:
         if not done:  # the tables of an earlier run here would describe other masks
@@ -255,20 +255,21 @@ def predict_files(
         else:
             prediction = prediction_from(result, predictor, options.px_per_mm)
         source = (images[i].source, rgb)
-        done[i] = _image_outputs(out_dir, names[i], source, prediction, analysis, options,
-                                 output)
+        done[i], rows = _image_outputs(out_dir, names[i], source, prediction, analysis,
+                                       options, output)
+        if table is not None:
+            table.add(rows)  # in input order: one writer thread, fed in stream order
 
     stream = stream_probabilities(predictor, decoded, options, progress=progress,
                                   total=len(images))
-    with closing(stream), BackgroundWriter(WRITE_QUEUE) as writer:
-        for (i, rgb), result in stream:
-            writer.submit(f"{out_dir / names[i]}.png (from {images[i].source})", write, i, rgb,
-                          result)
-    ordered = with_errors([done[i][0] if i in done else None for i in range(len(images))],
-                          [image.source for image in images], unread)
-    write_records(ordered, out_dir)
-    if output.cracks:
-        rows = [row for i in sorted(done) for row in done[i][1]]
-        with replacing(out_dir / "cracks.csv") as tmp:
-            tmp.write_text(cracks_csv(rows), encoding="utf-8", newline="")
+    with ExitStack() as stack:
+        if table is not None:
+            stack.enter_context(table)
+        with closing(stream), BackgroundWriter(WRITE_QUEUE) as writer:
+            for (i, rgb), result in stream:
+                writer.submit(f"{out_dir / names[i]}.png (from {images[i].source})", write,
+                              i, rgb, result)
+        ordered = with_errors([done.get(i) for i in range(len(images))],
+                              [image.source for image in images], unread)
+        write_records(ordered, out_dir)
     return ordered
