@@ -5,6 +5,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null 2>&1 || PY=python3
+if [ ! -x .venv/bin/python ] && ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 10))'; then
+    echo "dev.sh: fissure needs Python 3.10 or newer; $PY is $("$PY" -V 2>&1)" \
+         "(set PYTHON=/path/to/python3.11)" >&2
+    exit 1
+fi
 if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi

@@ -229,6 +229,14 @@ def test_resume_without_last_pt(tmp_path):
     assert_one_line_error(run("train", "--resume", tmp_path), "no last.pt")
 
 
+@pytest.mark.parametrize("extra", [["--config", DEFAULT], ["--out", "elsewhere"],
+                                   ["--overwrite"]])
+def test_resume_refuses_the_options_of_a_new_run(tmp_path, extra):
+    # The run folder's config.yaml decides; an option that would be silently ignored is refused.
+    assert_one_line_error(run("train", "--resume", tmp_path, *extra), extra[0],
+                          "not with --resume", "--set")
+
+
 def test_debug_shows_the_traceback(tmp_path):
     result = CliRunner().invoke(cli, ["--debug", "train", "--resume", str(tmp_path)])
     assert result.exit_code != 0

@@ -12,6 +12,8 @@ Imports inside functions count too: a lazy import is still a dependency.
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -215,3 +217,21 @@ def test_the_checker_finds_a_cycle_and_library_users(tmp_path: Path) -> None:
     assert _cycle(_graph(root)) == ["fissure.a", "fissure.b", "fissure.a"]
     assert _library_users("snowflake", root) == ["c.py"]
     assert _cycle({"x": {"y"}, "y": set()}) is None
+
+
+def test_import_fissure_reaches_subpackages_and_names_a_missing_one() -> None:
+    # A fresh interpreter: in this one the subpackages are imported already.
+    code = (
+        "import fissure\n"
+        "assert callable(fissure.api.register_checkpoint) and fissure.data.CrackDataset\n"
+        "assert callable(fissure.predict) and fissure.prediction.Predictor\n"
+        "try:\n"
+        "    fissure.nothing_here\n"
+        "except AttributeError as exc:\n"
+        "    assert \"no attribute 'nothing_here'\" in str(exc)\n"
+        "else:\n"
+        "    raise SystemExit('no AttributeError')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr

@@ -44,6 +44,13 @@ _EXPORTS = {
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+    if not name.startswith("_"):
+        # `import fissure` then `fissure.api.…`, as `import os` then `os.path`.
+        try:
+            return import_module(f".{name}", __name__)
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__name__}.{name}":
+                raise
     raise AttributeError(f"module 'fissure' has no attribute {name!r}")
 
 

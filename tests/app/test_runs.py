@@ -68,7 +68,8 @@ def test_metric_rows_and_figures(runs_root: Path) -> None:
     run_a, _, lone = find_runs(runs_root)
     rows = metric_rows(run_a.evaluations[0].metrics)
     names = [row["figure"] for row in rows]
-    assert "pixel iou" in names and "image detection f1" in names and "tolerant f1" in names
+    assert "pixel (dataset) iou" in names and "image detection f1" in names
+    assert "tolerant (2 px) f1" in names
     assert set(rows[0]) == {"figure", "at 0.5", "at tuned"}
     evaluation = run_a.evaluations[0]
     assert (

@@ -38,7 +38,7 @@ def test_one_run_with_its_curves_config_and_evaluation(runs_root: Path) -> None:
     assert len(app.get("vega_lite_chart")) == 2  # loss, IoU / F1
     assert [c.language for c in app.code][:1] == ["yaml"]
     metrics = app.dataframe[0].value
-    assert "pixel iou" in list(metrics["figure"])
+    assert "pixel (dataset) iou" in list(metrics["figure"])
     captions = [img.caption for image in app.get("image") for img in image.proto.imgs]
     assert captions == ["PR curve", "Confusion matrix", "Samples"]
 

@@ -184,12 +184,17 @@ def find_runs(root: str | Path, warn: Callable[[str], None] | None = None) -> li
 
 
 def metric_rows(metrics: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The headline figures of a metrics document, one row each, at 0.5 and tuned."""
+    """The headline figures of a metrics document, one row each, at 0.5 and tuned.
+
+    Each row's name says how the figure counts: pixels summed over the dataset (micro),
+    images, or pixels within the document's tolerance.
+    """
     rows = []
+    tol = (metrics.get("tolerance") or {}).get("tolerance_px")
     sections = (
-        ("pixel_micro", "pixel"),
+        ("pixel_micro", "pixel (dataset)"),
         ("detection", "image detection"),
-        ("tolerance", "tolerant"),
+        ("tolerance", f"tolerant ({tol} px)" if tol is not None else "tolerant"),
     )
     for section, label in sections:
         for key, figure in (metrics.get(section) or {}).items():

@@ -40,14 +40,6 @@ AMP_OPTION = click.option(
          "--no-amp: fp32, the same figures on every machine.")
 
 
-def _width_bounds(ctx: click.Context, param: click.Parameter, value: str) -> tuple[float, ...]:
-    """``--width-classes 0.1,0.3,1`` as numbers; PredictOptions checks that they rise."""
-    try:
-        return tuple(float(v) for v in value.split(","))
-    except ValueError:
-        raise click.BadParameter(f"widths in mm such as 0.1,0.3,1, got {value!r}") from None
-
-
 @click.group(cls=FissureGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="fissure")
 @click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")

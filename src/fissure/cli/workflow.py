@@ -45,7 +45,9 @@ def _batch_size(ctx: click.Context, param: click.Parameter, value: str) -> int |
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config key, e.g. --set train.epochs=3 (repeatable).")
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False),
-              help="Continue the run in this folder from its last.pt.")
+              help="Continue the run in this folder from its last.pt, with its "
+                   "config.yaml (--set still applies; --config, --out and --overwrite do "
+                   "not).")
 @click.option("--overwrite", is_flag=True, help="Replace a run already in --out.")
 @click.option("--device", help="Force a device: cpu, cuda, cuda:1, mps (default: auto).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
@@ -79,6 +81,12 @@ def train(config_path, out, overrides, resume_dir, overwrite, device, quiet, con
         if refresh:
             raise click.UsageError("--refresh applies to new runs; with --resume use "
                                    "--set data.snowflake.refresh=true")
+        ignored = [flag for flag, given in (("--config", config_path), ("--out", out),
+                                            ("--overwrite", overwrite)) if given]
+        if ignored:
+            raise click.UsageError(f"{', '.join(ignored)}: not with --resume, which continues "
+                                   f"{resume_dir} with its own config.yaml in that folder "
+                                   "(change a setting with --set)")
         result = api.resume(resume_dir, extra, push=push, register=register,
                             connection=connection, progress=not quiet, log=click.echo)
     else:
@@ -101,7 +109,8 @@ def train(config_path, out, overrides, resume_dir, overwrite, device, quiet, con
               help="Folder for metrics.json, per_image.csv and the three plots.")
 @click.option("--threshold", type=float,
               help="Tuned decision threshold (default: the checkpoint's); 0.5 is always shown too.")
-@click.option("--device", default="auto", show_default=True)
+@click.option("--device", default="auto", show_default=True,
+              help="cpu, cuda, cuda:1, mps, or auto (a GPU where there is one).")
 @click.option("--workers", default=0, show_default=True, help="DataLoader workers.")
 @AMP_OPTION
 @click.option("--tta/--no-tta", default=None,
@@ -172,7 +181,8 @@ def evaluate(checkpoint, data, split, out, threshold, device, workers, amp, tta,
 @click.option("--geojson", is_flag=True,
               help="Also write <stem>.geojson: each crack's outline (pixel coordinates) and "
                    "record, a GeoJSON FeatureCollection for GIS and annotation tools.")
-@click.option("--device", default="auto", show_default=True)
+@click.option("--device", default="auto", show_default=True,
+              help="cpu, cuda, cuda:1, mps, or auto (a GPU where there is one).")
 @AMP_OPTION
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option("--connection",
@@ -184,9 +194,10 @@ def predict(checkpoint, inputs, out, pattern, threshold, tile, overlap, tta, bat
 
     CHECKPOINT is a file, a stage path, or a registered version (snowflake://NAME/VERSION,
     snowflake://NAME/default). INPUTS are image files (gzip too) and folders. Writes
-    <stem>.png (0/255 mask of
-    the photo's size), <stem>_overlay.jpg, and predictions.csv and predictions.json with
-    size, tiling and crack area, segments, length and width per image. Images that share
+    <stem>.png (0/255 mask of the photo's size), <stem>_overlay.jpg (and <stem>_prob.png
+    with --save-prob, <stem>.geojson with --geojson); predictions.csv and predictions.json
+    with size, tiling and crack area, segments, length and width per image; and cracks.csv
+    with one row per crack (length, widths, orientation, class). Images that share
     a stem are named by their folders (a__x.png, b__x.png). Large photos are predicted
     in overlapping tiles at native resolution. Hidden files in folders are skipped; an
     image that cannot be read is reported (predictions.csv, error column) and the run
@@ -216,12 +227,21 @@ def predict(checkpoint, inputs, out, pattern, threshold, tile, overlap, tta, bat
 
 @cli.command()
 @click.option("--config", "config_path", default=DEMO_CONFIG, show_default=True,
-              type=click.Path(dir_okay=False))
-@click.option("--out", default="runs/demo", show_default=True, type=click.Path(file_okay=False))
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
+              type=click.Path(dir_okay=False), help="The config to train with.")
+@click.option("--out", default="runs/demo", show_default=True, type=click.Path(file_okay=False),
+              help="Folder for data/, run/, eval/ and predictions/.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a config key, e.g. --set train.epochs=1 (repeatable).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def demo(config_path, out, overrides, quiet) -> None:
     """Synthesise a dataset, then train, evaluate and predict on it, end to end.
+
+    \b
+    Writes into --out (run/, eval/ and predictions/ are replaced when run again):
+      data/         synthetic train/val/test image and mask folders (made once, kept)
+      run/          the training run: best.pt, last.pt, history.csv, curves.png
+      eval/         fissure evaluate's files for the test split
+      predictions/  fissure predict's files for the test photos
 
     \b
     Example:
