@@ -306,11 +306,9 @@ def checkpoint_from_dict(obj: Any, origin: str = "checkpoint") -> Checkpoint:
         raise CheckpointError(f"{origin}: unknown encoder {spec.get('encoder')!r} in checkpoint")
     try:
         return _typed(obj, spec, origin)
-    except FissureError as exc:
-        raise CheckpointError(f"{origin}: stored values are unusable ({exc})") from None
     except KeyError as exc:
         raise CheckpointError(f"{origin}: stored values are unusable (no {exc})") from None
-    except (TypeError, ValueError, AttributeError) as exc:
+    except (FissureError, TypeError, ValueError, AttributeError) as exc:
         raise CheckpointError(f"{origin}: stored values are unusable ({exc})") from None
 
 

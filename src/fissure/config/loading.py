@@ -185,6 +185,8 @@ def _check_ranges(cfg: Config) -> None:
         "train.steps_per_epoch": train.steps_per_epoch or 0,  # 0, like null: one pass
         "eval.tolerance": cfg.eval.tolerance,
         "eval.min_area": cfg.eval.min_area,
+        **{f"augment.{key}": getattr(cfg.augment, key)
+           for key in ("brightness", "contrast", "gamma", "noise")},
     }
     for key, value in not_negative.items():
         if value < 0:
@@ -192,15 +194,11 @@ def _check_ranges(cfg: Config) -> None:
 
 
 def _check_augment(cfg: Config) -> None:
-    """Probabilities within [0, 1]; strengths not negative."""
-    aug = cfg.augment
+    """Augmentation probabilities within [0, 1] (strengths: :func:`_check_ranges`)."""
     for key in ("hflip", "vflip", "rot90", "blur"):
-        value = getattr(aug, key)
+        value = getattr(cfg.augment, key)
         if not 0.0 <= value <= 1.0:
             raise ConfigError(f"augment.{key}: a probability, so within [0, 1], got {value}")
-    for key in ("brightness", "contrast", "gamma", "noise"):
-        if getattr(aug, key) < 0:
-            raise ConfigError(f"augment.{key}: must be >= 0 (0: off), got {getattr(aug, key)}")
 
 
 def _check_size(data: DataConfig) -> None:

@@ -56,10 +56,10 @@ from .predictor import (
     stream_probabilities,
 )
 from .records import (
-    CrackTable,
     analysed_prediction,
     crack_geojson,
     crack_rows,
+    crack_table,
     drop_tables,
     prediction_record,
     with_errors,
@@ -244,27 +244,26 @@ def predict_files(
         if rgb is not None
     )
     done: dict[int, dict[str, Any]] = {}
-    table = CrackTable(out_dir / "cracks.csv") if output.cracks else None
-
-    def write(i: int, rgb: np.ndarray, result: Probability) -> None:
-        if not done:  # the tables of an earlier run here would describe other masks
-            drop_tables(out_dir)
-        analysis: CrackAnalysis | None = None
-        if output.cracks or output.geojson:
-            prediction, analysis = analysed_prediction(result, predictor, options)
-        else:
-            prediction = prediction_from(result, predictor, options.px_per_mm)
-        source = (images[i].source, rgb)
-        done[i], rows = _image_outputs(out_dir, names[i], source, prediction, analysis,
-                                       options, output)
-        if table is not None:
-            table.add(rows)  # in input order: one writer thread, fed in stream order
-
-    stream = stream_probabilities(predictor, decoded, options, progress=progress,
-                                  total=len(images))
     with ExitStack() as stack:
-        if table is not None:
-            stack.enter_context(table)
+        add_rows = (stack.enter_context(crack_table(out_dir / "cracks.csv")) if output.cracks
+                    else None)
+
+        def write(i: int, rgb: np.ndarray, result: Probability) -> None:
+            if not done:  # the tables of an earlier run here would describe other masks
+                drop_tables(out_dir)
+            analysis: CrackAnalysis | None = None
+            if output.cracks or output.geojson:
+                prediction, analysis = analysed_prediction(result, predictor, options)
+            else:
+                prediction = prediction_from(result, predictor, options.px_per_mm)
+            source = (images[i].source, rgb)
+            done[i], rows = _image_outputs(out_dir, names[i], source, prediction, analysis,
+                                           options, output)
+            if add_rows is not None:
+                add_rows(rows)  # in input order: one writer thread, fed in stream order
+
+        stream = stream_probabilities(predictor, decoded, options, progress=progress,
+                                      total=len(images))
         with closing(stream), BackgroundWriter(WRITE_QUEUE) as writer:
             for (i, rgb), result in stream:
                 writer.submit(f"{out_dir / names[i]}.png (from {images[i].source})", write,

@@ -11,8 +11,8 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterable
-from contextlib import ExitStack
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -133,35 +133,16 @@ def cracks_csv(rows: Iterable[dict[str, Any]]) -> str:
     return buffer.getvalue()
 
 
-class CrackTable:
-    """``cracks.csv`` written as the run goes, one image's rows at a time, so memory holds
-    no more than one image's cracks however many photos a run has.
-
-    A context manager: the rows go to a temporary file beside ``path``, which replaces
-    ``path`` when the block ends normally; on an exception it is removed, so a failed run
-    never leaves a partial table.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._stack = ExitStack()
-        self._writer: Any = None
-
-    def __enter__(self) -> CrackTable:
-        with ExitStack() as stack:
-            tmp = stack.enter_context(replacing(self.path))
-            handle = stack.enter_context(tmp.open("w", newline="", encoding="utf-8"))
-            self._writer = csv.DictWriter(handle, fieldnames=CRACK_FIELDS)
-            self._writer.writeheader()
-            self._stack = stack.pop_all()
-        return self
-
-    def add(self, rows: Iterable[dict[str, Any]]) -> None:
-        """Append one image's rows (:func:`crack_rows`)."""
-        self._writer.writerows(rows)
-
-    def __exit__(self, *exc: object) -> None:
-        self._stack.__exit__(*exc)
+@contextmanager
+def crack_table(path: Path) -> Iterator[Callable[[Iterable[dict[str, Any]]], None]]:
+    """``cracks.csv`` written as the run goes: yields a function that appends one image's
+    rows (:func:`crack_rows`), so memory holds one image's cracks however many photos a run
+    has. The rows go to a temporary file beside ``path`` that replaces it when the block
+    ends normally and is removed on an exception: never a partial table."""
+    with replacing(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=CRACK_FIELDS)
+        writer.writeheader()
+        yield writer.writerows
 
 
 def crack_geojson(analysis: CrackAnalysis, source: str | None = None) -> dict[str, Any]:

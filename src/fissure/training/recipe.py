@@ -56,13 +56,8 @@ def train_facts(
     sides: list[int] = []
     crack = total = free = 0
     for sample in samples[::step]:
-        try:
-            if sample.mask is None:
-                raise DataError(f"{sample.image}: no mask")
-            mask = decode_mask(source.read(sample.mask), sample.mask)
-        except DataError:
-            if on_error == "raise":
-                raise
+        mask = _read_mask(source, sample, on_error)
+        if mask is None:
             continue
         height, width = mask.shape
         sizes[f"{width}x{height}"] = sizes.get(f"{width}x{height}", 0) + 1
@@ -77,6 +72,19 @@ def train_facts(
                       width_median=None, width_p90=None)
 
 
+def _read_mask(source: PairSource, sample: Sample, on_error: str) -> np.ndarray | None:
+    """The decoded mask of ``sample``. A missing or unreadable one is a DataError, or None
+    under ``data.on_error: skip`` (the loader skips it too)."""
+    try:
+        if sample.mask is None:
+            raise DataError(f"{sample.image}: no mask")
+        return decode_mask(source.read(sample.mask), sample.mask)
+    except DataError:
+        if on_error == "raise":
+            raise
+        return None
+
+
 def check_val_cracks(cfg: Config, source: PairSource, samples: list[Sample]) -> None:
     """A DataError when no validation mask holds a crack pixel and ``train.monitor`` scores
     IoU or F1: those are undefined on such a split, so no epoch could be selected as
@@ -87,12 +95,9 @@ def check_val_cracks(cfg: Config, source: PairSource, samples: list[Sample]) -> 
     for sample in samples:
         if sample.mask is None:
             continue
-        try:
-            if np.any(decode_mask(source.read(sample.mask), sample.mask)):
-                return
-        except DataError:
-            if cfg.data.on_error == "raise":
-                raise
+        mask = _read_mask(source, sample, cfg.data.on_error)
+        if mask is not None and mask.any():
+            return
     score = "IoU" if cfg.train.monitor == "iou" else "F1"
     raise DataError(
         f"val split: none of its {len(samples)} masks holds a crack pixel, so validation "
